@@ -1,0 +1,90 @@
+"""bootd's command line: parses arguments and calls one function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from appliance import __version__
+from appliance.config import Config, ConfigInvalid, load_config
+from appliance.daemon import Daemon, StartupError, build_store, startup_problems
+from appliance.logs import setup_logging
+
+DEFAULT_CONFIG = "/etc/bootd/bootd.yaml"
+# The iPXE binaries bootd serves, by firmware; `bootd check` says which are present.
+FIRMWARE_FILES = (("undionly.kpxe", "BIOS"), ("ipxe.efi", "x86_64 UEFI"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bootd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bootd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+    check = commands.add_parser("check", help="check a config and its data dir; exit 1 on errors")
+    check.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(Path(args.config), args.log_format, args.log_level)
+    return cmd_check(Path(args.config))
+
+
+def _load(path: Path) -> Config | None:
+    """The config, or None after printing every error."""
+    try:
+        return load_config(path)
+    except ConfigInvalid as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+    return None
+
+
+def cmd_run(path: Path, log_format: str, log_level: str) -> int:
+    setup_logging(log_format, log_level)
+    config = _load(path)
+    if config is None:
+        return 2
+    if problems := startup_problems(config):
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(Daemon(path, config).run())
+    except StartupError as exc:
+        print(f"bootd: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_check(path: Path) -> int:
+    config = _load(path)
+    if config is None:
+        return 1
+    errors = startup_problems(config)
+    for error in errors:
+        print(error)
+    warnings: list[str] = []
+    if config.http.enabled and config.http.data_dir.is_dir():
+        warnings += [f"data dir: {p}" for p in build_store(config).check()]
+        if not config.http.assets_root.is_dir():
+            warnings.append(f"data dir: assets root {config.http.assets_root} does not exist (/assets/ answers 404)")
+    for warning in warnings:
+        print(f"warning: {warning}")
+    firmware_dir = config.state_dir / "firmware"
+    for name, firmware in FIRMWARE_FILES:
+        present = (firmware_dir / name).is_file()
+        print(f"firmware: {name} ({firmware}): {'present' if present else 'not present'} in {firmware_dir}")
+    print(f"{path.name}: {len(errors)} errors, {len(warnings)} warnings, {len(config.machines)} machines")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,412 @@
+"""bootd.yaml -> frozen dataclasses.
+
+Invariants:
+- The file is read strictly: an unknown key, a duplicate key, a value of the wrong type, a duplicate machine
+  name, MAC or IP is an error. Every error names the file, the line and the field, and all of them are
+  reported at once (`load_config` raises `ConfigInvalid` with the full list).
+- Scalars are read from their source text, not through YAML 1.1's implicit types, so `mac: 52:54:00:12:34:56`
+  (a base-60 integer to YAML 1.1) and `name: no` (a boolean) mean what they look like.
+- Relative paths are relative to the directory holding the config file.
+- A `Config` is never changed; a reload builds a new one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from appliance.mac import MacAddress, parse_mac
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+T = TypeVar("T")
+
+DEFAULT_STATE_DIR = Path("/var/lib/bootd/state")
+DEFAULT_DATA_DIR = Path("/var/lib/bootd")
+DEFAULT_HTTP_PORT = 8080
+
+# RFC 1123 host name label; names are compared lower-case.
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class Role(StrEnum):
+    CONTROLLER = "controller"
+    WORKER = "worker"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigError:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+class ConfigInvalid(Exception):
+    """The config file has errors; `errors` lists every one of them."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenConfig:
+    interfaces: tuple[str, ...] = ()
+    address: IPAddress | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NamesConfig:
+    provisioner: str | None = None
+    controllers: str | None = None
+    workers: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpConfig:
+    enabled: bool = True
+    address: IPAddress | None = None  # None: every address of the host
+    port: int = DEFAULT_HTTP_PORT
+    data_dir: Path = DEFAULT_DATA_DIR
+    assets_dir: Path | None = None  # None: <data_dir>/assets, as matchbox's default
+
+    @property
+    def assets_root(self) -> Path:
+        return self.assets_dir if self.assets_dir is not None else self.data_dir / "assets"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Machine:
+    name: str
+    mac: MacAddress
+    ip: IPAddress | None = None
+    role: Role | None = None
+    profile: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    line: int = 0  # where the machine is written, for messages that point back at it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    source: Path
+    state_dir: Path = DEFAULT_STATE_DIR
+    listen: ListenConfig = ListenConfig()
+    domain: str | None = None
+    names: NamesConfig = NamesConfig()
+    http: HttpConfig = HttpConfig()
+    machines: tuple[Machine, ...] = ()
+
+    def fqdn(self, name: str) -> str:
+        return f"{name}.{self.domain}" if self.domain else name
+
+    def machine_by_mac(self, mac: MacAddress) -> Machine | None:
+        for machine in self.machines:
+            if machine.mac == mac:
+                return machine
+        return None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check `path`; raise ConfigInvalid (every error) or OSError (unreadable)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> Config:
+    reader = _Reader(path)
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigInvalid([ConfigError(path.name, line, "(yaml)", problem)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigInvalid([ConfigError(path.name, 1, "(yaml)", str(exc))]) from None
+    if root is None:
+        raise ConfigInvalid([ConfigError(path.name, 1, "(file)", "the config file is empty")])
+    config = reader.config(root)
+    if reader.errors or config is None:
+        raise ConfigInvalid(sorted(reader.errors, key=lambda e: e.line))
+    return config
+
+
+class _Reader:
+    """Walks the YAML node tree; each method returns a value, or None after recording an error."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path
+        self.base = path.parent
+        self.errors: list[ConfigError] = []
+
+    def error(self, node: Node, field_name: str, message: str) -> None:
+        self.errors.append(ConfigError(self.file.name, node.start_mark.line + 1, field_name, message))
+
+    # --- shapes -----------------------------------------------------------------------------------
+
+    def fields(self, node: Node, where: str, allowed: set[str]) -> dict[str, Node] | None:
+        if _is_null(node):
+            return {}
+        if not isinstance(node, MappingNode):
+            self.error(node, where or "(top level)", "expected a mapping of keys to values")
+            return None
+        out: dict[str, Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, ScalarNode) else None
+            name = f"{where}.{key}" if where else str(key)
+            if key is None:
+                self.error(key_node, where or "(top level)", "keys must be plain names")
+            elif key in out:
+                first = out[key].start_mark.line + 1
+                self.error(key_node, name, f"duplicate key (first given on line {first})")
+            elif key not in allowed:
+                known = ", ".join(sorted(allowed))
+                self.error(key_node, name, f"unknown key (known keys here: {known})")
+            else:
+                out[key] = value_node
+        return out
+
+    def sequence(self, node: Node, where: str) -> list[Node] | None:
+        if _is_null(node):
+            return []
+        if not isinstance(node, SequenceNode):
+            self.error(node, where, "expected a list")
+            return None
+        return list(node.value)
+
+    def string(self, node: Node, where: str) -> str | None:
+        if not isinstance(node, ScalarNode) or _is_null(node):
+            self.error(node, where, "expected a string")
+            return None
+        return node.value
+
+    def boolean(self, node: Node, where: str) -> bool | None:
+        text = node.value.lower() if isinstance(node, ScalarNode) else None
+        if text in ("true", "yes", "on"):
+            return True
+        if text in ("false", "no", "off"):
+            return False
+        self.error(node, where, f"expected true or false, got {_show(node)}")
+        return None
+
+    def integer(self, node: Node, where: str, low: int, high: int) -> int | None:
+        text = node.value if isinstance(node, ScalarNode) and node.style is None else ""
+        if not re.fullmatch(r"[0-9]+", text):
+            self.error(node, where, f"expected a whole number from {low} to {high}, got {_show(node)}")
+            return None
+        value = int(text)
+        if not low <= value <= high:
+            self.error(node, where, f"{value} is out of range ({low} to {high})")
+            return None
+        return value
+
+    def ip(self, node: Node, where: str) -> IPAddress | None:
+        text = self.string(node, where)
+        if text is None:
+            return None
+        try:
+            return ipaddress.ip_address(text)
+        except ValueError:
+            self.error(node, where, f"{text!r} is not an IP address")
+            return None
+
+    def mac(self, node: Node, where: str) -> MacAddress | None:
+        text = self.string(node, where)
+        if text is None:
+            return None
+        try:
+            return parse_mac(text)
+        except ValueError:
+            self.error(node, where, f"{text!r} is not a MAC address")
+            return None
+
+    def path(self, node: Node, where: str) -> Path | None:
+        text = self.string(node, where)
+        if text is None:
+            return None
+        if not text or "\0" in text:
+            self.error(node, where, "expected a file system path")
+            return None
+        return (self.base / text) if not Path(text).is_absolute() else Path(text)
+
+    def label(self, node: Node, where: str) -> str | None:
+        text = self.string(node, where)
+        if text is None:
+            return None
+        if not _LABEL.match(text.lower()):
+            self.error(node, where, f"{text!r} is not a valid host name (letters, digits and '-', 1-63 long)")
+            return None
+        return text.lower()
+
+    def domain(self, node: Node, where: str) -> str | None:
+        text = self.string(node, where)
+        if text is None:
+            return None
+        name = text.lower().rstrip(".")
+        if len(name) > 253 or not all(_LABEL.match(part) for part in name.split(".")):
+            self.error(node, where, f"{text!r} is not a valid domain name")
+            return None
+        return name
+
+    def choice(self, node: Node, where: str, enum: type[StrEnum]) -> Any:
+        text = self.string(node, where)
+        if text is None:
+            return None
+        try:
+            return enum(text)
+        except ValueError:
+            allowed = ", ".join(e.value for e in enum)
+            self.error(node, where, f"{text!r} is not one of: {allowed}")
+            return None
+
+    def json_mapping(self, node: Node, where: str) -> Mapping[str, Any] | None:
+        """Free-form metadata: any YAML mapping that JSON can carry (it becomes group metadata)."""
+        if not isinstance(node, MappingNode):
+            self.error(node, where, "expected a mapping")
+            return None
+        keys = self.fields(node, where, {k.value for k, _ in node.value if isinstance(k, ScalarNode)})
+        if keys is None:
+            return None
+        loader = yaml.SafeLoader("")
+        try:
+            value = loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self.error(node, where, f"cannot read: {exc}")
+            return None
+        finally:
+            loader.dispose()
+        try:
+            value = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            self.error(node, where, "metadata must hold only strings, numbers, booleans, lists and mappings")
+            return None
+        return MappingProxyType(value)
+
+    def optional(self, nodes: dict[str, Node], key: str, where: str, read: Callable[[Node, str], T | None]) -> T | None:
+        node = nodes.get(key)
+        return None if node is None else read(node, f"{where}.{key}" if where else key)
+
+    # --- sections ---------------------------------------------------------------------------------
+
+    def config(self, root: Node) -> Config | None:
+        top = self.fields(root, "", {"state_dir", "listen", "domain", "names", "http", "machines"})
+        if top is None:
+            return None
+        kw: dict[str, Any] = {"source": self.file}
+        if (state_dir := self.optional(top, "state_dir", "", self.path)) is not None:
+            kw["state_dir"] = state_dir
+        if "listen" in top and (listen := self.listen(top["listen"])) is not None:
+            kw["listen"] = listen
+        if (domain := self.optional(top, "domain", "", self.domain)) is not None:
+            kw["domain"] = domain
+        if "names" in top and (names := self.names(top["names"])) is not None:
+            kw["names"] = names
+        if "http" in top and (http := self.http(top["http"])) is not None:
+            kw["http"] = http
+        if "machines" in top:
+            kw["machines"] = self.machines(top["machines"], kw.get("names", NamesConfig()))
+        return Config(**kw)
+
+    def listen(self, node: Node) -> ListenConfig | None:
+        nodes = self.fields(node, "listen", {"interface", "interfaces", "address"})
+        if nodes is None:
+            return None
+        interfaces: tuple[str, ...] = ()
+        if "interface" in nodes and "interfaces" in nodes:
+            self.error(nodes["interfaces"], "listen.interfaces", "give either interface or interfaces, not both")
+        elif (one := self.optional(nodes, "interface", "listen", self.string)) is not None:
+            interfaces = (one,)
+        elif "interfaces" in nodes:
+            items = self.sequence(nodes["interfaces"], "listen.interfaces") or []
+            names = [self.string(n, f"listen.interfaces[{i}]") for i, n in enumerate(items)]
+            interfaces = tuple(n for n in names if n is not None)
+        return ListenConfig(interfaces=interfaces, address=self.optional(nodes, "address", "listen", self.ip))
+
+    def names(self, node: Node) -> NamesConfig | None:
+        nodes = self.fields(node, "names", {"provisioner", "controllers", "workers"})
+        if nodes is None:
+            return None
+        return NamesConfig(**{key: self.optional(nodes, key, "names", self.label) for key in nodes})
+
+    def http(self, node: Node) -> HttpConfig | None:
+        nodes = self.fields(node, "http", {"enabled", "address", "port", "data_dir", "assets_dir"})
+        if nodes is None:
+            return None
+        kw: dict[str, Any] = {}
+        if (enabled := self.optional(nodes, "enabled", "http", self.boolean)) is not None:
+            kw["enabled"] = enabled
+        kw["address"] = self.optional(nodes, "address", "http", self.ip)
+        if (port := self.optional(nodes, "port", "http", lambda n, w: self.integer(n, w, 0, 65535))) is not None:
+            kw["port"] = port
+        if (data_dir := self.optional(nodes, "data_dir", "http", self.path)) is not None:
+            kw["data_dir"] = data_dir
+        kw["assets_dir"] = self.optional(nodes, "assets_dir", "http", self.path)
+        return HttpConfig(**kw)
+
+    def machines(self, node: Node, names: NamesConfig) -> tuple[Machine, ...]:
+        items = self.sequence(node, "machines") or []
+        machines: list[Machine] = []
+        seen: dict[tuple[str, str], int] = {}
+        reserved = {n: key for key in ("provisioner", "controllers", "workers") if (n := getattr(names, key))}
+        for i, item in enumerate(items):
+            where = f"machines[{i}]"
+            nodes = self.fields(item, where, {"name", "mac", "ip", "role", "profile", "metadata"})
+            if nodes is None:
+                continue
+            for required in ("name", "mac"):
+                if required not in nodes:
+                    self.error(item, f"{where}.{required}", "required")
+            kw: dict[str, Any] = {
+                "name": self.optional(nodes, "name", where, self.label),
+                "mac": self.optional(nodes, "mac", where, self.mac),
+                "ip": self.optional(nodes, "ip", where, self.ip),
+                "role": self.optional(nodes, "role", where, lambda n, w: self.choice(n, w, Role)),
+                "profile": self.optional(nodes, "profile", where, self.string),
+                "line": item.start_mark.line + 1,
+            }
+            if "metadata" in nodes and (metadata := self.json_mapping(nodes["metadata"], f"{where}.metadata")):
+                kw["metadata"] = metadata
+            # Duplicates: each name, MAC and IP may be used by one machine only.
+            for key in ("name", "mac", "ip"):
+                value = kw[key]
+                if value is None:
+                    continue
+                if (key, str(value)) in seen:
+                    self.error(nodes[key], f"{where}.{key}",
+                               f"{str(value)!r} is already used by the machine on line {seen[key, str(value)]}")
+                else:
+                    seen[key, str(value)] = kw["line"]
+            if kw["name"] in reserved:
+                self.error(nodes["name"], f"{where}.name",
+                           f"{kw['name']!r} is already the names.{reserved[kw['name']]} name")
+            if kw["name"] is not None and kw["mac"] is not None:
+                machines.append(Machine(**{k: v for k, v in kw.items() if v is not None}))
+        return tuple(machines)
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _show(node: Node) -> str:
+    if isinstance(node, ScalarNode):
+        return repr(node.value)
+    return "a list" if isinstance(node, SequenceNode) else "a mapping"

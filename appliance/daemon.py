@@ -1,0 +1,134 @@
+"""The daemon: builds the services the config enables and runs them on one event loop.
+
+Lifecycle, in named phases: `start` (config already loaded and checked; bind every socket, then log
+"ready"), `serve` (wait for SIGTERM/SIGINT; SIGHUP reloads), `stop` (stop accepting, let requests in flight
+finish, exit 0).
+
+Reload (SIGHUP) re-reads bootd.yaml and the data dir. A config with errors is logged, error by error, and
+the running one is kept. A change of listening address or port is logged and needs a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from appliance.config import Config, ConfigInvalid, load_config
+from appliance.events import EventBus, ProgressTracker, log_event
+from appliance.http import HttpContext, make_app
+from appliance.net import NeighbourTable
+from appliance.store import DataDir, machine_groups
+
+logger = logging.getLogger(__name__)
+
+# How long SIGTERM waits for requests in flight (a kernel download on a slow link) before closing them.
+DRAIN_SECONDS = 10.0
+
+
+class StartupError(Exception):
+    """A problem that stops `bootd run` before it serves (exit code 2)."""
+
+
+def startup_problems(config: Config) -> list[str]:
+    """What stops the daemon from starting although the file itself is valid."""
+    problems = []
+    if config.http.enabled and not config.http.data_dir.is_dir():
+        problems.append(f"{config.source.name}: http.data_dir: {config.http.data_dir} is not a directory")
+    return problems
+
+
+def build_store(config: Config) -> DataDir:
+    return DataDir(config.http.data_dir, machine_groups(config))
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.bus = EventBus()
+        self.tracker = ProgressTracker()
+        self.bus.add_sink(self.tracker.record)
+        self.bus.add_sink(log_event)
+        self.neighbours = NeighbourTable()
+        self.tracker.set_known((m.mac, m.name) for m in config.machines)
+        self.http_context = HttpContext(config=config, store=build_store(config), bus=self.bus,
+                                        tracker=self.tracker, neighbours=self.neighbours)
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        self.addresses: list[str] = []
+
+    async def run(self) -> int:
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+        return 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.config.http.enabled:
+            await self._start_http()
+        logger.info("bootd ready: %s", ", ".join(self.addresses) or "no service enabled",
+                    extra={"addresses": ",".join(self.addresses)})
+
+    async def _start_http(self) -> None:
+        http = self.config.http
+        runner = web.AppRunner(make_app(self.http_context), access_log=None, handle_signals=False,
+                               shutdown_timeout=DRAIN_SECONDS)
+        await runner.setup()
+        site = web.TCPSite(runner, str(http.address) if http.address else None, http.port,
+                           reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(f"http: cannot listen on {http.address or '*'}:{http.port}: {exc.strerror}") from None
+        self._runner = runner
+        for sockname in runner.addresses:
+            host, port = sockname[0], sockname[1]
+            self.addresses.append(f"http://{'[' + host + ']' if ':' in host else host}:{port}")
+
+    async def stop(self) -> None:
+        logger.info("bootd stopping: draining requests in flight")
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for task in list(self.http_context.tasks):
+            task.cancel()
+        await self.neighbours.close()
+        logger.info("bootd stopped")
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def reload(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except ConfigInvalid as exc:
+            for error in exc.errors:
+                logger.error("reload refused: %s", error)
+            logger.error("reload refused: keeping the running config (%d errors)", len(exc.errors))
+            return
+        except OSError as exc:
+            logger.error("reload refused: cannot read %s: %s; keeping the running config", self.config_path, exc)
+            return
+        if problems := startup_problems(new):
+            for problem in problems:
+                logger.error("reload refused: %s", problem)
+            return
+        if (new.http.address, new.http.port, new.http.enabled) != (
+                self.config.http.address, self.config.http.port, self.config.http.enabled):
+            logger.warning("reload: http address/port changes take effect at the next restart")
+        self.config = new
+        self.tracker.set_known((m.mac, m.name) for m in new.machines)
+        self.http_context.config = new
+        self.http_context.store = build_store(new)
+        logger.info("reloaded %s: %d machines, data dir %s", self.config_path, len(new.machines),
+                    new.http.data_dir)

@@ -1,0 +1,315 @@
+"""Events, the bus that carries them, and each machine's provisioning progress.
+
+Invariants:
+- `EventBus.publish` never blocks and never raises into the publisher: it appends to a bounded list and
+  schedules one flush with `call_soon`; past the bound the event is dropped and counted. Each async
+  subscriber has its own bounded queue and its own drop count.
+- Sinks (the tracker, the log writer) run in the flush, outside the publisher's code path, and an exception
+  in one of them is logged and counted, never passed on.
+- `ProgressTracker` holds at most `max_machines` machines; when full it forgets the machine unseen for the
+  longest time among those not in the config, and only when all are configured, the oldest configured one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from appliance.mac import MacAddress
+
+logger = logging.getLogger(__name__)
+
+
+class EventKind(StrEnum):
+    """A step of a machine's boot. The order of the members is the order of a boot."""
+
+    DHCP = "dhcp"
+    TFTP = "tftp"
+    BOOT_SCRIPT = "boot-script"  # /boot.ipxe, /bootd.ipxe
+    BOOT_CONFIG = "boot-config"  # /ipxe, /grub: kernel, initrd, args of the machine's profile
+    KERNEL = "kernel"
+    INITRD = "initrd"
+    ASSET = "asset"  # any other file under /assets/
+    IGNITION = "ignition"
+    GENERIC = "generic"
+    METADATA = "metadata"
+    REPORT = "report"
+
+
+_RANK = {kind: rank for rank, kind in enumerate(EventKind)}
+# A DHCP or boot-script step after these starts a new boot of the same machine.
+_NEW_BOOT_AFTER = _RANK[EventKind.BOOT_CONFIG]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    kind: EventKind
+    mac: MacAddress | None
+    peer: str | None  # the client's IP address as text
+    detail: str
+    ok: bool = True
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BootConfigServed(Event):
+    """The kernel and initrd a machine was told to fetch, so their downloads count as its kernel/initrd steps."""
+
+    kernel: str = ""
+    initrds: tuple[str, ...] = ()
+
+
+class Subscription:
+    def __init__(self, maxsize: int) -> None:
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    async def get(self) -> Event:
+        return await self.queue.get()
+
+
+class EventBus:
+    def __init__(self, *, max_pending: int = 10_000) -> None:
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.sink_errors = 0
+        self._pending: deque[Event] = deque()
+        self._scheduled = False
+        self._sinks: list[Callable[[Event], None]] = []
+        self._subscriptions: list[Subscription] = []
+
+    def add_sink(self, sink: Callable[[Event], None]) -> None:
+        self._sinks.append(sink)
+
+    def subscribe(self, maxsize: int = 1000) -> Subscription:
+        sub = Subscription(maxsize)
+        self._subscriptions.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subscriptions:
+            self._subscriptions.remove(sub)
+
+    def publish(self, event: Event) -> None:
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        self._pending.append(event)
+        if not self._scheduled:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+                self._scheduled = True
+            except RuntimeError:  # no loop (a unit test, a CLI command): deliver now
+                self.flush()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        while self._pending:
+            event = self._pending.popleft()
+            for sink in self._sinks:
+                try:
+                    sink(event)
+                except Exception:  # a sink's bug must not stop the others or the publisher
+                    self.sink_errors += 1
+                    logger.exception("event sink %r failed on %r", sink, event)
+            for sub in self._subscriptions:
+                try:
+                    sub.queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    sub.dropped += 1
+
+
+@dataclass(slots=True)
+class StageMark:
+    kind: EventKind
+    first: float
+    last: float
+    detail: str
+    ok: bool
+    count: int = 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {"stage": self.kind.value, "time": self.first, "last": self.last, "detail": self.detail,
+                "ok": self.ok, "count": self.count}
+
+
+@dataclass(slots=True)
+class MachineProgress:
+    mac: MacAddress
+    name: str | None
+    first_seen: float
+    last_seen: float
+    ip: str | None = None
+    boots: int = 1
+    stages: list[StageMark] = field(default_factory=list)  # the current boot, in the order reached
+    history: deque[Event] = field(default_factory=lambda: deque(maxlen=ProgressTracker.HISTORY))
+    boot_assets: dict[str, EventKind] = field(default_factory=dict)  # asset path -> KERNEL/INITRD
+
+    def record(self, event: Event) -> None:
+        self.last_seen = max(self.last_seen, event.time)
+        if event.peer:
+            self.ip = event.peer
+        self.history.append(event)
+        reached = max((_RANK[s.kind] for s in self.stages), default=-1)
+        starts_boot = event.kind in (EventKind.DHCP, EventKind.BOOT_SCRIPT)
+        if starts_boot and reached >= _NEW_BOOT_AFTER:
+            self.stages = []
+            self.boots += 1
+            self.boot_assets = {}
+        if isinstance(event, BootConfigServed):
+            self.boot_assets = _asset_kinds(event)
+        for mark in self.stages:
+            if mark.kind is event.kind:
+                mark.last, mark.detail, mark.ok = event.time, event.detail, event.ok
+                mark.count += 1
+                return
+        self.stages.append(StageMark(event.kind, event.time, event.time, event.detail, event.ok))
+
+    def as_json(self, *, known: bool, events: bool = False) -> dict[str, Any]:
+        current = self.stages[-1] if self.stages else None
+        out: dict[str, Any] = {
+            "mac": self.mac,
+            "name": self.name,
+            "known": known,
+            "ip": self.ip,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "boots": self.boots,
+            "stage": current.kind.value if current else None,
+            "ok": all(s.ok for s in self.stages),
+            "stages": [s.as_json() for s in self.stages],
+        }
+        if events:
+            out["events"] = [
+                {"stage": e.kind.value, "time": e.time, "detail": e.detail, "ok": e.ok, "peer": e.peer}
+                for e in self.history
+            ]
+        return out
+
+
+def _asset_kinds(event: BootConfigServed) -> dict[str, EventKind]:
+    kinds = {}
+    for url in event.initrds:
+        if (path := asset_path(url)) is not None:
+            kinds[path] = EventKind.INITRD
+    if (path := asset_path(event.kernel)) is not None:
+        kinds[path] = EventKind.KERNEL
+    return kinds
+
+
+def asset_path(url: str) -> str | None:
+    """The path below /assets/ that a profile's kernel or initrd URL names, if any.
+
+    Profiles write `/assets/x`, `${bootd}/assets/x`, `http://host:8080/assets/x`, or an initrd with iPXE
+    options (`--name main /assets/x`).
+    """
+    word = url.split()[-1] if url.split() else ""
+    marker = word.find("/assets/")
+    if marker < 0:
+        return None
+    return word[marker + len("/assets/"):].split("?")[0] or None
+
+
+class ProgressTracker:
+    HISTORY = 64  # events kept per machine, like pixiecore's savedEventsPerMachine
+    NEGATIVE_TTL = 10.0  # seconds an IP without a known MAC is not looked up again
+
+    def __init__(self, *, max_machines: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_machines = max_machines
+        self.evicted = 0
+        self._clock = clock
+        self._machines: OrderedDict[MacAddress, MachineProgress] = OrderedDict()
+        self._known: dict[MacAddress, str] = {}
+        self._ip_to_mac: OrderedDict[str, MacAddress] = OrderedDict()
+        self._unresolved: dict[str, float] = {}
+
+    # --- configuration ----------------------------------------------------------------------------
+
+    def set_known(self, machines: Iterable[tuple[MacAddress, str]]) -> None:
+        """The config's machines (MAC, name); called at start and on reload."""
+        self._known = dict(machines)
+        for mac, progress in self._machines.items():
+            progress.name = self._known.get(mac)
+
+    # --- IP -> MAC --------------------------------------------------------------------------------
+
+    def learn(self, ip: str, mac: MacAddress) -> None:
+        if ip.startswith("127.") or ip == "::1":
+            return  # the host itself: every local client shares it, so it says nothing about a machine
+        self._ip_to_mac[ip] = mac
+        self._ip_to_mac.move_to_end(ip)
+        self._unresolved.pop(ip, None)
+        while len(self._ip_to_mac) > 2 * self.max_machines:
+            self._ip_to_mac.popitem(last=False)
+
+    def mac_for_ip(self, ip: str) -> MacAddress | None:
+        return self._ip_to_mac.get(ip)
+
+    def should_look_up(self, ip: str) -> bool:
+        """False while a recent neighbour-table lookup for `ip` found nothing."""
+        failed_at = self._unresolved.get(ip)
+        return failed_at is None or self._clock() - failed_at > self.NEGATIVE_TTL
+
+    def lookup_failed(self, ip: str) -> None:
+        if len(self._unresolved) > 2 * self.max_machines:
+            self._unresolved.clear()
+        self._unresolved[ip] = self._clock()
+
+    # --- events -----------------------------------------------------------------------------------
+
+    def record(self, event: Event) -> None:
+        """The bus sink: add the event to its machine's progress (events without a MAC are skipped)."""
+        if event.mac is None:
+            return
+        if event.peer:
+            self.learn(event.peer, event.mac)
+        progress = self._machines.get(event.mac)
+        if progress is None:
+            progress = MachineProgress(event.mac, self._known.get(event.mac), event.time, event.time)
+            self._machines[event.mac] = progress
+            self._evict()
+        else:
+            self._machines.move_to_end(event.mac)
+        progress.record(event)
+
+    def asset_kind(self, mac: MacAddress | None, path: str) -> EventKind:
+        progress = self._machines.get(mac) if mac else None
+        if progress is None:
+            return EventKind.ASSET
+        return progress.boot_assets.get(path, EventKind.ASSET)
+
+    def _evict(self) -> None:
+        while len(self._machines) > self.max_machines:
+            victim = next((mac for mac in self._machines if mac not in self._known), None)
+            if victim is None:
+                victim = next(iter(self._machines))
+            del self._machines[victim]
+            self.evicted += 1
+
+    # --- views ------------------------------------------------------------------------------------
+
+    def get(self, mac: MacAddress) -> MachineProgress | None:
+        return self._machines.get(mac)
+
+    def is_known(self, mac: MacAddress) -> bool:
+        return mac in self._known
+
+    def machines(self) -> list[MachineProgress]:
+        return sorted(self._machines.values(), key=lambda m: m.first_seen)
+
+    def __len__(self) -> int:
+        return len(self._machines)
+
+
+def log_event(event: Event) -> None:
+    """The bus sink for operators: one INFO line per machine step, a WARNING when a step failed."""
+    who = event.mac or event.peer or "unknown machine"
+    level = logging.INFO if event.ok else logging.WARNING
+    logger.log(level, "%s %s: %s", who, event.kind.value, event.detail,
+               extra={"mac": event.mac, "peer": event.peer, "stage": event.kind.value, "ok": event.ok})

@@ -1,0 +1,43 @@
+"""The aiohttp application: matchbox's read-only routes plus bootd's own."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from appliance.http import assets, boot, configs, machines
+from appliance.http.common import CONTEXT, HttpContext, not_found, text_response
+
+__all__ = ["HttpContext", "make_app"]
+
+
+async def home(request: web.Request) -> web.Response:
+    # matchbox's homeHandler: the body its liveness probes have always seen.
+    return text_response("matchbox\n")
+
+
+async def fallback(request: web.Request) -> web.Response:
+    return not_found()
+
+
+async def assets_root(request: web.Request) -> web.Response:
+    raise web.HTTPMovedPermanently(location="/assets/")
+
+
+def make_app(context: HttpContext) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[CONTEXT] = context
+    get = app.router.add_get
+    get("/", home)
+    get("/boot.ipxe", boot.boot_ipxe)
+    get("/boot.ipxe.0", boot.boot_ipxe)  # dnsmasq's pxe-service appends .0 to the boot file name
+    get("/bootd.ipxe", boot.bootd_ipxe)
+    get("/ipxe", boot.ipxe)
+    get("/grub", boot.grub)
+    get("/ignition", configs.ignition)
+    get("/metadata", configs.metadata)
+    get("/assets", assets_root)
+    get("/assets/{tail:.*}", assets.asset)
+    get("/api/v1/machines", machines.list_machines)
+    get("/api/v1/machines/{mac}", machines.get_machine)
+    get("/{tail:.*}", fallback)
+    return app

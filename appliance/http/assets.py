@@ -1,0 +1,68 @@
+"""/assets/: files from the assets root with Range, HEAD, conditional GET and sendfile (aiohttp's FileResponse).
+
+Confinement: the decoded path may not hold NUL (400), `..`, `.` or backslashes, and its real path (symlinks
+resolved) must stay inside the assets root (404 otherwise), as Go's http.Dir confines matchbox's.
+Directories are listed like Go's FileServer lists them (`<pre>` of links), or serve their index.html.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from aiohttp import web
+
+from appliance.http.common import CONTEXT, not_found, publish
+from appliance.store import OutsideRoot, confine
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_asset(root: Path, tail: str) -> Path:
+    """The file or directory `tail` names below `root`; raises OutsideRoot."""
+    # `.` and empty segments name the same place (Go's path.Clean drops them too); `..` is refused below.
+    name = "/".join(part for part in tail.split("/") if part not in ("", "."))
+    return confine(root, name) if name else root
+
+
+async def asset(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    tail = request.match_info.get("tail", "")
+    if "\0" in tail:
+        logger.warning("%s: refused an asset path with NUL: %r", request.remote, tail[:200])
+        raise web.HTTPBadRequest(text="invalid path\n")
+    root = ctx.config.http.assets_root
+    try:
+        path = resolve_asset(root, tail)
+    except OutsideRoot as exc:
+        logger.warning("%s: refused asset path %r: %s", request.remote, tail[:200], exc)
+        return not_found()
+    if path.is_dir():
+        if tail and not tail.endswith("/"):
+            raise web.HTTPMovedPermanently(location=request.path + "/")
+        index = path / "index.html"
+        if not index.is_file():
+            return web.Response(text=directory_listing(path), content_type="text/html")
+        path = index
+    elif not path.is_file():
+        return not_found()
+    response = web.FileResponse(path)
+    await response.prepare(request)
+    if request.method == "GET" and response.status in (200, 206):
+        relative = str(path.relative_to(root)) if path.is_relative_to(root) else tail
+        kind = ctx.tracker.asset_kind(ctx.tracker.mac_for_ip(request.remote or ""), relative)
+        detail = f"/assets/{relative} ({response.content_length} bytes, status {response.status})"
+        publish(ctx, request, None, kind=kind, detail=detail)
+    return response
+
+
+def directory_listing(path: Path) -> str:
+    lines = ["<!doctype html>\n<meta name=\"viewport\" content=\"width=device-width\">\n<pre>\n"]
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        name = entry.name + ("/" if entry.is_dir() else "")
+        lines.append(f'<a href="{quote(name)}">{html.escape(name)}</a>\n')
+    lines.append("</pre>\n")
+    return "".join(lines)

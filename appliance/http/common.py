@@ -1,0 +1,108 @@
+"""What every handler shares: the app's state, labels, attributing a request to a machine, 404s."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from appliance.config import Config
+from appliance.events import Event, EventBus, EventKind, ProgressTracker
+from appliance.mac import MacAddress
+from appliance.net import NeighbourTable
+from appliance.store import DataDir, Group, Profile, RequestLabels, labels_from_query, select_group
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, kw_only=True)
+class HttpContext:
+    """The HTTP server's view of the daemon. `config` and `store` are swapped whole on reload."""
+
+    config: Config
+    store: DataDir
+    bus: EventBus
+    tracker: ProgressTracker
+    neighbours: NeighbourTable | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+CONTEXT = web.AppKey("bootd_context", HttpContext)
+
+# matchbox answers every miss with Go's http.NotFound.
+NOT_FOUND_BODY = b"404 page not found\n"
+TEXT = "text/plain"
+
+
+def not_found() -> web.Response:
+    return web.Response(status=404, body=NOT_FOUND_BODY, content_type=TEXT, charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+def text_response(body: str | bytes, content_type: str = TEXT) -> web.Response:
+    data = body.encode() if isinstance(body, str) else body
+    return web.Response(body=data, content_type=content_type, charset="utf-8")
+
+
+def request_labels(request: web.Request) -> RequestLabels:
+    labels = labels_from_query(request.rel_url.raw_query_string)
+    for key, value in labels.rejected:
+        logger.warning("%s %s: dropping label %s=%r: not a MAC address", request.remote, request.path, key, value)
+    return labels
+
+
+def label_mac(labels: RequestLabels) -> MacAddress | None:
+    for key, value in labels.labels.items():
+        if key.lower() == "mac":
+            return MacAddress(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    group: Group | None
+    profile: Profile | None
+    reason: str  # why nothing (or what) was selected, for logs and events
+
+
+def select(ctx: HttpContext, labels: RequestLabels) -> Selection:
+    group = select_group(ctx.store.groups(), labels.labels)
+    if group is None:
+        return Selection(None, None, f"no group matches labels {dict(labels.labels)}")
+    profile = ctx.store.profile(group.profile) if group.profile else None
+    if profile is None:
+        return Selection(group, None, f"group {group.id!r} ({group.source}): profile {group.profile!r} not found")
+    return Selection(group, profile, f"group {group.id!r}, profile {profile.id!r}")
+
+
+def publish(ctx: HttpContext, request: web.Request, mac: MacAddress | None, event_type: type[Event] = Event,
+            **fields: Any) -> None:
+    """Publish a step of the machine behind `request`, found by the `mac=` label or the client's IP."""
+    fields.setdefault("time", time.time())  # when the request was answered, not when its MAC was found
+    peer = request.remote
+    mac = mac or (ctx.tracker.mac_for_ip(peer) if peer else None)
+    if mac is not None or peer is None or ctx.neighbours is None or not ctx.tracker.should_look_up(peer):
+        ctx.bus.publish(event_type(mac=mac, peer=peer, **fields))
+        return
+    # Unknown client: ask the kernel's neighbour table, off the request path.
+    task = asyncio.get_running_loop().create_task(_publish_after_lookup(ctx, peer, event_type, fields))
+    ctx.tasks.add(task)
+    task.add_done_callback(ctx.tasks.discard)
+
+
+async def _publish_after_lookup(ctx: HttpContext, peer: str, event_type: type[Event], fields: dict[str, Any]) -> None:
+    assert ctx.neighbours is not None
+    mac = await ctx.neighbours.lookup(peer)
+    if mac is None:
+        ctx.tracker.lookup_failed(peer)
+    ctx.bus.publish(event_type(mac=mac, peer=peer, **fields))
+
+
+def failed(ctx: HttpContext, request: web.Request, mac: MacAddress | None, kind: EventKind, reason: str) -> web.Response:
+    logger.debug("%s %s: 404: %s", request.remote, request.path_qs[:200], reason)
+    publish(ctx, request, mac, kind=kind, detail=reason, ok=False)
+    return not_found()

@@ -1,0 +1,243 @@
+"""The matchbox data directory, read live and leniently.
+
+Layout: profiles/<id>.json, groups/*.json, ignition/<name>, generic/<name>, assets/.
+- Edits on disk are seen by the next request: every lookup stats the file (groups: one directory scan plus a
+  stat per file), and a file is read and parsed again only when its mtime, size or inode changed.
+- A file matchbox would fail to load is skipped with a warning (logged once per version of the file), as
+  matchbox skips it; the other files keep serving.
+- Names are confined to their subdirectory (`ignition_id: ../profiles/x.json` is refused); matchbox confines
+  them only to the data root.
+- Groups made from bootd.yaml's machines are listed before the data dir's groups, so they win a tie with a
+  data-dir group that has the same selectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Generic, TypeVar
+
+from appliance.config import Config
+from appliance.store.model import Group, InvalidDocument, Profile, parse_group, parse_profile
+from appliance.store.selection import order_groups
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Documents larger than this are refused: a profile, group or config is a few KiB; 16 MiB is generous and
+# keeps a stray disk image in ignition/ from being read into memory per request.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+
+
+class OutsideRoot(ValueError):
+    """A name that would leave its subdirectory (`..`, an absolute path, NUL, a symlink pointing out)."""
+
+
+def confine(root: Path, name: str) -> Path:
+    """Path of `name` inside `root`; raises OutsideRoot if it would leave `root`."""
+    if not name or "\0" in name or "\\" in name:
+        raise OutsideRoot(f"invalid name {name!r}")
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("..", ".") for p in parts):
+        raise OutsideRoot(f"{name!r} leaves its directory")
+    path = root.joinpath(*[p for p in parts if p])
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root + os.sep):
+        raise OutsideRoot(f"{name!r} resolves outside its directory")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class _Version:
+    mtime_ns: int
+    size: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _Version:
+        return cls(st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class _ParsedFiles(Generic[T]):
+    """path -> (file version, parsed value or the reason it did not parse)."""
+
+    def __init__(self, parse: Callable[[bytes, Path], T]) -> None:
+        self._parse = parse
+        self._entries: dict[Path, tuple[_Version, T | None, str | None]] = {}
+
+    def get(self, path: Path, st: os.stat_result | None = None) -> tuple[T | None, str | None]:
+        """(value, None), (None, reason) or (None, None) for a missing file."""
+        try:
+            st = st or os.stat(path)
+        except OSError:
+            self._entries.pop(path, None)
+            return None, None
+        version = _Version.of(st)
+        cached = self._entries.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1], cached[2]
+        value: T | None = None
+        reason: str | None = None
+        if st.st_size > MAX_DOCUMENT_BYTES:
+            reason = f"larger than {MAX_DOCUMENT_BYTES} bytes"
+        else:
+            try:
+                with open(path, "rb") as f:
+                    value = self._parse(f.read(MAX_DOCUMENT_BYTES + 1), path)
+            except (OSError, InvalidDocument) as exc:
+                reason = str(exc)
+        if reason is not None:
+            logger.warning("skipping %s: %s", path, reason)
+        self._entries[path] = (version, value, reason)
+        return value, reason
+
+    def forget_except(self, keep: set[Path]) -> None:
+        for path in [p for p in self._entries if p not in keep]:
+            del self._entries[path]
+
+
+def machine_groups(config: Config) -> tuple[Group, ...]:
+    """One group per configured machine that names a profile: selector mac, metadata from the config."""
+    groups = []
+    for m in config.machines:
+        if m.profile is None:
+            continue
+        metadata = {"name": m.name, "fqdn": config.fqdn(m.name)}
+        if config.domain:
+            metadata["domain"] = config.domain
+        if m.ip is not None:
+            metadata["ip"] = str(m.ip)
+        if m.role is not None:
+            metadata["role"] = m.role.value
+        metadata.update(m.metadata)
+        groups.append(Group(
+            id=m.name,
+            name=m.name,
+            profile=m.profile,
+            selector=MappingProxyType({"mac": m.mac}),
+            metadata=MappingProxyType(metadata),
+            source=f"{config.source.name}:{m.line}",
+        ))
+    return tuple(groups)
+
+
+class DataDir:
+    def __init__(self, root: Path, extra_groups: Iterable[Group] = ()) -> None:
+        self.root = root
+        self.profiles_dir = root / "profiles"
+        self.groups_dir = root / "groups"
+        self.ignition_dir = root / "ignition"
+        self.generic_dir = root / "generic"
+        self.extra_groups = tuple(extra_groups)
+        self._profiles: _ParsedFiles[Profile] = _ParsedFiles(lambda data, _p: parse_profile(data))
+        self._groups: _ParsedFiles[Group] = _ParsedFiles(lambda data, p: parse_group(data, source=f"groups/{p.name}"))
+        self._raw: _ParsedFiles[bytes] = _ParsedFiles(lambda data, _p: data)
+        self._ordered: tuple[tuple[object, ...], list[Group]] | None = None
+
+    # --- reads on the request path ----------------------------------------------------------------
+
+    def groups(self) -> list[Group]:
+        """Every group in selection order: configured machines first, then groups/*.json by file name."""
+        loaded: list[Group] = []
+        signature: list[object] = []
+        seen: set[Path] = set()
+        try:
+            entries = sorted(os.scandir(self.groups_dir), key=lambda e: e.name)
+        except OSError:
+            entries = []
+        for entry in entries:
+            if not entry.name.endswith(".json"):
+                continue
+            path = Path(entry.path)
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            if not os.path.isfile(path):
+                continue
+            seen.add(path)
+            group, _reason = self._groups.get(path, st)
+            signature.append((entry.name, _Version.of(st)))
+            if group is not None:
+                loaded.append(group)
+        self._groups.forget_except(seen)
+        key = tuple(signature)
+        if self._ordered is None or self._ordered[0] != key:
+            self._ordered = (key, order_groups([*self.extra_groups, *loaded]))
+        return self._ordered[1]
+
+    def profile(self, profile_id: str) -> Profile | None:
+        try:
+            path = confine(self.profiles_dir, profile_id + ".json")
+        except OutsideRoot as exc:
+            logger.warning("profile %r refused: %s", profile_id, exc)
+            return None
+        return self._profiles.get(path)[0]
+
+    def ignition(self, name: str) -> bytes | None:
+        return self._read(self.ignition_dir, name)
+
+    def generic(self, name: str) -> bytes | None:
+        return self._read(self.generic_dir, name)
+
+    def _read(self, root: Path, name: str) -> bytes | None:
+        try:
+            path = confine(root, name)
+        except OutsideRoot as exc:
+            logger.warning("%s/%s refused: %s", root.name, name, exc)
+            return None
+        return self._raw.get(path)[0]
+
+    # --- the whole-directory check for `bootd check` ----------------------------------------------
+
+    def check(self) -> list[str]:
+        """Every problem matchbox would skip over silently, one line each."""
+        problems: list[str] = []
+        if not self.root.is_dir():
+            return [f"data dir {self.root} does not exist"]
+        if not self.groups_dir.is_dir():
+            problems.append(f"{self.groups_dir}: missing (only groups from the config can match)")
+        else:
+            for entry in sorted(os.scandir(self.groups_dir), key=lambda e: e.name):
+                if entry.is_dir():
+                    problems.append(f"groups/{entry.name}: a directory; matchbox's groups/ is flat, skipped")
+                elif not entry.name.endswith(".json"):
+                    problems.append(f"groups/{entry.name}: not a .json file, skipped")
+                elif (reason := self._groups.get(Path(entry.path))[1]) is not None:
+                    problems.append(f"groups/{entry.name}: {reason}")
+        if self.profiles_dir.is_dir():
+            for entry in sorted(os.scandir(self.profiles_dir), key=lambda e: e.name):
+                if entry.name.endswith(".json") and (reason := self._profiles.get(Path(entry.path))[1]):
+                    problems.append(f"profiles/{entry.name}: {reason}")
+        groups = self.groups()
+        by_selector: dict[str, Group] = {}
+        for group in groups:
+            where = group.source or group.id
+            if not group.profile:
+                problems.append(f"{where}: group {group.id!r} names no profile")
+                continue
+            profile = self.profile(group.profile)
+            if profile is None:
+                problems.append(f"{where}: group {group.id!r}: profile {group.profile!r} is missing or invalid")
+            else:
+                problems.extend(self._check_profile(profile, where))
+            if (other := by_selector.get(group.selector_string)) is not None:
+                problems.append(
+                    f"{where}: group {group.id!r} has the same selectors as {other.source or other.id} "
+                    f"({group.selector_string or 'default group'}); {other.source or other.id} wins")
+            else:
+                by_selector[group.selector_string] = group
+        return problems
+
+    def _check_profile(self, profile: Profile, where: str) -> list[str]:
+        problems = []
+        for kind, name, reader in (("ignition", profile.ignition_id, self.ignition),
+                                   ("generic", profile.generic_id, self.generic)):
+            if name and reader(name) is None:
+                problems.append(f"{where}: profile {profile.id!r}: {kind}/{name} is missing or refused")
+        return problems

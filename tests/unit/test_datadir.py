@@ -1,0 +1,73 @@
+"""The data dir is read live, leniently, and confined to its subdirectories."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from appliance.config import parse_config
+from appliance.store import DataDir, OutsideRoot, confine, machine_groups
+
+
+def write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    write(tmp_path / "profiles/p.json", {"id": "p", "boot": {"kernel": "/k"}, "ignition_id": "p.ign"})
+    write(tmp_path / "groups/default.json", {"id": "default", "profile": "p"})
+    write(tmp_path / "ignition/p.ign", '{"ignition": {"version": "3.4.0"}}')
+    return tmp_path
+
+
+def test_edits_are_seen_and_bad_files_skipped(data: Path):
+    store = DataDir(data)
+    assert [g.id for g in store.groups()] == ["default"]
+    write(data / "groups/x.json", {"id": "x", "profile": "p", "selector": {"os": "installed"}})
+    write(data / "groups/broken.json", "{not json")
+    assert [g.id for g in store.groups()] == ["x", "default"]
+    write(data / "groups/x.json", {"id": "x2", "profile": "p", "selector": {"os": "installed"}, "name": "longer"})
+    assert [g.id for g in store.groups()] == ["x2", "default"]
+    os.unlink(data / "groups/x.json")
+    assert [g.id for g in store.groups()] == ["default"]
+    assert any("broken.json: invalid JSON" in p for p in store.check())
+
+
+def test_profile_lookup_is_by_file_name(data: Path):
+    write(data / "profiles/foo.json", {"id": "bar"})
+    assert DataDir(data).profile("foo").id == "bar"
+
+
+@pytest.mark.parametrize("name", ["../profiles/p.json", "/etc/passwd", "a/../../x", "a\0b", "", "a\\..\\b", "./p.ign"])
+def test_names_cannot_leave_their_directory(data: Path, name: str):
+    with pytest.raises(OutsideRoot):
+        confine(data / "ignition", name)
+    assert DataDir(data).ignition(name) is None
+
+
+def test_symlink_out_of_the_directory_is_refused_and_inside_is_served(data: Path):
+    (data / "ignition/out.ign").symlink_to(data / "profiles/p.json")
+    (data / "ignition/in.ign").symlink_to(data / "ignition/p.ign")
+    store = DataDir(data)
+    assert store.ignition("out.ign") is None
+    assert store.ignition("in.ign") == (data / "ignition/p.ign").read_bytes()
+
+
+def test_check_reports_missing_profile_and_duplicate_selectors(data: Path):
+    write(data / "groups/other-default.json", {"id": "other", "profile": "missing"})
+    problems = DataDir(data).check()
+    assert any("profile 'missing' is missing" in p for p in problems)
+    assert any("same selectors" in p for p in problems)
+
+
+def test_configured_machines_become_groups_that_win_ties(data: Path):
+    config = parse_config("domain: example.com\nmachines:\n  - {name: n1, mac: '52:54:00:00:00:01', ip: 10.0.0.1,"
+                          " role: worker, profile: p}\n", data / "bootd.yaml")
+    write(data / "groups/same-mac.json", {"id": "dup", "profile": "p", "selector": {"mac": "52:54:00:00:00:01"}})
+    groups = machine_groups(config)
+    assert dict(groups[0].metadata) == {"name": "n1", "fqdn": "n1.example.com", "domain": "example.com",
+                                        "ip": "10.0.0.1", "role": "worker"}
+    assert DataDir(data, groups).groups()[0].id == "n1"

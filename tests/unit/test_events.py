@@ -1,0 +1,114 @@
+"""The event bus never blocks or raises; the tracker keeps stages in order and stays within its cap."""
+
+import asyncio
+
+from appliance.events import BootConfigServed, Event, EventBus, EventKind, ProgressTracker, asset_path
+from appliance.mac import MacAddress
+
+A = MacAddress("52:54:00:00:00:0a")
+
+
+def ev(kind: EventKind, mac: str | None = A, t: float = 0.0, ok: bool = True, peer: str = "10.0.0.5") -> Event:
+    return Event(kind=kind, mac=MacAddress(mac) if mac else None, peer=peer, detail=kind.value, ok=ok, time=t)
+
+
+def test_stages_in_order_with_times_and_a_new_boot_after_boot_config():
+    tracker = ProgressTracker()
+    for t, kind in enumerate([EventKind.DHCP, EventKind.TFTP, EventKind.DHCP, EventKind.BOOT_SCRIPT,
+                              EventKind.BOOT_CONFIG, EventKind.KERNEL, EventKind.IGNITION]):
+        tracker.record(ev(kind, t=float(t)))
+    view = tracker.get(A).as_json(known=False)
+    assert [s["stage"] for s in view["stages"]] == ["dhcp", "tftp", "boot-script", "boot-config", "kernel", "ignition"]
+    assert view["stages"][0]["time"] == 0.0 and view["stages"][0]["count"] == 2
+    assert view["boots"] == 1 and view["ip"] == "10.0.0.5"
+    tracker.record(ev(EventKind.DHCP, t=10.0))  # the installed machine reboots
+    view = tracker.get(A).as_json(known=False)
+    assert view["boots"] == 2 and [s["stage"] for s in view["stages"]] == ["dhcp"]
+
+
+def test_failed_step_is_shown_with_its_reason():
+    tracker = ProgressTracker()
+    tracker.record(ev(EventKind.IGNITION, ok=False))
+    view = tracker.get(A).as_json(known=False)
+    assert view["ok"] is False and view["stages"][0]["detail"] == "ignition"
+
+
+def test_cap_evicts_oldest_unknown_machine_first():
+    tracker = ProgressTracker(max_machines=3)
+    known = MacAddress("52:54:00:00:00:01")
+    tracker.set_known([(known, "node1")])
+    tracker.record(ev(EventKind.DHCP, mac=known, t=0))
+    for i, t in ((2, 1), (3, 2), (4, 3)):
+        tracker.record(ev(EventKind.DHCP, mac=f"52:54:00:00:00:0{i}", t=t))
+    macs = [m.mac for m in tracker.machines()]
+    assert known in macs and "52:54:00:00:00:02" not in macs and len(macs) == 3
+    assert tracker.evicted == 1
+    assert tracker.get(known).name == "node1"
+
+
+def test_cap_evicts_oldest_known_when_all_are_known():
+    tracker = ProgressTracker(max_machines=2)
+    macs = [MacAddress(f"52:54:00:00:00:0{i}") for i in range(3)]
+    tracker.set_known((m, f"n{i}") for i, m in enumerate(macs))
+    for t, mac in enumerate(macs):
+        tracker.record(ev(EventKind.DHCP, mac=mac, t=t))
+    assert [m.mac for m in tracker.machines()] == macs[1:]
+
+
+def test_ip_to_mac_is_learned_from_events_but_never_for_loopback():
+    tracker = ProgressTracker()
+    tracker.record(ev(EventKind.DHCP, peer="10.0.0.9"))
+    tracker.record(ev(EventKind.DHCP, mac="52:54:00:00:00:0b", peer="127.0.0.1"))
+    assert tracker.mac_for_ip("10.0.0.9") == A
+    assert tracker.mac_for_ip("127.0.0.1") is None
+
+
+def test_negative_neighbour_lookups_are_remembered_for_a_while():
+    now = [100.0]
+    tracker = ProgressTracker(clock=lambda: now[0])
+    tracker.lookup_failed("10.0.0.7")
+    assert not tracker.should_look_up("10.0.0.7")
+    now[0] += ProgressTracker.NEGATIVE_TTL + 1
+    assert tracker.should_look_up("10.0.0.7")
+
+
+def test_kernel_and_initrd_downloads_are_recognised_from_the_boot_config():
+    tracker = ProgressTracker()
+    tracker.record(BootConfigServed(kind=EventKind.BOOT_CONFIG, mac=A, peer=None, detail="", time=1.0,
+                                    kernel="${bootd}/assets/k/vmlinuz", initrds=("--name main /assets/k/initrd.img",)))
+    assert tracker.asset_kind(A, "k/vmlinuz") is EventKind.KERNEL
+    assert tracker.asset_kind(A, "k/initrd.img") is EventKind.INITRD
+    assert tracker.asset_kind(A, "k/other") is EventKind.ASSET
+    assert tracker.asset_kind(None, "k/vmlinuz") is EventKind.ASSET
+
+
+def test_asset_path_forms():
+    assert asset_path("http://10.0.0.1:8080/assets/a/b?x=1") == "a/b"
+    assert asset_path("/image/kernel") is None
+
+
+async def test_bus_delivers_in_batches_and_drops_past_the_bound():
+    bus = EventBus(max_pending=3)
+    seen: list[Event] = []
+    bus.add_sink(seen.append)
+    sub = bus.subscribe(maxsize=2)
+    for i in range(5):
+        bus.publish(ev(EventKind.DHCP, t=float(i)))
+    assert seen == [] and bus.dropped == 2  # publish only queued; the flush runs on the loop
+    await asyncio.sleep(0)
+    assert [e.time for e in seen] == [0.0, 1.0, 2.0]
+    assert sub.dropped == 1 and (await sub.get()).time == 0.0
+
+
+async def test_a_failing_sink_does_not_reach_the_publisher_or_other_sinks():
+    bus = EventBus()
+    seen: list[Event] = []
+
+    def broken(_event: Event) -> None:
+        raise RuntimeError("bug")
+
+    bus.add_sink(broken)
+    bus.add_sink(seen.append)
+    bus.publish(ev(EventKind.DHCP))
+    await asyncio.sleep(0)
+    assert len(seen) == 1 and bus.sink_errors == 1

@@ -105,9 +105,6 @@ class Daemon:
         await self.neighbours.close()
         logger.info("bootd stopped")
 
-    def request_stop(self) -> None:
-        self._stopping.set()
-
     def reload(self) -> None:
         try:
             new = load_config(self.config_path)

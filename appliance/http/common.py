@@ -85,7 +85,8 @@ def publish(ctx: HttpContext, request: web.Request, mac: MacAddress | None, even
     fields.setdefault("time", time.time())  # when the request was answered, not when its MAC was found
     peer = request.remote
     mac = mac or (ctx.tracker.mac_for_ip(peer) if peer else None)
-    if mac is not None or peer is None or ctx.neighbours is None or not ctx.tracker.should_look_up(peer):
+    if (mac is not None or peer is None or ctx.neighbours is None or peer.startswith("127.") or peer == "::1"
+            or not ctx.tracker.should_look_up(peer)):
         ctx.bus.publish(event_type(mac=mac, peer=peer, **fields))
         return
     # Unknown client: ask the kernel's neighbour table, off the request path.

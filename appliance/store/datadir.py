@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,11 @@ def confine(root: Path, name: str) -> Path:
     return path
 
 
+def _plain_name(name: str) -> bool:
+    """A single file name with nothing that could leave the directory lexically."""
+    return bool(name) and "/" not in name and "\\" not in name and "\0" not in name and name not in (".", "..")
+
+
 @dataclass(frozen=True, slots=True)
 class _Version:
     mtime_ns: int
@@ -72,11 +78,12 @@ class _ParsedFiles(Generic[T]):
 
     def get(self, path: Path, st: os.stat_result | None = None) -> tuple[T | None, str | None]:
         """(value, None), (None, reason) or (None, None) for a missing file."""
-        try:
-            st = st or os.stat(path)
-        except OSError:
-            self._entries.pop(path, None)
-            return None, None
+        if st is None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                self._entries.pop(path, None)
+                return None, None
         version = _Version.of(st)
         cached = self._entries.get(path)
         if cached is not None and cached[0] == version:
@@ -137,7 +144,11 @@ class DataDir:
         self._profiles: _ParsedFiles[Profile] = _ParsedFiles(lambda data, _p: parse_profile(data))
         self._groups: _ParsedFiles[Group] = _ParsedFiles(lambda data, p: parse_group(data, source=f"groups/{p.name}"))
         self._raw: _ParsedFiles[bytes] = _ParsedFiles(lambda data, _p: data)
+        # Confinement verdicts: path -> (device, inode) of the file that was checked to be inside its root.
+        # The same file found again needs no realpath walk; a changed symlink finds another inode.
+        self._inside: dict[Path, tuple[int, int]] = {}
         self._ordered: tuple[tuple[object, ...], list[Group]] | None = None
+        self._listing: tuple[_Version, list[Path]] | None = None
 
     # --- reads on the request path ----------------------------------------------------------------
 
@@ -145,39 +156,40 @@ class DataDir:
         """Every group in selection order: configured machines first, then groups/*.json by file name."""
         loaded: list[Group] = []
         signature: list[object] = []
-        seen: set[Path] = set()
-        try:
-            entries = sorted(os.scandir(self.groups_dir), key=lambda e: e.name)
-        except OSError:
-            entries = []
-        for entry in entries:
-            if not entry.name.endswith(".json"):
-                continue
-            path = Path(entry.path)
+        for path in self._group_files():
             try:
-                st = entry.stat()
+                st = os.stat(path)
             except OSError:
                 continue
-            if not os.path.isfile(path):
+            if not stat.S_ISREG(st.st_mode):
                 continue
-            seen.add(path)
             group, _reason = self._groups.get(path, st)
-            signature.append((entry.name, _Version.of(st)))
+            signature.append((path.name, _Version.of(st)))
             if group is not None:
                 loaded.append(group)
-        self._groups.forget_except(seen)
         key = tuple(signature)
         if self._ordered is None or self._ordered[0] != key:
             self._ordered = (key, order_groups([*self.extra_groups, *loaded]))
         return self._ordered[1]
 
-    def profile(self, profile_id: str) -> Profile | None:
+    def _group_files(self) -> list[Path]:
+        """groups/*.json by name; listed again only when the directory changed (a file added, removed,
+        renamed). Edits inside a file are caught by the per-file stat in `groups`."""
         try:
-            path = confine(self.profiles_dir, profile_id + ".json")
-        except OutsideRoot as exc:
-            logger.warning("profile %r refused: %s", profile_id, exc)
-            return None
-        return self._profiles.get(path)[0]
+            version = _Version.of(os.stat(self.groups_dir))
+        except OSError:
+            self._listing = None
+            return []
+        if self._listing is None or self._listing[0] != version:
+            names = sorted(e.name for e in os.scandir(self.groups_dir) if e.name.endswith(".json"))
+            paths = [self.groups_dir / name for name in names]
+            self._groups.forget_except(set(paths))
+            self._listing = (version, paths)
+        return self._listing[1]
+
+    def profile(self, profile_id: str) -> Profile | None:
+        found = self._locate(self.profiles_dir, profile_id + ".json")
+        return self._profiles.get(*found)[0] if found else None
 
     def ignition(self, name: str) -> bytes | None:
         return self._read(self.ignition_dir, name)
@@ -186,12 +198,30 @@ class DataDir:
         return self._read(self.generic_dir, name)
 
     def _read(self, root: Path, name: str) -> bytes | None:
+        found = self._locate(root, name)
+        return self._raw.get(*found)[0] if found else None
+
+    def _locate(self, root: Path, name: str) -> tuple[Path, os.stat_result] | None:
+        """The file `name` names inside `root` and its stat, or None (missing, or refused and logged)."""
         try:
-            path = confine(root, name)
+            path = root.joinpath(name) if _plain_name(name) else confine(root, name)
+            st = os.stat(path)
         except OutsideRoot as exc:
             logger.warning("%s/%s refused: %s", root.name, name, exc)
             return None
-        return self._raw.get(path)[0]
+        except OSError:
+            return None
+        identity = (st.st_dev, st.st_ino)
+        if self._inside.get(path) != identity:
+            try:
+                confine(root, name)
+            except OutsideRoot as exc:
+                logger.warning("%s/%s refused: %s", root.name, name, exc)
+                return None
+            if len(self._inside) > 10_000:
+                self._inside.clear()
+            self._inside[path] = identity
+        return path, st
 
     # --- the whole-directory check for `bootd check` ----------------------------------------------
 

@@ -1,0 +1,20 @@
+"""The benchmarks' smoke pass: each runs briefly and checks that bootd and its peer answer identically.
+No performance is asserted here (bench/ prints ratios; bench/results/ keeps them)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the benchmarks run in a namespace of their own: root")
+def test_http_benchmark_smoke(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.http", "--smoke", "--work", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "answers identical: yes" in result.stdout
+    assert "50MB c16" in result.stdout and "ipxe c16" in result.stdout

@@ -93,9 +93,8 @@ async def grub(request: web.Request) -> web.Response:
 
 def _boot_config(request: web.Request, render) -> web.Response:
     ctx = request.app[CONTEXT]
-    labels = request_labels(request)
-    mac = label_mac(labels)
-    chosen = select(ctx, labels)
+    chosen = select(ctx, request)
+    mac = chosen.mac
     if chosen.profile is None:
         return failed(ctx, request, mac, EventKind.BOOT_CONFIG, f"{request.path}: {chosen.reason}")
     boot = chosen.profile.boot

@@ -64,19 +64,25 @@ def label_mac(labels: RequestLabels) -> MacAddress | None:
 
 @dataclass(frozen=True, slots=True)
 class Selection:
+    labels: RequestLabels
+    mac: MacAddress | None  # from the labels, when the client sent one
     group: Group | None
     profile: Profile | None
     reason: str  # why nothing (or what) was selected, for logs and events
 
 
-def select(ctx: HttpContext, labels: RequestLabels) -> Selection:
+def select(ctx: HttpContext, request: web.Request) -> Selection:
+    """The group and profile matchbox would choose for this request."""
+    labels = request_labels(request)
+    mac = label_mac(labels)
     group = select_group(ctx.store.groups(), labels.labels)
     if group is None:
-        return Selection(None, None, f"no group matches labels {dict(labels.labels)}")
+        return Selection(labels, mac, None, None, f"no group matches labels {dict(labels.labels)}")
     profile = ctx.store.profile(group.profile) if group.profile else None
     if profile is None:
-        return Selection(group, None, f"group {group.id!r} ({group.source}): profile {group.profile!r} not found")
-    return Selection(group, profile, f"group {group.id!r}, profile {profile.id!r}")
+        return Selection(labels, mac, group, None,
+                         f"group {group.id!r} ({group.source}): profile {group.profile!r} not found")
+    return Selection(labels, mac, group, profile, f"group {group.id!r}, profile {profile.id!r}")
 
 
 def publish(ctx: HttpContext, request: web.Request, mac: MacAddress | None, event_type: type[Event] = Event,

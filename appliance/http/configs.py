@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance.events import EventKind
-from appliance.http.common import CONTEXT, failed, label_mac, publish, request_labels, select, text_response
+from appliance.http.common import CONTEXT, failed, publish, select, text_response
 from appliance.ignition import InvalidIgnition, check_raw_ignition
 from appliance.templates import format_value
 from appliance.templates.data import template_data
@@ -21,9 +21,8 @@ RAW_IGNITION_SUFFIXES = (".ign", ".ignition")
 
 async def ignition(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    labels = request_labels(request)
-    mac = label_mac(labels)
-    chosen = select(ctx, labels)
+    chosen = select(ctx, request)
+    mac = chosen.mac
     if chosen.profile is None:
         return failed(ctx, request, mac, EventKind.IGNITION, chosen.reason)
     name = chosen.profile.ignition_id
@@ -48,12 +47,11 @@ async def ignition(request: web.Request) -> web.Response:
 
 async def metadata(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    labels = request_labels(request)
-    mac = label_mac(labels)
-    chosen = select(ctx, labels)
+    chosen = select(ctx, request)
+    mac = chosen.mac
     if chosen.group is None:
         return failed(ctx, request, mac, EventKind.METADATA, chosen.reason)
-    data = template_data(chosen.group, labels.labels, request.rel_url.raw_query_string)
+    data = template_data(chosen.group, chosen.labels.labels, request.rel_url.raw_query_string)
     publish(ctx, request, mac, kind=EventKind.METADATA, detail=f"group {chosen.group.id!r}")
     # matchbox sets this exact (misspelt) type; its tests assert it.
     return web.Response(body=render_env_file(data).encode(), headers={"Content-Type": "plain/text"})

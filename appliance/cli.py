@@ -9,12 +9,12 @@ from pathlib import Path
 
 from appliance import __version__
 from appliance.config import Config, ConfigInvalid, load_config
+from appliance.dhcp.policy import available_firmware
+from appliance.dhcp.pxe import ARCH_TABLE
 from appliance.daemon import Daemon, StartupError, build_store, startup_problems
 from appliance.logs import setup_logging
 
 DEFAULT_CONFIG = "/etc/bootd/bootd.yaml"
-# The iPXE binaries bootd serves, by firmware; `bootd check` says which are present.
-FIRMWARE_FILES = (("undionly.kpxe", "BIOS"), ("ipxe.efi", "x86_64 UEFI"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +78,11 @@ def cmd_check(path: Path) -> int:
             warnings.append(f"data dir: assets root {config.http.assets_root} does not exist (/assets/ answers 404)")
     for warning in warnings:
         print(f"warning: {warning}")
-    firmware_dir = config.state_dir / "firmware"
-    for name, firmware in FIRMWARE_FILES:
-        present = (firmware_dir / name).is_file()
-        print(f"firmware: {name} ({firmware}): {'present' if present else 'not present'} in {firmware_dir}")
+    available = available_firmware(config.firmware_dir)
+    for entry in ARCH_TABLE.values():
+        state = "servable" if entry.firmware in available else f"not servable: no {entry.firmware} in {config.firmware_dir}"
+        print(f"arch {entry.arch.value:2d} {entry.arch.name:10s} {entry.firmware.value:14s} {state}")
+    print("iPXE clients of every arch are served bootd's HTTP script; they need no firmware file")
     print(f"{path.name}: {len(errors)} errors, {len(warnings)} warnings, {len(config.machines)} machines")
     return 1 if errors else 0
 

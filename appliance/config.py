@@ -43,6 +43,25 @@ class Role(StrEnum):
     WORKER = "worker"
 
 
+class DhcpMode(StrEnum):
+    OFF = "off"
+    PROXY = "proxy"  # beside the site's DHCP server: boot options only
+    AUTHORITATIVE = "authoritative"  # the only DHCP server: addresses too
+
+
+class UefiStrategy(StrEnum):
+    BINL = "binl"  # no option 43 on 67; the client asks again on 4011 (dnsmasq, pixiecore)
+    DIRECT = "direct"  # option 43 {6: 0x08}: boot the file straight away (smee)
+
+
+# DHCP options whose integer values have a fixed width (RFC 2132); others take IPs, text or hex.
+_INT_OPTIONS = {2: (4, True), 13: (2, False), 22: (2, False), 23: (1, False), 24: (4, False), 26: (2, False),
+                35: (4, False), 37: (1, False), 38: (4, False), 51: (4, False), 57: (2, False), 58: (4, False),
+                59: (4, False)}
+# Options bootd writes itself from the config's own keys; giving them under `options` would fight those.
+_RESERVED_OPTIONS = {1, 3, 6, 12, 15, 43, 50, 51, 53, 54, 55, 60, 61, 66, 67, 82, 93, 94, 97, 175}
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigError:
     file: str
@@ -89,12 +108,33 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DhcpConfig:
+    mode: DhcpMode = DhcpMode.OFF
+    only_known: bool = False  # True: machines not listed under `machines` get no boot offer
+    port: int = 67
+    pxe_port: int = 4011
+    uefi: UefiStrategy = UefiStrategy.BINL
+    uefi_arch: Mapping[int, UefiStrategy] = field(default_factory=lambda: MappingProxyType({}))
+    firmware_dir: Path | None = None  # None: <state_dir>/firmware
+    # authoritative mode
+    subnet: ipaddress.IPv4Network | None = None
+    range: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] | None = None
+    router: ipaddress.IPv4Address | None = None
+    dns_servers: tuple[ipaddress.IPv4Address, ...] = ()
+    lease_seconds: int = 3600
+    options: Mapping[int, bytes] = field(default_factory=lambda: MappingProxyType({}))
+    router_advertisement: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Machine:
     name: str
     mac: MacAddress
     ip: IPAddress | None = None
     role: Role | None = None
     profile: str | None = None
+    ignore: bool = False  # DHCP: never answer this machine
+    boot_file: str | None = None  # DHCP: boot this (a TFTP file name or a URL) instead of the iPXE binary
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     line: int = 0  # where the machine is written, for messages that point back at it
 
@@ -107,7 +147,12 @@ class Config:
     domain: str | None = None
     names: NamesConfig = NamesConfig()
     http: HttpConfig = HttpConfig()
+    dhcp: DhcpConfig = DhcpConfig()
     machines: tuple[Machine, ...] = ()
+
+    @property
+    def firmware_dir(self) -> Path:
+        return self.dhcp.firmware_dir or self.state_dir / "firmware"
 
     def fqdn(self, name: str) -> str:
         return f"{name}.{self.domain}" if self.domain else name
@@ -307,7 +352,7 @@ class _Reader:
     # --- sections ---------------------------------------------------------------------------------
 
     def config(self, root: Node) -> Config | None:
-        top = self.fields(root, "", {"state_dir", "listen", "domain", "names", "http", "machines"})
+        top = self.fields(root, "", {"state_dir", "listen", "domain", "names", "http", "dhcp", "machines"})
         if top is None:
             return None
         kw: dict[str, Any] = {"source": self.file}
@@ -321,9 +366,164 @@ class _Reader:
             kw["names"] = names
         if "http" in top and (http := self.http(top["http"])) is not None:
             kw["http"] = http
+        if "dhcp" in top and (dhcp := self.dhcp(top["dhcp"])) is not None:
+            kw["dhcp"] = dhcp
         if "machines" in top:
             kw["machines"] = self.machines(top["machines"], kw.get("names", NamesConfig()))
+        dhcp = kw.get("dhcp", DhcpConfig())
+        if dhcp.mode is DhcpMode.AUTHORITATIVE and dhcp.subnet is not None:
+            for i, machine in enumerate(kw.get("machines", ())):
+                if isinstance(machine.ip, ipaddress.IPv4Address) and machine.ip not in dhcp.subnet \
+                        and not machine.ignore:
+                    self.errors.append(ConfigError(self.file.name, machine.line, f"machines[{i}].ip",
+                                                   f"{machine.name}'s {machine.ip} is outside dhcp.subnet {dhcp.subnet}"))
         return Config(**kw)
+
+    def dhcp(self, node: Node) -> DhcpConfig | None:
+        nodes = self.fields(node, "dhcp", {
+            "mode", "only_known", "port", "pxe_port", "uefi", "uefi_arch", "firmware_dir", "subnet", "range",
+            "router", "dns_servers", "lease", "options", "router_advertisement"})
+        if nodes is None:
+            return None
+        kw: dict[str, Any] = {}
+        port = lambda n, w: self.integer(n, w, 1, 65535)  # noqa: E731
+        for key, read in (("mode", lambda n, w: self.choice(n, w, DhcpMode)), ("only_known", self.boolean),
+                          ("port", port), ("pxe_port", port), ("uefi", lambda n, w: self.choice(n, w, UefiStrategy)),
+                          ("firmware_dir", self.path), ("router", self.ipv4),
+                          ("router_advertisement", self.boolean), ("lease", self.duration)):
+            if (value := self.optional(nodes, key, "dhcp", read)) is not None:
+                kw["lease_seconds" if key == "lease" else key] = value
+        if "uefi_arch" in nodes:
+            arches = {}
+            for key_node, value_node in self._pairs(nodes["uefi_arch"], "dhcp.uefi_arch"):
+                arch = self.integer(key_node, "dhcp.uefi_arch", 0, 65535)
+                strategy = self.choice(value_node, f"dhcp.uefi_arch.{key_node.value}", UefiStrategy)
+                if arch is not None and strategy is not None:
+                    arches[arch] = strategy
+            kw["uefi_arch"] = MappingProxyType(arches)
+        if "subnet" in nodes and (text := self.string(nodes["subnet"], "dhcp.subnet")) is not None:
+            try:
+                kw["subnet"] = ipaddress.IPv4Network(text, strict=True)
+            except ValueError as exc:
+                self.error(nodes["subnet"], "dhcp.subnet", f"{text!r} is not an IPv4 network ({exc})")
+        if "range" in nodes:
+            items = self.sequence(nodes["range"], "dhcp.range") or []
+            ends = [self.ipv4(n, f"dhcp.range[{i}]") for i, n in enumerate(items)]
+            if len(items) != 2:
+                self.error(nodes["range"], "dhcp.range", "expected [first address, last address]")
+            elif None not in ends:
+                if ends[0] > ends[1]:
+                    self.error(nodes["range"], "dhcp.range", f"{ends[0]} comes after {ends[1]}")
+                else:
+                    kw["range"] = (ends[0], ends[1])
+        if "dns_servers" in nodes:
+            items = self.sequence(nodes["dns_servers"], "dhcp.dns_servers") or []
+            servers = [self.ipv4(n, f"dhcp.dns_servers[{i}]") for i, n in enumerate(items)]
+            kw["dns_servers"] = tuple(s for s in servers if s is not None)
+        if "options" in nodes:
+            options = {}
+            for key_node, value_node in self._pairs(nodes["options"], "dhcp.options"):
+                code = self.integer(key_node, "dhcp.options", 1, 254)
+                if code is None:
+                    continue
+                where = f"dhcp.options.{code}"
+                if code in _RESERVED_OPTIONS:
+                    self.error(key_node, where, "bootd sets this option itself; use the config key for it")
+                elif (value := self.option_value(value_node, where, code)) is not None:
+                    options[code] = value
+            kw["options"] = MappingProxyType(options)
+        config = DhcpConfig(**kw)
+        if config.mode is DhcpMode.AUTHORITATIVE:
+            for key, value in (("subnet", config.subnet), ("range", config.range)):
+                if value is None:
+                    self.error(node, f"dhcp.{key}", "required in authoritative mode")
+            if config.subnet and config.range and not all(end in config.subnet for end in config.range):
+                self.error(nodes["range"], "dhcp.range", f"not inside dhcp.subnet {config.subnet}")
+            if config.subnet and config.router and config.router not in config.subnet:
+                self.error(nodes["router"], "dhcp.router", f"not inside dhcp.subnet {config.subnet}")
+        return config
+
+    def _pairs(self, node: Node, where: str) -> list[tuple[Node, Node]]:
+        if not isinstance(node, MappingNode):
+            self.error(node, where, "expected a mapping")
+            return []
+        seen: dict[str, int] = {}
+        pairs = []
+        for key_node, value_node in node.value:
+            if key_node.value in seen:
+                self.error(key_node, f"{where}.{key_node.value}", f"duplicate key (first given on line {seen[key_node.value]})")
+                continue
+            seen[key_node.value] = key_node.start_mark.line + 1
+            pairs.append((key_node, value_node))
+        return pairs
+
+    def ipv4(self, node: Node, where: str) -> ipaddress.IPv4Address | None:
+        address = self.ip(node, where)
+        if address is not None and address.version != 4:
+            self.error(node, where, f"{address} is not an IPv4 address")
+            return None
+        return address  # type: ignore[return-value]
+
+    def duration(self, node: Node, where: str) -> int | None:
+        text = self.string(node, where)
+        match = re.fullmatch(r"(\d+)([smhd]?)", text or "")
+        if match is None:
+            self.error(node, where, f"{text!r} is not a duration (e.g. 3600, 30m, 12h, 1d)")
+            return None
+        seconds = int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+        if not 60 <= seconds <= 2**31:
+            self.error(node, where, f"{text!r} is out of range (1 minute to 68 years)")
+            return None
+        return seconds
+
+    def option_value(self, node: Node, where: str, code: int) -> bytes | None:
+        """A DHCP option's value: an integer (options of known width), a list of IPv4 addresses, routes for
+        option 121 (`net/len via gw`), `hex:0a0b...` for raw bytes, or text."""
+        if code == 121:
+            return self.classless_routes(node, where)
+        if isinstance(node, SequenceNode):
+            addresses = [self.ipv4(n, f"{where}[{i}]") for i, n in enumerate(node.value)]
+            return None if None in addresses or not addresses else b"".join(a.packed for a in addresses)
+        text = self.string(node, where)
+        if text is None:
+            return None
+        if code in _INT_OPTIONS and node.style is None:
+            width, signed = _INT_OPTIONS[code]
+            try:
+                return int(text).to_bytes(width, "big", signed=signed)
+            except (ValueError, OverflowError):
+                self.error(node, where, f"expected a {width * 8}-bit integer, got {text!r}")
+                return None
+        if text.startswith("hex:"):
+            try:
+                return bytes.fromhex(text[4:].replace(":", ""))
+            except ValueError:
+                self.error(node, where, f"{text!r} is not hex")
+                return None
+        try:
+            return ipaddress.IPv4Address(text).packed
+        except ValueError:
+            return text.encode()
+
+    def classless_routes(self, node: Node, where: str) -> bytes | None:
+        """RFC 3442: each route is `network/prefix via gateway`."""
+        items = self.sequence(node, where)
+        if not items:
+            self.error(node, where, "expected a list of 'network/prefix via gateway'")
+            return None
+        out = bytearray()
+        for i, item in enumerate(items):
+            text = self.string(item, f"{where}[{i}]") or ""
+            try:
+                network_text, gateway_text = (part.strip() for part in text.split(" via "))
+                network = ipaddress.IPv4Network(network_text, strict=True)
+                gateway = ipaddress.IPv4Address(gateway_text)
+            except ValueError:
+                self.error(item, f"{where}[{i}]", f"{text!r} is not 'network/prefix via gateway'")
+                return None
+            significant = (network.prefixlen + 7) // 8
+            out += bytes((network.prefixlen,)) + network.network_address.packed[:significant] + gateway.packed
+        return bytes(out)
 
     def listen(self, node: Node) -> ListenConfig | None:
         nodes = self.fields(node, "listen", {"interface", "interfaces", "address"})
@@ -368,7 +568,8 @@ class _Reader:
         reserved = {n: key for key in ("provisioner", "controllers", "workers") if (n := getattr(names, key))}
         for i, item in enumerate(items):
             where = f"machines[{i}]"
-            nodes = self.fields(item, where, {"name", "mac", "ip", "role", "profile", "metadata"})
+            nodes = self.fields(item, where, {"name", "mac", "ip", "role", "profile", "metadata", "ignore",
+                                              "boot_file"})
             if nodes is None:
                 continue
             for required in ("name", "mac"):
@@ -380,6 +581,8 @@ class _Reader:
                 "ip": self.optional(nodes, "ip", where, self.ip),
                 "role": self.optional(nodes, "role", where, lambda n, w: self.choice(n, w, Role)),
                 "profile": self.optional(nodes, "profile", where, self.string),
+                "ignore": self.optional(nodes, "ignore", where, self.boolean),
+                "boot_file": self.optional(nodes, "boot_file", where, self.string),
                 "line": item.start_mark.line + 1,
             }
             if "metadata" in nodes and (metadata := self.json_mapping(nodes["metadata"], f"{where}.metadata")):

@@ -17,7 +17,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from appliance.config import Config, ConfigInvalid, load_config
+from appliance.config import Config, ConfigInvalid, DhcpMode, load_config
+from appliance.dhcp.leases import LeaseTable
+from appliance.dhcp.policy import available_firmware, build_policies
+from appliance.dhcp.server import DhcpServer
 from appliance.events import EventBus, ProgressTracker, log_event
 from appliance.http import HttpContext, make_app
 from appliance.net import NeighbourTable
@@ -57,9 +60,19 @@ class Daemon:
         self.tracker.set_known((m.mac, m.name) for m in config.machines)
         self.http_context = HttpContext(config=config, store=build_store(config), bus=self.bus,
                                         tracker=self.tracker, neighbours=self.neighbours)
+        self.http_context.stats = self.stats
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self.addresses: list[str] = []
+        self.http_port = config.http.port
+        self.dhcp: DhcpServer | None = None
+
+    def stats(self) -> dict[str, object]:
+        out: dict[str, object] = {"events_dropped": self.bus.dropped, "event_sink_errors": self.bus.sink_errors,
+                                  "machines_tracked": len(self.tracker), "machines_evicted": self.tracker.evicted}
+        if self.dhcp is not None:
+            out["dhcp"] = self.dhcp.stats.as_json()
+        return out
 
     async def run(self) -> int:
         await self.start()
@@ -76,6 +89,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         if self.config.http.enabled:
             await self._start_http()
+        if self.config.dhcp.mode is not DhcpMode.OFF:
+            self._start_dhcp()
         logger.info("bootd ready: %s", ", ".join(self.addresses) or "no service enabled",
                     extra={"addresses": ",".join(self.addresses)})
 
@@ -92,12 +107,40 @@ class Daemon:
             await runner.cleanup()
             raise StartupError(f"http: cannot listen on {http.address or '*'}:{http.port}: {exc.strerror}") from None
         self._runner = runner
+        self.http_port = runner.addresses[0][1]
         for sockname in runner.addresses:
             host, port = sockname[0], sockname[1]
             self.addresses.append(f"http://{'[' + host + ']' if ':' in host else host}:{port}")
 
+    def _dhcp_policies(self, config: Config):
+        return build_policies(config, available_firmware(config.firmware_dir), http_port=self.http_port)
+
+    def _start_dhcp(self) -> None:
+        config = self.config
+        address = config.listen.address
+        leases = None
+        if config.dhcp.mode is DhcpMode.AUTHORITATIVE:
+            leases = LeaseTable.load(config.state_dir / "leases.json")
+        server = DhcpServer(policies=self._dhcp_policies(config), bus=self.bus, leases=leases,
+                            port=config.dhcp.port, pxe_port=config.dhcp.pxe_port,
+                            server_address=address if address is not None and address.version == 4 else None,
+                            interfaces=config.listen.interfaces)
+        try:
+            server.start()
+        except OSError as exc:
+            server.close()
+            raise StartupError(f"dhcp: cannot listen on UDP {config.dhcp.port}/{config.dhcp.pxe_port}: "
+                               f"{exc.strerror or exc}") from None
+        self.dhcp = server
+        mode = config.dhcp.mode.value
+        self.addresses.append(f"dhcp-{mode}://*:{server.bound_ports[0]}+{server.bound_ports[1]}")
+        servable = sorted(f.value for f in server.policies.pxe.available)
+        logger.info("dhcp %s mode; firmware present: %s", mode, ", ".join(servable) or "none (only iPXE clients boot)")
+
     async def stop(self) -> None:
         logger.info("bootd stopping: draining requests in flight")
+        if self.dhcp is not None:
+            self.dhcp.close()
         if self._runner is not None:
             await self._runner.cleanup()
         for task in list(self.http_context.tasks):
@@ -123,6 +166,11 @@ class Daemon:
         if (new.http.address, new.http.port, new.http.enabled) != (
                 self.config.http.address, self.config.http.port, self.config.http.enabled):
             logger.warning("reload: http address/port changes take effect at the next restart")
+        if (new.dhcp.mode, new.dhcp.port, new.dhcp.pxe_port, new.listen) != (
+                self.config.dhcp.mode, self.config.dhcp.port, self.config.dhcp.pxe_port, self.config.listen):
+            logger.warning("reload: dhcp mode, port and listen changes take effect at the next restart")
+        if self.dhcp is not None:
+            self.dhcp.update(self._dhcp_policies(new))
         self.config = new
         self.tracker.set_known((m.mac, m.name) for m in new.machines)
         self.http_context.config = new

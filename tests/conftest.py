@@ -10,6 +10,14 @@ def netlab(request):
     """A server namespace with a veth pair to one client namespace per `add_client`; removed afterwards."""
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
-    lab = NetLab(f"bt{os.getpid() % 100000}")
-    with lab:
+    with NetLab(f"bt{os.getpid() % 100000}") as lab:
+        yield lab
+
+
+@pytest.fixture
+def bridged_netlab(request):
+    """Like `netlab`, but every client is on one bridge in the server namespace: one Ethernet segment."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    with NetLab(f"bb{os.getpid() % 100000}", bridge=True) as lab:
         yield lab

@@ -58,7 +58,7 @@ class NetLab:
                 ns.link("set", index=index, state="up")
         return self
 
-    def add_client(self, address: str | None = None) -> Client:
+    def add_client(self, address: str | None = None, mac: str | None = None) -> Client:
         n = len(self.clients)
         client_ns = f"{self.name}-c{n}"
         netns.create(client_ns)
@@ -76,6 +76,8 @@ class NetLab:
         with NetNS(client_ns) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             index = ns.link_lookup(ifname=client_end)[0]
+            if mac:
+                ns.link("set", index=index, address=mac)
             if address:
                 self._address(ns, index, address)
             ns.link("set", index=index, state="up")
@@ -90,9 +92,10 @@ class NetLab:
         self.processes.append(proc)
         return proc
 
-    def run(self, ns: str, argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+    def run(self, ns: str, argv: list[str], timeout: float = 30, text: bool = True,
+            **kw) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", ns, *argv], timeout=timeout, capture_output=True,
-                              text=True, **kw)
+                              text=text, **kw)
 
     def close(self) -> None:
         for proc in self.processes:

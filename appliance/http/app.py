@@ -39,5 +39,7 @@ def make_app(context: HttpContext) -> web.Application:
     get("/assets/{tail:.*}", assets.asset)
     get("/api/v1/machines", machines.list_machines)
     get("/api/v1/machines/{mac}", machines.get_machine)
+    get("/api/v1/stats", machines.stats)
+    get("/firmware/{name}", assets.firmware)
     get("/{tail:.*}", fallback)
     return app

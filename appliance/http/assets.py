@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from appliance.events import EventKind
 from appliance.http.common import CONTEXT, not_found, publish
 from appliance.store import OutsideRoot, confine
 
@@ -66,3 +67,21 @@ def directory_listing(path: Path) -> str:
         lines.append(f'<a href="{quote(name)}">{html.escape(name)}</a>\n')
     lines.append("</pre>\n")
     return "".join(lines)
+
+
+async def firmware(request: web.Request) -> web.StreamResponse:
+    """/firmware/<name>: the iPXE binaries, for UEFI HTTP boot (DHCP hands out this URL)."""
+    ctx = request.app[CONTEXT]
+    name = request.match_info["name"]
+    try:
+        path = confine(ctx.config.firmware_dir, name)
+    except OutsideRoot as exc:
+        logger.warning("%s: refused firmware path %r: %s", request.remote, name[:200], exc)
+        return not_found()
+    if not path.is_file():
+        return not_found()
+    response = web.FileResponse(path)
+    await response.prepare(request)
+    if request.method == "GET" and response.status in (200, 206):
+        publish(ctx, request, None, kind=EventKind.ASSET, detail=f"/firmware/{name} ({response.content_length} bytes)")
+    return response

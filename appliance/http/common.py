@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ class HttpContext:
     bus: EventBus
     tracker: ProgressTracker
     neighbours: NeighbourTable | None = None
+    stats: Callable[[], dict[str, Any]] = dict  # the daemon's counters, for /api/v1/stats
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 

@@ -41,3 +41,7 @@ async def get_machine(request: web.Request) -> web.Response:
 def _unseen(mac: str, name: str) -> dict[str, object]:
     return {"mac": mac, "name": name, "known": True, "ip": None, "first_seen": None, "last_seen": None,
             "boots": 0, "stage": None, "ok": True, "stages": [], "events": []}
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTEXT].stats())

@@ -332,7 +332,7 @@ def test_check_lists_errors_and_warnings(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning: data dir: groups/broken.json: invalid JSON" in result.stdout
     assert "profile 'does-not-exist' is missing" in result.stdout
-    assert "firmware: undionly.kpxe (BIOS): not present" in result.stdout
+    assert "arch  0 BIOS       undionly.kpxe  not servable: no undionly.kpxe in" in result.stdout
     (tmp_path / "bootd.yaml").write_text("machines:\n  - {name: a, mac: '52:54:zz:00:00:01'}\n")
     result = run_cli("check", "-c", str(tmp_path / "bootd.yaml"))
     assert result.returncode == 1

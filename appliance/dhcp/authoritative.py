@@ -1,0 +1,203 @@
+"""Authoritative DHCP (RFC 2131) for a bare lab network: which address a client gets. Pure functions.
+
+Rules:
+- A machine in the config gets its reserved address and its name; no other client ever gets that address.
+- Otherwise a client keeps its lease, or the address it was just offered, or the address it asks for if it
+  is free, or the first free address of the range. Free: not leased or offered to another client, not
+  declined recently, not reserved, not the server's or the router's.
+- REQUEST: ACK when the address is one this client may have; NAK when it is not (wrong subnet, another
+  client's); silence when the client chose another server (option 54).
+- RELEASE frees the lease, DECLINE quarantines the address; neither is answered. INFORM gets options only.
+- PXE clients get the same boot options as in proxy mode (pxe.py) in the same reply, and iPXE gets option
+  175.176 (no-pxedhcp) so it does not wait for proxy offers that will never come.
+- `only_known: true` and `ignore: true` machines get no answer at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from types import MappingProxyType
+
+from appliance.dhcp.leases import (
+    OFFER_HOLD_SECONDS, QUARANTINE_SECONDS, Bind, Decline, HoldOffer, Lease, LeaseChange, LeaseTable, Release,
+)
+from appliance.dhcp.packet import BOOTREPLY, BOOTREQUEST, ZERO_IP, DhcpPacket, MessageType, Option
+from appliance.dhcp.pxe import (
+    BootOffer, Ignore, PxePolicy, PxeRequest, boot_file_fields, classify_client, decide_boot, mac_of, pxe_options,
+)
+from appliance.mac import MacAddress
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reservation:
+    ip: IPv4Address
+    hostname: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddressPolicy:
+    subnet: IPv4Network
+    first: IPv4Address
+    last: IPv4Address
+    router: IPv4Address | None = None
+    dns_servers: tuple[IPv4Address, ...] = ()
+    domain: str | None = None
+    lease_seconds: int = 3600
+    extra_options: Mapping[int, bytes] = field(default_factory=lambda: MappingProxyType({}))
+    reservations: Mapping[MacAddress, Reservation] = field(default_factory=lambda: MappingProxyType({}))
+    ignored: frozenset[MacAddress] = frozenset()
+
+    @property
+    def reserved_ips(self) -> frozenset[IPv4Address]:
+        return frozenset(r.ip for r in self.reservations.values())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DhcpAnswer:
+    reply: DhcpPacket | None  # None: RELEASE and DECLINE are not answered
+    change: LeaseChange | None
+    mac: MacAddress
+    ip: IPv4Address | None
+    boot: BootOffer | Ignore | None  # the PXE part, for events: what it boots, or why nothing
+    summary: str
+
+
+def decide_dhcp(packet: DhcpPacket, table: LeaseTable, policy: AddressPolicy, pxe_policy: PxePolicy,
+                server_ip: IPv4Address, now: float) -> DhcpAnswer | Ignore:
+    if packet.op != BOOTREQUEST:
+        return Ignore("bootreply")
+    if packet.htype != 1 or packet.hlen != 6:
+        return Ignore("not-ethernet")
+    mac = mac_of(packet)
+    kind = packet.message_type
+    if kind is None:
+        return Ignore("no-message-type", mac=mac)
+    if mac in policy.ignored:
+        return Ignore("ignored-machine", "ignore: true in the config", mac=mac)
+    if pxe_policy.only_known and mac not in policy.reservations:
+        return Ignore("unknown-machine", "only_known: true and the MAC is not in the config", mac=mac)
+    server_id = packet.option_ip(Option.SERVER_ID)
+    if kind == MessageType.DISCOVER:
+        ip = choose_address(mac, packet.option_ip(Option.REQUESTED_IP), table, policy, server_ip, now)
+        if ip is None:
+            return Ignore("pool-exhausted", f"no free address in {policy.first}-{policy.last}", mac=mac)
+        return _answer(packet, MessageType.OFFER, ip, mac, policy, pxe_policy, server_ip,
+                       HoldOffer(ip, mac, now + OFFER_HOLD_SECONDS))
+    if kind == MessageType.REQUEST:
+        if server_id is not None and server_id != server_ip:
+            offered = table.offered_to(mac, now)
+            return Ignore("other-server", f"client chose {server_id}", mac=mac) if offered is None else DhcpAnswer(
+                reply=None, change=Release(offered, mac), mac=mac, ip=None, boot=None,
+                summary=f"chose server {server_id}; offer of {offered} withdrawn")
+        wanted = packet.option_ip(Option.REQUESTED_IP) or (packet.ciaddr if packet.ciaddr != ZERO_IP else None)
+        if wanted is None:
+            return Ignore("request-without-address", mac=mac)
+        if may_have(mac, wanted, table, policy, server_ip, now):
+            lease = Lease(ip=wanted, mac=mac, expires=now + policy.lease_seconds, hostname=_hostname(mac, policy))
+            return _answer(packet, MessageType.ACK, wanted, mac, policy, pxe_policy, server_ip, Bind(lease))
+        return DhcpAnswer(reply=_nak(packet, server_ip), change=None, mac=mac, ip=None, boot=None,
+                          summary=f"NAK: {wanted} is not this client's")
+    if kind == MessageType.RELEASE:
+        return DhcpAnswer(reply=None, change=Release(packet.ciaddr, mac), mac=mac, ip=packet.ciaddr, boot=None,
+                          summary=f"released {packet.ciaddr}")
+    if kind == MessageType.DECLINE:
+        declined = packet.option_ip(Option.REQUESTED_IP)
+        if declined is None:
+            return Ignore("decline-without-address", mac=mac)
+        return DhcpAnswer(reply=None, change=Decline(declined, mac, now + QUARANTINE_SECONDS), mac=mac, ip=declined,
+                          boot=None, summary=f"declined {declined}: quarantined for {QUARANTINE_SECONDS:.0f} s")
+    if kind == MessageType.INFORM:
+        return _answer(packet, MessageType.ACK, None, mac, policy, pxe_policy, server_ip, None)
+    return Ignore("not-a-client-message", f"message type {kind}", mac=mac)
+
+
+def choose_address(mac: MacAddress, requested: IPv4Address | None, table: LeaseTable, policy: AddressPolicy,
+                   server_ip: IPv4Address, now: float) -> IPv4Address | None:
+    reservation = policy.reservations.get(mac)
+    if reservation is not None:
+        return reservation.ip
+    for candidate in (_lease_ip(table, mac, now), table.offered_to(mac, now), requested):
+        if candidate is not None and _free_for(mac, candidate, table, policy, server_ip, now):
+            return candidate
+    for number in range(int(policy.first), int(policy.last) + 1):
+        candidate = IPv4Address(number)
+        if _free_for(mac, candidate, table, policy, server_ip, now):
+            return candidate
+    return None
+
+
+def may_have(mac: MacAddress, ip: IPv4Address, table: LeaseTable, policy: AddressPolicy, server_ip: IPv4Address,
+             now: float) -> bool:
+    reservation = policy.reservations.get(mac)
+    if reservation is not None:
+        return ip == reservation.ip
+    return _free_for(mac, ip, table, policy, server_ip, now)
+
+
+def _free_for(mac: MacAddress, ip: IPv4Address, table: LeaseTable, policy: AddressPolicy, server_ip: IPv4Address,
+              now: float) -> bool:
+    if not policy.first <= ip <= policy.last or ip in (server_ip, policy.router):
+        return False
+    if ip in policy.reserved_ips or table.quarantined(ip, now):
+        return False
+    return table.holder(ip, now) in (None, mac)
+
+
+def _lease_ip(table: LeaseTable, mac: MacAddress, now: float) -> IPv4Address | None:
+    lease = table.lease_for(mac, now)
+    return lease.ip if lease is not None else None
+
+
+def _hostname(mac: MacAddress, policy: AddressPolicy) -> str:
+    reservation = policy.reservations.get(mac)
+    return reservation.hostname if reservation is not None else ""
+
+
+def _answer(packet: DhcpPacket, kind: MessageType, ip: IPv4Address | None, mac: MacAddress, policy: AddressPolicy,
+            pxe_policy: PxePolicy, server_ip: IPv4Address, change: LeaseChange | None) -> DhcpAnswer:
+    options: dict[int, bytes] = {Option.MESSAGE_TYPE: bytes((kind,)), Option.SERVER_ID: server_ip.packed}
+    if ip is not None:  # not for INFORM (RFC 2131 §4.3.5: no lease time, no yiaddr)
+        options[Option.LEASE_TIME] = policy.lease_seconds.to_bytes(4, "big")
+        options[Option.RENEWAL_TIME] = (policy.lease_seconds // 2).to_bytes(4, "big")
+        options[Option.REBINDING_TIME] = (policy.lease_seconds * 7 // 8).to_bytes(4, "big")
+    options[Option.SUBNET_MASK] = policy.subnet.netmask.packed
+    if policy.router is not None:
+        options[Option.ROUTER] = policy.router.packed
+    if policy.dns_servers:
+        options[Option.DNS] = b"".join(a.packed for a in policy.dns_servers)
+    if hostname := _hostname(mac, policy):
+        options[Option.HOSTNAME] = hostname.encode()
+    if policy.domain:
+        options[Option.DOMAIN] = policy.domain.encode()
+    options.update(policy.extra_options)
+    sname = file = b""
+    boot: BootOffer | Ignore | None = None
+    request = classify_client(packet)
+    if isinstance(request, PxeRequest):
+        boot = decide_boot(request, pxe_policy, server_ip, port=67, authoritative=True)
+        if isinstance(boot, BootOffer):
+            sname, file, extra = boot_file_fields(boot, packet.options.get(Option.PARAMETER_LIST, b""))
+            options.update(pxe_options(boot))
+            options.update(extra)
+    reply = DhcpPacket(
+        op=BOOTREPLY, htype=packet.htype, hlen=packet.hlen, xid=packet.xid, flags=packet.flags,
+        ciaddr=packet.ciaddr if kind == MessageType.ACK else ZERO_IP, yiaddr=ip or ZERO_IP,
+        siaddr=boot.next_server if isinstance(boot, BootOffer) else ZERO_IP, giaddr=packet.giaddr,
+        chaddr=packet.chaddr, sname=sname, file=file, options=MappingProxyType(options),
+    )
+    verb = "OFFER" if kind == MessageType.OFFER else "ACK"
+    what = f"{verb} {ip}" if ip is not None else f"{verb} (INFORM)"
+    if isinstance(boot, BootOffer):
+        what += f", boot {boot.decision} {boot.boot_file}"
+    elif isinstance(boot, Ignore):
+        what += f", no boot: {boot.detail or boot.reason}"
+    return DhcpAnswer(reply=reply, change=change, mac=mac, ip=ip, boot=boot, summary=what)
+
+
+def _nak(packet: DhcpPacket, server_ip: IPv4Address) -> DhcpPacket:
+    options = {Option.MESSAGE_TYPE: bytes((MessageType.NAK,)), Option.SERVER_ID: server_ip.packed}
+    # RFC 2131 §4.3.2: a NAK is broadcast when the client has no address to be reached at.
+    return DhcpPacket(op=BOOTREPLY, htype=packet.htype, hlen=packet.hlen, xid=packet.xid, flags=packet.flags | 0x8000,
+                      giaddr=packet.giaddr, chaddr=packet.chaddr, options=MappingProxyType(options))

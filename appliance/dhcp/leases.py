@@ -1,0 +1,193 @@
+"""Authoritative mode's state: bound leases, offers held for a moment, declined addresses in quarantine.
+
+Invariants:
+- An address is bound to at most one MAC, and a MAC holds at most one bound address.
+- Decisions only read a `LeaseTable`; what they decide comes back as a `LeaseChange` value that the server
+  applies with `apply` (then `save`s when the change binds or frees an address).
+- `save` writes the whole table atomically (temp file, fsync, rename, fsync of the directory), so a crash
+  leaves the old or the new file, never a partial one. `load` skips entries it cannot read, with a warning.
+- Times are wall-clock seconds (leases outlive restarts); the caller passes `now`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from appliance.mac import MacAddress, try_parse_mac
+
+logger = logging.getLogger(__name__)
+
+OFFER_HOLD_SECONDS = 30.0  # an OFFERed address is kept for its client this long (RFC 2131 §4.3.1 "SHOULD")
+QUARANTINE_SECONDS = 600.0  # a DECLINEd address is in use by someone we don't know; leave it alone
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    ip: IPv4Address
+    mac: MacAddress
+    expires: float
+    hostname: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldOffer:
+    ip: IPv4Address
+    mac: MacAddress
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    ip: IPv4Address
+    mac: MacAddress
+
+
+@dataclass(frozen=True, slots=True)
+class Decline:
+    ip: IPv4Address
+    mac: MacAddress
+    until: float
+
+
+LeaseChange = HoldOffer | Bind | Release | Decline
+
+
+class LeaseTable:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._bound: dict[IPv4Address, Lease] = {}
+        self._by_mac: dict[MacAddress, IPv4Address] = {}
+        self._offers: dict[IPv4Address, tuple[MacAddress, float]] = {}
+        self._quarantine: dict[IPv4Address, float] = {}
+
+    # --- reads (decisions) ------------------------------------------------------------------------
+
+    def lease_for(self, mac: MacAddress, now: float) -> Lease | None:
+        ip = self._by_mac.get(mac)
+        lease = self._bound.get(ip) if ip is not None else None
+        return lease if lease is not None and lease.expires > now else None
+
+    def offered_to(self, mac: MacAddress, now: float) -> IPv4Address | None:
+        for ip, (holder, until) in self._offers.items():
+            if holder == mac and until > now:
+                return ip
+        return None
+
+    def holder(self, ip: IPv4Address, now: float) -> MacAddress | None:
+        """Who has `ip` now: its unexpired lease, else its unexpired offer."""
+        lease = self._bound.get(ip)
+        if lease is not None and lease.expires > now:
+            return lease.mac
+        offer = self._offers.get(ip)
+        if offer is not None and offer[1] > now:
+            return offer[0]
+        return None
+
+    def quarantined(self, ip: IPv4Address, now: float) -> bool:
+        return self._quarantine.get(ip, 0.0) > now
+
+    def leases(self, now: float) -> list[Lease]:
+        return sorted((l for l in self._bound.values() if l.expires > now), key=lambda l: l.ip)
+
+    # --- changes (the server) ---------------------------------------------------------------------
+
+    def apply(self, change: LeaseChange) -> bool:
+        """Apply a decision's change; True when the persisted state changed (the caller then saves)."""
+        match change:
+            case HoldOffer(ip, mac, until):
+                self._offers[ip] = (mac, until)
+                return False
+            case Bind(lease):
+                self._offers.pop(lease.ip, None)
+                old_ip = self._by_mac.get(lease.mac)
+                if old_ip is not None and old_ip != lease.ip:
+                    self._bound.pop(old_ip, None)
+                previous = self._bound.get(lease.ip)
+                if previous is not None and previous.mac != lease.mac:
+                    self._by_mac.pop(previous.mac, None)
+                self._bound[lease.ip] = lease
+                self._by_mac[lease.mac] = lease.ip
+                return True
+            case Release(ip, mac):
+                self._offers.pop(ip, None)
+                lease = self._bound.get(ip)
+                if lease is not None and lease.mac == mac:
+                    del self._bound[ip]
+                    self._by_mac.pop(mac, None)
+                    return True
+                return False
+            case Decline(ip, mac, until):
+                self._quarantine[ip] = until
+                changed = self.apply(Release(ip, mac))
+                return changed
+        raise AssertionError(f"unknown lease change {change!r}")
+
+    def expire(self, now: float) -> None:
+        """Forget offers and quarantines that ran out (bound leases stay until replaced: their history
+        lets a returning client get its address back)."""
+        self._offers = {ip: o for ip, o in self._offers.items() if o[1] > now}
+        self._quarantine = {ip: t for ip, t in self._quarantine.items() if t > now}
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        records = [{"ip": str(l.ip), "mac": l.mac, "expires": l.expires, "hostname": l.hostname}
+                   for l in sorted(self._bound.values(), key=lambda l: l.ip)]
+        data = json.dumps({"version": 1, "leases": records}, indent=1).encode()
+        write_atomically(self.path, data)
+
+    @classmethod
+    def load(cls, path: Path) -> LeaseTable:
+        table = cls(path)
+        try:
+            raw = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return table
+        except (OSError, ValueError) as exc:
+            logger.warning("leases: cannot read %s (%s); starting with no leases", path, exc)
+            return table
+        for record in raw.get("leases", []) if isinstance(raw, dict) else []:
+            try:
+                mac = try_parse_mac(record["mac"])
+                lease = Lease(ip=IPv4Address(record["ip"]), mac=mac, expires=float(record["expires"]),
+                              hostname=str(record.get("hostname", "")))
+                if mac is None:
+                    raise ValueError(f"bad MAC {record['mac']!r}")
+            except (KeyError, TypeError, ValueError) as exc:
+                logger.warning("leases: skipping an unreadable entry in %s: %s", path, exc)
+                continue
+            table.apply(Bind(lease))
+        return table
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """temp file in the same directory, fsync, rename over `path`, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,228 @@
+"""The DHCP transport: UDP 67 and 4011, decisions from pxe.py / authoritative.py, replies, events.
+
+Each socket is non-blocking with `loop.add_reader`, read until EAGAIN ("drain"): asyncio's
+DatagramProtocol hides IP_PKTINFO, which tells the interface a broadcast came in on and the address bootd
+has there (the reply's server identifier, next-server and URLs), and costs 2-4x more per packet.
+Replies leave through the same interface (IP_PKTINFO on sendmsg), 67's from :67 and 4011's from :4011
+(iPXE ignores replies from other ports).
+
+The only broad `except` is the per-datagram guard: our bug is logged with its traceback and counted, and
+the next packet is served. Malformed packets are `MalformedPacket`: counted by reason, logged at DEBUG.
+Nothing on this path awaits: iPXE waits about 2 s for a proxy offer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from appliance.config import DhcpMode
+from appliance.dhcp.authoritative import DhcpAnswer, decide_dhcp
+from appliance.dhcp.leases import Bind, LeaseTable, Release, Decline
+from appliance.dhcp.packet import MalformedPacket, encode_packet, parse_packet
+from appliance.dhcp.policy import DhcpPolicies
+from appliance.dhcp.pxe import (
+    PXE_PORT, BootOffer, Ignore, PxeRequest, classify_client, decide_boot, is_proxy_request, proxy_reply,
+    send_target,
+)
+from appliance.events import Event, EventBus, EventKind
+from appliance.mac import MacAddress
+
+logger = logging.getLogger(__name__)
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux <linux/in.h>; the socket module has it from Python 3.12
+_PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+_CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
+_MAX_DATAGRAM = 4096  # DHCP messages are at most 576 bytes unless option 57 allows more; 4 KiB bounds it
+_DRAIN_BATCH = 64  # datagrams read per wakeup before other callbacks get a turn
+# Ignore reasons worth a progress event: the machine is real and the operator wants to know why it did not boot.
+_REPORTED = {"unknown-machine", "ignored-machine", "firmware-missing", "pool-exhausted", "unsupported-arch"}
+
+
+@dataclass(slots=True)
+class DhcpStats:
+    received: int = 0
+    answered: int = 0
+    internal_errors: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def as_json(self) -> dict[str, object]:
+        return {"received": self.received, "answered": self.answered, "internal_errors": self.internal_errors,
+                "dropped": dict(self.dropped)}
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    data: bytes
+    source: tuple[str, int]
+    ifindex: int
+    local_ip: IPv4Address  # the address the packet reached us at (for a broadcast: the interface's)
+
+
+class DhcpServer:
+    def __init__(self, *, policies: DhcpPolicies, bus: EventBus, leases: LeaseTable | None = None,
+                 port: int = 67, pxe_port: int = PXE_PORT, bind_address: str = "",
+                 server_address: IPv4Address | None = None, interfaces: tuple[str, ...] = (),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.policies = policies
+        self.bus = bus
+        self.leases = leases if leases is not None else LeaseTable()
+        self.port, self.pxe_port = port, pxe_port
+        self.bind_address = bind_address
+        self.server_address = server_address
+        self.interfaces = interfaces
+        self.stats = DhcpStats()
+        self._clock = clock
+        self._ifindexes: frozenset[int] = frozenset()
+        self._sockets: list[socket.socket] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ifindexes = frozenset(socket.if_nametoindex(name) for name in self.interfaces)
+        for port in (self.port, self.pxe_port):
+            sock = _udp_socket(self.bind_address, port)
+            self._sockets.append(sock)
+            self._loop.add_reader(sock.fileno(), self._drain, sock, port)
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._sockets.clear()
+
+    def update(self, policies: DhcpPolicies) -> None:
+        """Reload: new decisions from the next packet on; leases are kept."""
+        self.policies = policies
+
+    @property
+    def bound_ports(self) -> list[int]:
+        return [sock.getsockname()[1] for sock in self._sockets]
+
+    # --- receiving --------------------------------------------------------------------------------
+
+    def _drain(self, sock: socket.socket, port: int) -> None:
+        for _ in range(_DRAIN_BATCH):
+            try:
+                data, ancdata, _flags, source = sock.recvmsg(_MAX_DATAGRAM, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP errors surfacing on the socket
+                logger.debug("dhcp :%d receive error: %s", port, exc)
+                return
+            ifindex, local_ip = _pktinfo(ancdata)
+            try:
+                self.handle_datagram(sock, Datagram(data, source, ifindex, local_ip), port, self._clock())
+            except Exception:  # our bug: log it once with the traceback, count it, serve the next packet
+                self.stats.internal_errors += 1
+                logger.exception("dhcp: internal error on a packet from %s", source)
+
+    def handle_datagram(self, sock: socket.socket, dgram: Datagram, port: int, now: float) -> None:
+        self.stats.received += 1
+        if self._ifindexes and dgram.ifindex not in self._ifindexes:
+            self._drop(Ignore("other-interface"), dgram)
+            return
+        try:
+            packet = parse_packet(dgram.data)
+        except MalformedPacket as exc:
+            self._drop(Ignore(exc.reason), dgram)
+            return
+        server_ip = self.server_address or dgram.local_ip
+        policies = self.policies
+        if policies.mode is DhcpMode.AUTHORITATIVE and port != self.pxe_port and policies.addresses is not None:
+            answer = decide_dhcp(packet, self.leases, policies.addresses, policies.pxe, server_ip, now)
+            if isinstance(answer, Ignore):
+                self._drop(answer, dgram)
+            else:
+                self._apply(sock, packet, answer, dgram, port)
+            return
+        request = classify_client(packet)
+        if isinstance(request, Ignore):
+            self._drop(request, dgram)
+            return
+        pxe_port = PXE_PORT if port == self.pxe_port else 67
+        if not is_proxy_request(request, pxe_port):
+            self._drop(Ignore("not-for-proxy", f"message type {request.message_type} on {port}"), dgram)
+            return
+        offer = decide_boot(request, policies.pxe, server_ip, port=pxe_port)
+        if isinstance(offer, Ignore):
+            self._drop(offer, dgram)
+            return
+        reply = proxy_reply(request, offer, port=pxe_port)
+        target = send_target(packet, dgram.source, port=pxe_port, reply=reply)
+        self._send(sock, encode_packet(reply), target.address, target.port, dgram)
+        self._published(request, offer, dgram, "OFFER" if pxe_port == 67 else f"ACK on {port}")
+
+    # --- answering --------------------------------------------------------------------------------
+
+    def _apply(self, sock: socket.socket, packet, answer: DhcpAnswer, dgram: Datagram, port: int) -> None:
+        if answer.change is not None and self.leases.apply(answer.change):
+            self.leases.save()
+        if answer.reply is not None:
+            target = send_target(packet, dgram.source, port=67, reply=answer.reply)
+            self._send(sock, encode_packet(answer.reply), target.address, target.port, dgram)
+        ok = not isinstance(answer.boot, Ignore)
+        peer = str(answer.ip) if answer.ip is not None and isinstance(answer.change, Bind) else None
+        if isinstance(answer.change, (Release, Decline)):
+            peer = None
+        self.bus.publish(Event(kind=EventKind.DHCP, mac=answer.mac, peer=peer, detail=answer.summary, ok=ok))
+
+    def _published(self, request: PxeRequest, offer: BootOffer, dgram: Datagram, what: str) -> None:
+        peer = dgram.source[0] if dgram.source[0] != "0.0.0.0" else None
+        detail = (f"proxy {what}: arch {request.arch.arch.value} ({request.arch.arch.name})"
+                  f"{', iPXE' if request.ipxe else ''}: {offer.decision} {offer.boot_file}")
+        self.bus.publish(Event(kind=EventKind.DHCP, mac=request.mac, peer=peer, detail=detail))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("dhcp %s %s from %s: %s", what, request.mac, dgram.source, offer)
+
+    def _send(self, sock: socket.socket, data: bytes, address: str, port: int, dgram: Datagram) -> None:
+        ancillary = [(socket.IPPROTO_IP, IP_PKTINFO,
+                      _PKTINFO.pack(dgram.ifindex, dgram.local_ip.packed, b"\0\0\0\0"))] if dgram.ifindex else []
+        try:
+            sock.sendmsg([data], ancillary, 0, (address, port))
+            self.stats.answered += 1
+        except OSError as exc:
+            self.stats.dropped["send-failed"] += 1
+            logger.warning("dhcp: cannot send to %s:%d: %s", address, port, exc)
+
+    def _drop(self, ignore: Ignore, dgram: Datagram) -> None:
+        self.stats.dropped[ignore.reason] += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("dhcp drop from %s: %s %s", dgram.source, ignore.reason, ignore.detail)
+        if ignore.mac is not None and ignore.reason in _REPORTED:
+            self.bus.publish(Event(kind=EventKind.DHCP, mac=MacAddress(ignore.mac), peer=None, ok=False,
+                                   detail=f"not answered: {ignore.reason}: {ignore.detail}"))
+
+
+def _udp_socket(address: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        sock.bind((address, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _pktinfo(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, IPv4Address]:
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
+            ifindex, spec_dst, _addr = _PKTINFO.unpack_from(data)
+            return ifindex, IPv4Address(spec_dst)
+    return 0, ipaddress.IPv4Address(0)

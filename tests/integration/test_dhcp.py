@@ -1,0 +1,259 @@
+"""DHCP through real sockets in namespaces: scapy-crafted PXE packets (a codec that is not bootd's), busybox
+udhcpc as a real client, curl fetching the HTTP-boot URL, and a mutation storm. Nothing leaves the lab."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scapy.layers.dhcp import BOOTP, DHCP, DHCPRevOptions
+
+from tests.bootd_process import BootdProcess
+from tests.integration.test_http import write
+
+pytestmark = pytest.mark.netns
+ROOT = Path(__file__).parents[2]
+FIRMWARE = {"undionly.kpxe": os.urandom(70_000), "ipxe.efi": os.urandom(200_000)}
+GUID = b"\x00" + bytes(range(16))
+
+
+def pxe_packet(mac: str, kind: str, arch: int, *extra, xid: int = 0x2468, vendor: bytes | None = None,
+               ciaddr: str = "0.0.0.0", flags: int = 0x8000) -> bytes:
+    vendor = vendor or f"PXEClient:Arch:{arch:05d}:UNDI:002001".encode()
+    options = [("message-type", kind), ("vendor_class_id", vendor), (93, arch.to_bytes(2, "big")),
+               (94, b"\x01\x02\x01"), (97, GUID), ("param_req_list", [1, 3, 6, 43, 60, 66, 67]), *extra, "end"]
+    return bytes(BOOTP(op=1, chaddr=bytes.fromhex(mac.replace(":", "")), xid=xid, flags=flags, ciaddr=ciaddr)
+                 / DHCP(options=options))
+
+
+def decode(answer: dict) -> tuple[BOOTP, dict]:
+    """The reply as scapy reads it, options keyed by scapy's name and by number."""
+    reply = BOOTP(bytes.fromhex(answer["data"]))
+    options = {}
+    for option in reply[DHCP].options:
+        if isinstance(option, tuple):
+            name, value = option[0], option[1]
+            options[name] = value
+            if name in DHCPRevOptions:
+                options[DHCPRevOptions[name][0]] = value
+    return reply, options
+
+
+def probe(lab, ns: str, *payloads: bytes, to: str = "255.255.255.255:67", bind: str = "0.0.0.0:68",
+          expect: int = 1, wait: float = 3.0, iface: str | None = None) -> list[dict]:
+    argv = [sys.executable, "-m", "tests.udp_probe", "--bind", bind, "--to", to, "--wait", str(wait),
+            "--expect", str(expect), *([f"--iface={iface}"] if iface else []), *(p.hex() for p in payloads)]
+    result = lab.run(ns, argv, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def start_bootd(lab, tmp_path: Path, dhcp: str, machines: str = "") -> BootdProcess:
+    data = tmp_path / "data"
+    write(data / "profiles/p.json", {"id": "p", "boot": {"kernel": "/assets/k"}})
+    write(data / "groups/default.json", {"id": "default", "profile": "p"})
+    for name, content in FIRMWARE.items():
+        write(tmp_path / "state/firmware" / name, content)
+    (tmp_path / "bootd.yaml").write_text(
+        f"state_dir: {tmp_path / 'state'}\ndomain: lab.test\n"
+        f"http:\n  address: {lab.server_ip}\n  port: 8080\n  data_dir: {data}\n"
+        f"dhcp:\n{dhcp}" + (f"machines:\n{machines}" if machines else ""))
+    return BootdProcess(tmp_path / "bootd.yaml", lab=lab, ns=lab.server_ns).start()
+
+
+@pytest.fixture
+def proxy_lab(netlab, tmp_path):
+    client = netlab.add_client("192.0.2.10/24")
+    bootd = start_bootd(netlab, tmp_path, "  mode: proxy\n")
+    yield netlab, client, bootd
+    assert bootd.stop() == 0
+
+
+def test_proxy_offers_per_arch_and_4011_ack(proxy_lab):
+    lab, client, bootd = proxy_lab
+    mac = "52:54:00:00:10:01"
+    answers = {}
+    for arch in (0, 7, 16):
+        vendor = b"HTTPClient:Arch:00016" if arch == 16 else None
+        [answer] = probe(lab, client.ns, pxe_packet(mac, "discover", arch, vendor=vendor), iface=client.ifname)
+        answers[arch] = decode(answer)
+    bios, bios_options = answers[0]
+    assert bios.op == 2 and bios.yiaddr == "0.0.0.0" and bios.siaddr == "192.0.2.1" and bios.flags == 0x8000
+    assert bios_options["message-type"] == 2 and bios_options["server_id"] == "192.0.2.1"
+    assert bios_options["vendor_class_id"] == b"PXEClient" and bios_options[97] == GUID
+    assert bios.file.rstrip(b"\0") == b"undionly.kpxe" and "vendor_specific" in bios_options
+    uefi, uefi_options = answers[7]
+    assert uefi.file.rstrip(b"\0") == b"ipxe.efi" and "vendor_specific" not in uefi_options  # BINL
+    http, http_options = answers[16]
+    url = http.file.rstrip(b"\0").decode()
+    assert url == "http://192.0.2.1:8080/firmware/ipxe.efi" and http_options["vendor_class_id"] == b"HTTPClient"
+    fetched = lab.run(client.ns, ["curl", "-sf", url], text=False)
+    assert hashlib.sha256(fetched.stdout).digest() == hashlib.sha256(FIRMWARE["ipxe.efi"]).digest()
+    # EDK2's BINL step: REQUEST from the client's address, port 4011, to bootd's 4011; ACK comes back there.
+    [answer] = probe(lab, client.ns, pxe_packet(mac, "request", 7, ciaddr="192.0.2.10", flags=0),
+                     to="192.0.2.1:4011", bind="192.0.2.10:4011")
+    ack, ack_options = decode(answer)
+    assert answer["from"] == "192.0.2.1:4011"
+    assert ack_options["message-type"] == 5 and ack.file.rstrip(b"\0") == b"ipxe.efi"
+    # iPXE: the script URL, on 67 and on 4011 whatever boot item it asks for
+    [answer] = probe(lab, client.ns, pxe_packet(mac, "discover", 0, (77, b"iPXE")), iface=client.ifname)
+    assert decode(answer)[0].file.rstrip(b"\0") == b"http://192.0.2.1:8080/bootd.ipxe"
+    [answer] = probe(lab, client.ns, pxe_packet(mac, "request", 0, (77, b"iPXE"), (43, bytes([71, 4, 0x80, 0, 0, 0, 255])),
+                                                 ciaddr="192.0.2.10", xid=0), to="192.0.2.1:4011", bind="192.0.2.10:68")
+    assert decode(answer)[0].file.rstrip(b"\0") == b"http://192.0.2.1:8080/bootd.ipxe"
+    bootd.wait_for_log(lambda l: "ACK on 4011" in l.get("message", "") and "ipxe-script" in l.get("message", ""))
+    view = json.loads(lab.run(client.ns, ["curl", "-sf", f"http://192.0.2.1:8080/api/v1/machines/{mac}"]).stdout)
+    assert [e["stage"] for e in view["events"]].count("dhcp") == 6
+    assert view["stage"] == "dhcp" and "ipxe-script" in view["stages"][-1]["detail"]
+
+
+def test_proxy_ignores_plain_dhcp_and_requests_on_67(proxy_lab):
+    lab, client, bootd = proxy_lab
+    plain = bytes(BOOTP(op=1, chaddr=bytes.fromhex("525400001002"), xid=1) / DHCP(options=[("message-type", "discover"), "end"]))
+    request_67 = pxe_packet("52:54:00:00:10:02", "request", 0)
+    assert probe(lab, client.ns, plain, request_67, expect=0, wait=1.0, iface=client.ifname) == []
+    stats = server_stats(lab)["dhcp"]
+    assert stats["dropped"]["not-pxe"] == 1 and stats["dropped"]["not-for-proxy"] == 1
+
+
+def test_mutated_packets_never_stop_good_clients(proxy_lab, tmp_path):
+    lab, client, bootd = proxy_lab
+    rng = random.Random(4)
+    seeds = [pxe_packet("52:54:00:00:20:01", "discover", arch) for arch in (0, 7, 9, 16)] + [
+        pxe_packet("52:54:00:00:20:01", "request", 7, (77, b"iPXE"), (43, bytes([71, 4, 0, 0, 0, 0, 255])))]
+    mutants = []
+    for i in range(10_000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 8)):
+            if not data:
+                data = bytearray(b"\x01")
+            action = rng.random()
+            if action < 0.5:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif action < 0.7:
+                del data[rng.randrange(len(data)):]
+            elif action < 0.85 and len(data) > 240:  # an option length that runs past the end
+                data[rng.randrange(240, len(data))] = 255
+            else:
+                data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 40)))
+        mutants.append(bytes(data) or b"\x01")
+    rss_before = _rss_kib(bootd)
+    for port, batch in ((67, mutants[:5000]), (4011, mutants[5000:])):
+        chunk = tmp_path / f"mutants-{port}.txt"
+        chunk.write_text("\n".join(m.hex() for m in batch))
+        result = lab.run(client.ns, [sys.executable, "-m", "tests.udp_probe", "--bind", "192.0.2.10:0",
+                                     "--to", f"192.0.2.1:{port}", "--wait", "0.5", "--pause", "0.0001",
+                                     "--file", str(chunk)],
+                         cwd=ROOT, timeout=120)
+        assert result.returncode == 0, result.stderr
+    [answer] = probe(lab, client.ns, pxe_packet("52:54:00:00:20:99", "discover", 0), iface=client.ifname)
+    assert decode(answer)[0].file.rstrip(b"\0") == b"undionly.kpxe"
+    stats = server_stats(lab)
+    assert stats["dhcp"]["internal_errors"] == 0, stats
+    assert stats["dhcp"]["received"] >= 10_000, stats  # paced, so the socket buffer never overflows
+    assert _rss_kib(bootd) - rss_before < 30_000, "memory grew by more than 30 MB"
+
+
+def _rss_kib(bootd: BootdProcess) -> int:
+    for line in Path(f"/proc/{bootd.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+# --- authoritative mode ----------------------------------------------------------------------------------
+
+AUTHORITATIVE = """\
+  mode: authoritative
+  subnet: 192.0.2.0/24
+  range: [192.0.2.100, 192.0.2.102]
+  router: 192.0.2.1
+  dns_servers: [192.0.2.1]
+  lease: 1h
+  options: {42: [192.0.2.1], 26: 1500}
+"""
+RESERVED_MAC = "52:54:00:aa:00:21"
+
+
+def udhcpc(lab, client, *args: str) -> dict[str, str]:
+    """Run busybox udhcpc once in the client's namespace; return what its script was told."""
+    script = Path("/tmp") / f"{lab.name}-udhcpc.sh"
+    script.write_text('#!/bin/sh\n[ "$1" = bound ] && env | grep -E "^(ip|dns|domain|router|subnet|hostname|lease|mtu|ntpsrv)=" '
+                      '> "/tmp/$interface.lease"\nexit 0\n')
+    script.chmod(0o755)
+    lease_file = Path(f"/tmp/{client.ifname}.lease")
+    lease_file.unlink(missing_ok=True)
+    result = lab.run(client.ns, ["busybox", "udhcpc", "-f", "-q", "-n", "-t", "4", "-T", "1", "-i", client.ifname,
+                                 "-s", str(script), *args], timeout=60)
+    if not lease_file.exists():
+        return {"_failed": result.stderr}
+    return dict(line.split("=", 1) for line in lease_file.read_text().splitlines())
+
+
+def test_authoritative_real_client_gets_reservation_and_lease_survives_restart(bridged_netlab, tmp_path):
+    netlab = bridged_netlab
+    reserved = netlab.add_client(mac=RESERVED_MAC)
+    other = netlab.add_client(mac="52:54:00:bb:00:01")
+    machines = f'  - {{name: node1, mac: "{RESERVED_MAC}", ip: 192.0.2.21, role: controller}}\n'
+    bootd = start_bootd(netlab, tmp_path, AUTHORITATIVE, machines)
+    try:
+        lease = udhcpc(netlab, reserved)
+        assert lease.get("ip") == "192.0.2.21", lease
+        assert lease["dns"].strip() == "192.0.2.1" and lease["domain"] == "lab.test" and lease["hostname"] == "node1"
+        assert lease["router"].strip() == "192.0.2.1" and lease["subnet"] == "255.255.255.0"
+        assert lease["lease"] == "3600" and lease["mtu"] == "1500" and lease["ntpsrv"].strip() == "192.0.2.1"
+        first = udhcpc(netlab, other)
+        assert first.get("ip") == "192.0.2.100", first
+    finally:
+        assert bootd.stop() == 0
+    saved = json.loads((tmp_path / "state/leases.json").read_text())
+    assert {l["ip"] for l in saved["leases"]} == {"192.0.2.21", "192.0.2.100"}
+    bootd = BootdProcess(tmp_path / "bootd.yaml", lab=netlab, ns=netlab.server_ns).start()
+    try:
+        assert udhcpc(netlab, other, "-r", "192.0.2.102").get("ip") == "192.0.2.100"  # its lease, not what it asked
+    finally:
+        assert bootd.stop() == 0
+
+
+def test_more_clients_than_the_pool_never_share_an_address(bridged_netlab, tmp_path):
+    netlab = bridged_netlab
+    clients = [netlab.add_client(mac=f"52:54:00:cc:00:{i:02x}") for i in range(5)]
+    bootd = start_bootd(netlab, tmp_path, AUTHORITATIVE)
+    try:
+        procs = []
+        for client in clients:
+            procs.append(netlab.start(client.ns, ["busybox", "udhcpc", "-f", "-q", "-n", "-t", "3", "-T", "1",
+                                                  "-i", client.ifname, "-s", "/bin/true"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for proc in procs:
+            proc.wait(60)
+        stats = server_stats(netlab)
+        granted = [l["ip"] for l in json.loads((tmp_path / "state/leases.json").read_text())["leases"]]
+        assert len(granted) == len(set(granted)) == 3, granted
+        assert stats["dhcp"]["dropped"].get("pool-exhausted", 0) >= 2
+    finally:
+        assert bootd.stop() == 0
+
+
+def server_stats(lab) -> dict:
+    return json.loads(lab.run(lab.server_ns, ["curl", "-sf", "http://192.0.2.1:8080/api/v1/stats"]).stdout)
+
+
+def test_decline_moves_the_client_to_another_address(bridged_netlab, tmp_path):
+    netlab = bridged_netlab
+    squatter = netlab.add_client("192.0.2.100/24")  # holds the first pool address without a lease
+    client = netlab.add_client(mac="52:54:00:dd:00:01")
+    bootd = start_bootd(netlab, tmp_path, AUTHORITATIVE)
+    try:
+        lease = udhcpc(netlab, client, "-a")  # ARP-checks the offer, finds the squatter, DECLINEs
+        assert lease.get("ip") == "192.0.2.101", lease
+        bootd.wait_for_log(lambda l: "declined 192.0.2.100" in l.get("message", ""))
+        assert squatter.address == "192.0.2.100"
+    finally:
+        assert bootd.stop() == 0

@@ -21,7 +21,7 @@ from appliance.config import Config, ConfigInvalid, DhcpMode, load_config
 from appliance.dhcp.leases import LeaseTable
 from appliance.dhcp.policy import available_firmware, build_policies
 from appliance.dhcp.server import DhcpServer
-from appliance.events import EventBus, ProgressTracker, log_event
+from appliance.events import EventBus, ProgressTracker, track_and_log
 from appliance.http import HttpContext, make_app
 from appliance.net import NeighbourTable
 from appliance.store import DataDir, machine_groups
@@ -54,8 +54,7 @@ class Daemon:
         self.config = config
         self.bus = EventBus()
         self.tracker = ProgressTracker()
-        self.bus.add_sink(self.tracker.record)
-        self.bus.add_sink(log_event)
+        self.bus.add_sink(track_and_log(self.tracker))
         self.neighbours = NeighbourTable()
         self.tracker.set_known((m.mac, m.name) for m in config.machines)
         self.http_context = HttpContext(config=config, store=build_store(config), bus=self.bus,

@@ -151,7 +151,9 @@ class MachineProgress:
     history: deque[Event] = field(default_factory=lambda: deque(maxlen=ProgressTracker.HISTORY))
     boot_assets: dict[str, EventKind] = field(default_factory=dict)  # asset path -> KERNEL/INITRD
 
-    def record(self, event: Event) -> None:
+    def record(self, event: Event) -> bool:
+        """Add `event`; True when it is news: a stage reached for the first time in this boot, or a stage
+        whose outcome (ok or failed) changed."""
         self.last_seen = max(self.last_seen, event.time)
         if event.peer:
             self.ip = event.peer
@@ -166,10 +168,12 @@ class MachineProgress:
             self.boot_assets = _asset_kinds(event)
         for mark in self.stages:
             if mark.kind is event.kind:
+                news = mark.ok != event.ok
                 mark.last, mark.detail, mark.ok = event.time, event.detail, event.ok
                 mark.count += 1
-                return
+                return news
         self.stages.append(StageMark(event.kind, event.time, event.time, event.detail, event.ok))
+        return True
 
     def as_json(self, *, known: bool, events: bool = False) -> dict[str, Any]:
         current = self.stages[-1] if self.stages else None
@@ -263,10 +267,11 @@ class ProgressTracker:
 
     # --- events -----------------------------------------------------------------------------------
 
-    def record(self, event: Event) -> None:
-        """The bus sink: add the event to its machine's progress (events without a MAC are skipped)."""
+    def record(self, event: Event) -> bool:
+        """The bus sink: add the event to its machine's progress. True when it is news (see
+        MachineProgress.record); events without a MAC always are."""
         if event.mac is None:
-            return
+            return True
         if event.peer:
             self.learn(event.peer, event.mac)
         progress = self._machines.get(event.mac)
@@ -276,7 +281,7 @@ class ProgressTracker:
             self._evict()
         else:
             self._machines.move_to_end(event.mac)
-        progress.record(event)
+        return progress.record(event)
 
     def asset_kind(self, mac: MacAddress | None, path: str) -> EventKind:
         progress = self._machines.get(mac) if mac else None
@@ -307,9 +312,22 @@ class ProgressTracker:
         return len(self._machines)
 
 
-def log_event(event: Event) -> None:
-    """The bus sink for operators: one INFO line per machine step, a WARNING when a step failed."""
+def log_event(event: Event, news: bool = True) -> None:
+    """For operators: INFO when a machine reaches a step, WARNING when a step fails; repeats of the same
+    step with the same outcome (a DHCP retry, a second download) at DEBUG."""
+    if not news:
+        level = logging.DEBUG
+    else:
+        level = logging.INFO if event.ok else logging.WARNING
+    if not logger.isEnabledFor(level):
+        return
     who = event.mac or event.peer or "unknown machine"
-    level = logging.INFO if event.ok else logging.WARNING
     logger.log(level, "%s %s: %s", who, event.kind.value, event.detail,
                extra={"mac": event.mac, "peer": event.peer, "stage": event.kind.value, "ok": event.ok})
+
+
+def track_and_log(tracker: ProgressTracker) -> Callable[[Event], None]:
+    """The bus sink that records progress and logs what is news."""
+    def sink(event: Event) -> None:
+        log_event(event, tracker.record(event))
+    return sink

@@ -79,7 +79,8 @@ class BootdProcess:
                     raise AssertionError(f"no matching log line (exited={exited}); log:\n{self.log_text()}")
 
     def log_text(self) -> str:
-        return "\n".join(f"{line.get('level')} {line.get('message')}" for line in self.lines[-60:])
+        return "\n".join(f"{line.get('level')} {line.get('message')}" + (f"\n{line['exception']}" if "exception" in line
+                                                                        else "") for line in self.lines[-60:])
 
     def send(self, sig: signal.Signals) -> None:
         assert self.proc is not None
@@ -87,12 +88,18 @@ class BootdProcess:
         os.kill(self.proc.pid, sig)
 
     def stop(self, timeout: float = 20) -> int:
+        """SIGTERM and wait; the exit code. Fails the test if the daemon logged a traceback (a bug of ours,
+        even when every request was answered)."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.send(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         finally:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        with self._changed:
+            tracebacks = [line for line in self.lines if "exception" in line]
+        assert not tracebacks, f"bootd logged tracebacks:\n{self.log_text()}"
+        return code

@@ -27,11 +27,13 @@ from ipaddress import IPv4Address
 from appliance.config import DhcpMode
 from appliance.dhcp.authoritative import DhcpAnswer, decide_dhcp
 from appliance.dhcp.leases import Bind, LeaseTable, Release, Decline
-from appliance.dhcp.packet import MalformedPacket, encode_packet, parse_packet
+from appliance.dhcp.packet import (
+    HEADER_SIZE, MAGIC_COOKIE, DhcpPacket, MalformedPacket, Option, encode_packet, parse_options, parse_packet,
+)
 from appliance.dhcp.policy import DhcpPolicies
 from appliance.dhcp.pxe import (
-    PXE_PORT, BootOffer, Ignore, PxeRequest, classify_client, decide_boot, is_proxy_request, proxy_reply,
-    send_target,
+    PXE_PORT, Ignore, ReplyTemplate, classify_client, compile_template, decide_boot, is_proxy_request, send_target,
+    template_key,
 )
 from appliance.events import Event, EventBus, EventKind
 from appliance.mac import MacAddress
@@ -43,6 +45,8 @@ _PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 _CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
 _MAX_DATAGRAM = 4096  # DHCP messages are at most 576 bytes unless option 57 allows more; 4 KiB bounds it
 _DRAIN_BATCH = 64  # datagrams read per wakeup before other callbacks get a turn
+_TEMPLATE_CACHE = 4096  # reply kinds kept; mutated floods make new kinds, so the cache is bounded
+_GIADDR = slice(24, 28)
 # Ignore reasons worth a progress event: the machine is real and the operator wants to know why it did not boot.
 _REPORTED = {"unknown-machine", "ignored-machine", "firmware-missing", "pool-exhausted", "unsupported-arch"}
 
@@ -84,6 +88,7 @@ class DhcpServer:
         self._ifindexes: frozenset[int] = frozenset()
         self._sockets: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._templates: dict[tuple[object, ...], tuple[ReplyTemplate, str] | Ignore] = {}
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -105,6 +110,7 @@ class DhcpServer:
     def update(self, policies: DhcpPolicies) -> None:
         """Reload: new decisions from the next packet on; leases are kept."""
         self.policies = policies
+        self._templates.clear()
 
     @property
     def bound_ports(self) -> list[int]:
@@ -133,40 +139,87 @@ class DhcpServer:
         if self._ifindexes and dgram.ifindex not in self._ifindexes:
             self._drop(Ignore("other-interface"), dgram)
             return
-        try:
-            packet = parse_packet(dgram.data)
-        except MalformedPacket as exc:
-            self._drop(Ignore(exc.reason), dgram)
-            return
+        data = dgram.data
         server_ip = self.server_address or dgram.local_ip
         policies = self.policies
         if policies.mode is DhcpMode.AUTHORITATIVE and port != self.pxe_port and policies.addresses is not None:
+            try:
+                packet = parse_packet(data)
+            except MalformedPacket as exc:
+                self._drop(Ignore(exc.reason), dgram)
+                return
             answer = decide_dhcp(packet, self.leases, policies.addresses, policies.pxe, server_ip, now)
             if isinstance(answer, Ignore):
                 self._drop(answer, dgram)
             else:
-                self._apply(sock, packet, answer, dgram, port)
+                self._apply(sock, packet, answer, dgram)
             return
+        # Proxy: the hot path reads the raw header and the options only; the typed packet is built just
+        # for the first request of each kind (see ReplyTemplate).
+        if len(data) < HEADER_SIZE + 4:
+            self._drop(Ignore("short-packet"), dgram)
+            return
+        if data[HEADER_SIZE : HEADER_SIZE + 4] != MAGIC_COOKIE:
+            self._drop(Ignore("bad-magic-cookie"), dgram)
+            return
+        try:
+            options = parse_options(data, HEADER_SIZE + 4)
+        except MalformedPacket as exc:
+            self._drop(Ignore(exc.reason), dgram)
+            return
+        self._proxy(sock, dgram, port, server_ip, options)
+
+    def _proxy(self, sock: socket.socket, dgram: Datagram, port: int, server_ip: IPv4Address,
+               options: dict[int, bytes]) -> None:
+        data = dgram.data
+        mac = MacAddress(data[28:34].hex(":"))
+        pxe_port = PXE_PORT if port == self.pxe_port else 67
+        key = template_key(data, options, pxe_port, server_ip, self.policies.pxe.machines.get(mac))
+        cached = self._templates.get(key)
+        if cached is None:
+            try:
+                cached = self._decide_proxy(parse_packet(data), pxe_port, server_ip)
+            except MalformedPacket as exc:  # bad op or hlen: both are in the key, so this caches too
+                cached = Ignore(exc.reason)
+            if len(self._templates) >= _TEMPLATE_CACHE:
+                self._templates.clear()
+            self._templates[key] = cached
+        if isinstance(cached, Ignore):
+            self._drop(Ignore(cached.reason, cached.detail, mac=mac) if cached.mac else cached, dgram)
+            return
+        template, detail = cached
+        if data[_GIADDR] != b"\0\0\0\0":
+            address, to_port = socket.inet_ntoa(data[_GIADDR]), 67
+        elif pxe_port == PXE_PORT:
+            address, to_port = dgram.source
+        else:
+            address, to_port = "255.255.255.255", 68
+        self._send(sock, template.render(data, options.get(Option.GUID)), address, to_port, dgram)
+        source = dgram.source[0]
+        self.bus.publish(Event(kind=EventKind.DHCP, mac=mac, peer=source if source != "0.0.0.0" else None,
+                               detail=detail))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("dhcp %s from %s:%d: %s", mac, source, dgram.source[1], detail)
+
+    def _decide_proxy(self, packet: DhcpPacket, pxe_port: int,
+                      server_ip: IPv4Address) -> tuple[ReplyTemplate, str] | Ignore:
+        """The typed decision for the first request of its kind; its reply becomes the template."""
         request = classify_client(packet)
         if isinstance(request, Ignore):
-            self._drop(request, dgram)
-            return
-        pxe_port = PXE_PORT if port == self.pxe_port else 67
+            return request
         if not is_proxy_request(request, pxe_port):
-            self._drop(Ignore("not-for-proxy", f"message type {request.message_type} on {port}"), dgram)
-            return
-        offer = decide_boot(request, policies.pxe, server_ip, port=pxe_port)
+            return Ignore("not-for-proxy", f"message type {request.message_type} on {pxe_port}")
+        offer = decide_boot(request, self.policies.pxe, server_ip, port=pxe_port)
         if isinstance(offer, Ignore):
-            self._drop(offer, dgram)
-            return
-        reply = proxy_reply(request, offer, port=pxe_port)
-        target = send_target(packet, dgram.source, port=pxe_port, reply=reply)
-        self._send(sock, encode_packet(reply), target.address, target.port, dgram)
-        self._published(request, offer, dgram, "OFFER" if pxe_port == 67 else f"ACK on {port}")
+            return offer
+        what = "OFFER" if pxe_port == 67 else "ACK on 4011"
+        detail = (f"proxy {what}: arch {request.arch.arch.value} ({request.arch.arch.name})"
+                  f"{', iPXE' if request.ipxe else ''}: {offer.decision} {offer.boot_file}")
+        return compile_template(request, offer, port=pxe_port), detail
 
     # --- answering --------------------------------------------------------------------------------
 
-    def _apply(self, sock: socket.socket, packet, answer: DhcpAnswer, dgram: Datagram, port: int) -> None:
+    def _apply(self, sock: socket.socket, packet: DhcpPacket, answer: DhcpAnswer, dgram: Datagram) -> None:
         if answer.change is not None and self.leases.apply(answer.change):
             self.leases.save()
         if answer.reply is not None:
@@ -177,14 +230,6 @@ class DhcpServer:
         if isinstance(answer.change, (Release, Decline)):
             peer = None
         self.bus.publish(Event(kind=EventKind.DHCP, mac=answer.mac, peer=peer, detail=answer.summary, ok=ok))
-
-    def _published(self, request: PxeRequest, offer: BootOffer, dgram: Datagram, what: str) -> None:
-        peer = dgram.source[0] if dgram.source[0] != "0.0.0.0" else None
-        detail = (f"proxy {what}: arch {request.arch.arch.value} ({request.arch.arch.name})"
-                  f"{', iPXE' if request.ipxe else ''}: {offer.decision} {offer.boot_file}")
-        self.bus.publish(Event(kind=EventKind.DHCP, mac=request.mac, peer=peer, detail=detail))
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("dhcp %s %s from %s: %s", what, request.mac, dgram.source, offer)
 
     def _send(self, sock: socket.socket, data: bytes, address: str, port: int, dgram: Datagram) -> None:
         ancillary = [(socket.IPPROTO_IP, IP_PKTINFO,
@@ -220,9 +265,17 @@ def _udp_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
+_LOCAL_ADDRESSES: dict[bytes, IPv4Address] = {}  # a host has few: build each IPv4Address once
+
+
 def _pktinfo(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, IPv4Address]:
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
             ifindex, spec_dst, _addr = _PKTINFO.unpack_from(data)
-            return ifindex, IPv4Address(spec_dst)
+            address = _LOCAL_ADDRESSES.get(spec_dst)
+            if address is None:
+                if len(_LOCAL_ADDRESSES) > 256:
+                    _LOCAL_ADDRESSES.clear()
+                address = _LOCAL_ADDRESSES[spec_dst] = IPv4Address(spec_dst)
+            return ifindex, address
     return 0, ipaddress.IPv4Address(0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -50,14 +51,30 @@ async def asset(request: web.Request) -> web.StreamResponse:
         path = index
     elif not path.is_file():
         return not_found()
-    response = web.FileResponse(path)
-    await response.prepare(request)
-    if request.method == "GET" and response.status in (200, 206):
-        relative = str(path.relative_to(root)) if path.is_relative_to(root) else tail
+    relative = str(path.relative_to(root)) if path.is_relative_to(root) else tail
+
+    def sent(response: web.StreamResponse) -> None:
         kind = ctx.tracker.asset_kind(ctx.tracker.mac_for_ip(request.remote or ""), relative)
         detail = f"/assets/{relative} ({response.content_length} bytes, status {response.status})"
         publish(ctx, request, None, kind=kind, detail=detail)
-    return response
+
+    return TrackedFileResponse(path, sent)
+
+
+class TrackedFileResponse(web.FileResponse):
+    """A FileResponse (sendfile, Range, conditional GET) that reports a GET once the file has been sent.
+
+    aiohttp prepares the response after the handler returns; preparing it in the handler would send twice."""
+
+    def __init__(self, path: Path, on_sent: Callable[[web.StreamResponse], None]) -> None:
+        super().__init__(path)
+        self._on_sent = on_sent
+
+    async def prepare(self, request: web.BaseRequest):
+        writer = await super().prepare(request)
+        if request.method == "GET" and self.status in (200, 206):
+            self._on_sent(self)
+        return writer
 
 
 def directory_listing(path: Path) -> str:
@@ -80,8 +97,5 @@ async def firmware(request: web.Request) -> web.StreamResponse:
         return not_found()
     if not path.is_file():
         return not_found()
-    response = web.FileResponse(path)
-    await response.prepare(request)
-    if request.method == "GET" and response.status in (200, 206):
-        publish(ctx, request, None, kind=EventKind.ASSET, detail=f"/firmware/{name} ({response.content_length} bytes)")
-    return response
+    return TrackedFileResponse(path, lambda response: publish(
+        ctx, request, None, kind=EventKind.ASSET, detail=f"/firmware/{name} ({response.content_length} bytes)"))

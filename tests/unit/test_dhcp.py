@@ -344,3 +344,34 @@ def test_leases_persist_atomically_and_reload(tmp_path):
     assert loaded.lease_for(A, 1000.0) == Lease(ip=IPv4Address("10.77.0.100"), mac=A, expires=5000.0, hostname="x")
     (tmp_path / "leases.json").write_text("{broken")
     assert LeaseTable.load(tmp_path / "leases.json").leases(0) == []
+
+
+# --- templates: decide once, answer many ----------------------------------------------------------------
+
+from appliance.dhcp.pxe import compile_template, template_key  # noqa: E402
+
+TEMPLATE_CASES = [
+    pxe(0), pxe(7), pxe(16, vendor=b"HTTPClient:Arch:00016"), pxe(0, MessageType.DISCOVER, IPXE_77),
+    pxe(0, MessageType.DISCOVER, (55, bytes([1, 66, 67]))), pxe(0, giaddr="10.9.8.7"),
+    pxe(7, MessageType.REQUEST, ciaddr="10.77.0.145"),
+    pxe(0, MessageType.REQUEST, IPXE_77, (43, bytes([71, 4, 0x80, 3, 0, 0, 255])), ciaddr="10.77.0.145", xid=0),
+    packet((53, b"\x01"), (93, b"\x00\x00"), (60, b"PXEClient")),  # no GUID
+]
+
+
+@pytest.mark.parametrize("first", TEMPLATE_CASES)
+def test_template_renders_exactly_what_the_typed_path_encodes(first):
+    port = 4011 if first.message_type == MessageType.REQUEST else 67
+    template = compile_template(classify_client(first), boot(first, port=port), port=port)
+    # another machine of the same kind: other xid, MAC, GUID, flags, addresses
+    second_guid = b"\x00" + bytes(range(100, 116))
+    options = dict(first.options)
+    if Option.GUID in options:
+        options[Option.GUID] = second_guid
+    second = DhcpPacket(op=1, xid=0xCAFEBABE, flags=first.flags ^ 0x8000, ciaddr=first.ciaddr, giaddr=first.giaddr,
+                        chaddr=bytes.fromhex("5254009999aa").ljust(16, b"\0"), options=MappingProxyType(options))
+    data = encode_packet(second)
+    assert template_key(data, parse_options(data, 240), port, SERVER, None) == template_key(
+        encode_packet(first), parse_options(encode_packet(first), 240), port, SERVER, None)
+    expected = encode_packet(proxy_reply(classify_client(second), boot(second, port=port), port=port))
+    assert template.render(data, options.get(Option.GUID)) == expected

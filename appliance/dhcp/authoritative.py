@@ -48,10 +48,10 @@ class AddressPolicy:
     extra_options: Mapping[int, bytes] = field(default_factory=lambda: MappingProxyType({}))
     reservations: Mapping[MacAddress, Reservation] = field(default_factory=lambda: MappingProxyType({}))
     ignored: frozenset[MacAddress] = frozenset()
+    reserved_ips: frozenset[IPv4Address] = frozenset()  # the reservations' addresses, for a set lookup
 
-    @property
-    def reserved_ips(self) -> frozenset[IPv4Address]:
-        return frozenset(r.ip for r in self.reservations.values())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reserved_ips", frozenset(r.ip for r in self.reservations.values()))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

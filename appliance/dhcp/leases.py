@@ -69,6 +69,7 @@ class LeaseTable:
         self._bound: dict[IPv4Address, Lease] = {}
         self._by_mac: dict[MacAddress, IPv4Address] = {}
         self._offers: dict[IPv4Address, tuple[MacAddress, float]] = {}
+        self._offer_by_mac: dict[MacAddress, IPv4Address] = {}
         self._quarantine: dict[IPv4Address, float] = {}
 
     # --- reads (decisions) ------------------------------------------------------------------------
@@ -79,10 +80,9 @@ class LeaseTable:
         return lease if lease is not None and lease.expires > now else None
 
     def offered_to(self, mac: MacAddress, now: float) -> IPv4Address | None:
-        for ip, (holder, until) in self._offers.items():
-            if holder == mac and until > now:
-                return ip
-        return None
+        ip = self._offer_by_mac.get(mac)
+        offer = self._offers.get(ip) if ip is not None else None
+        return ip if offer is not None and offer[0] == mac and offer[1] > now else None
 
     def holder(self, ip: IPv4Address, now: float) -> MacAddress | None:
         """Who has `ip` now: its unexpired lease, else its unexpired offer."""
@@ -106,7 +106,14 @@ class LeaseTable:
         """Apply a decision's change; True when the persisted state changed (the caller then saves)."""
         match change:
             case HoldOffer(ip, mac, until):
+                previous = self._offers.get(ip)
+                if previous is not None and self._offer_by_mac.get(previous[0]) == ip:
+                    del self._offer_by_mac[previous[0]]  # so both maps stay as small as the pool
+                old_ip = self._offer_by_mac.get(mac)
+                if old_ip is not None and old_ip != ip:
+                    self._offers.pop(old_ip, None)
                 self._offers[ip] = (mac, until)
+                self._offer_by_mac[mac] = ip
                 return False
             case Bind(lease):
                 self._offers.pop(lease.ip, None)
@@ -137,6 +144,7 @@ class LeaseTable:
         """Forget offers and quarantines that ran out (bound leases stay until replaced: their history
         lets a returning client get its address back)."""
         self._offers = {ip: o for ip, o in self._offers.items() if o[1] > now}
+        self._offer_by_mac = {o[0]: ip for ip, o in self._offers.items()}
         self._quarantine = {ip: t for ip, t in self._quarantine.items() if t > now}
 
     # --- persistence ------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ class BootOffer:
 
 
 def mac_of(packet: DhcpPacket) -> MacAddress:
-    return MacAddress(":".join(f"{b:02x}" for b in packet.chaddr[:6]))
+    return MacAddress(packet.chaddr[:6].hex(":"))
 
 
 def classify_client(packet: DhcpPacket) -> PxeRequest | Ignore:

@@ -1,0 +1,180 @@
+"""DHCP side by side: bootd and dnsmasq answer the same PXE DISCOVERs; offers/s and latency ratios.
+
+Topology (research/bench.md §5): a server namespace and a client namespace joined by a veth pair
+(192.0.2.0/24 exists only inside them). Server on CPU 1, load (bench/dhcp_load.py) on CPU 0.
+Workloads, each round alternating the servers:
+- proxy, closed loop (32 outstanding), a new MAC per DISCOVER: max offers/s. bootd runs with its
+  per-machine decision and progress events on (every OFFER is an event), logging at WARNING as dnsmasq
+  runs with --quiet-dhcp.
+- proxy, open loop at 1000/s: p50/p99 latency.
+- authoritative, closed loop over 200 MACs (a pool of 241 addresses): bootd vs dnsmasq --no-ping.
+Before measuring, one sample OFFER from each server is checked: OFFER, server id, GUID echoed, option
+60 PXEClient, and a boot path (bootd: the file; dnsmasq: its PXE menu, which names the same file on 4011).
+
+Usage (root): python -m bench.dhcp [--rounds 3] [--secs 5] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from appliance.dhcp.packet import MessageType, Option, parse_packet
+from bench.common import LOAD_CPU, SERVER_CPU, cpu_seconds, median, wait_quiet, write_results
+from tests.netns import NetLab, _end_group
+
+ROOT = Path(__file__).parents[1]
+SERVER_IP = "192.0.2.1"
+
+
+def dnsmasq(interface: str, authoritative: bool) -> list[str]:
+    argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", f"--interface={interface}",
+            "--bind-interfaces", "--quiet-dhcp", "--log-facility=-", "--dhcp-leasefile=/dev/null",
+            "--dhcp-userclass=set:ipxe,iPXE"]
+    if authoritative:
+        return argv + ["--dhcp-range=192.0.2.10,192.0.2.250,255.255.255.0,1h", "--no-ping", "--dhcp-authoritative",
+                       "--dhcp-boot=tag:!ipxe,undionly.kpxe", f"--dhcp-boot=tag:ipxe,http://{SERVER_IP}:8080/bootd.ipxe"]
+    return argv + ["--dhcp-range=192.0.2.0,proxy,255.255.255.0",
+                   "--pxe-service=tag:!ipxe,0,PXE chainload to iPXE,undionly.kpxe",
+                   "--pxe-service=tag:!ipxe,7,PXE chainload to iPXE UEFI,ipxe.efi",
+                   f"--pxe-service=tag:ipxe,0,iPXE,http://{SERVER_IP}:8080/bootd.ipxe"]
+
+
+def bootd_config(work: Path, authoritative: bool) -> Path:
+    (work / "data/groups").mkdir(parents=True, exist_ok=True)
+    (work / "state/firmware").mkdir(parents=True, exist_ok=True)
+    for name in ("undionly.kpxe", "ipxe.efi"):
+        (work / "state/firmware" / name).write_bytes(b"\0" * 1024)
+    dhcp = ("  mode: authoritative\n  subnet: 192.0.2.0/24\n  range: [192.0.2.10, 192.0.2.250]\n  lease: 1h\n"
+            if authoritative else "  mode: proxy\n")
+    path = work / f"bootd-{'auth' if authoritative else 'proxy'}.yaml"
+    path.write_text(f"state_dir: {work / 'state'}\nhttp:\n  address: {SERVER_IP}\n  port: 8080\n"
+                    f"  data_dir: {work / 'data'}\ndhcp:\n{dhcp}")
+    (work / "state/leases.json").unlink(missing_ok=True)
+    return path
+
+
+def load(lab: NetLab, client, *args: str, secs: float) -> dict:
+    result = lab.run(client.ns, ["taskset", "-c", LOAD_CPU, sys.executable, "-m", "bench.dhcp_load",
+                                 "--iface", client.ifname, "--secs", str(secs), *args], cwd=ROOT, timeout=secs + 60)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+    return json.loads(result.stdout)
+
+
+def check_offer(name: str, sample_hex: str) -> str:
+    """What a person would check in the OFFER; returns the boot path it names, or raises."""
+    offer = parse_packet(bytes.fromhex(sample_hex))
+    problems = []
+    if offer.message_type != MessageType.OFFER:
+        problems.append(f"message type {offer.message_type}")
+    if offer.options.get(Option.SERVER_ID) != bytes(map(int, SERVER_IP.split("."))):
+        problems.append("server id")
+    if Option.GUID in offer.options and offer.options[Option.GUID] != b"\x00" + bytes(range(16)):
+        problems.append("GUID not echoed")
+    if offer.file or Option.BOOT_FILE in offer.options:
+        boot = (offer.file or offer.options[Option.BOOT_FILE].rstrip(b"\0")).decode()
+    elif Option.VENDOR in offer.options:
+        boot = "PXE menu (file named in the 4011 answer)"
+    else:
+        problems.append("no boot path")
+        boot = ""
+    if problems:
+        raise RuntimeError(f"{name}: bad OFFER: {', '.join(problems)}")
+    return boot
+
+
+def run_server(lab: NetLab, argv: list[str], log: Path):
+    with open(log, "wb") as out:
+        return lab.start(lab.server_ns, ["taskset", "-c", SERVER_CPU, *argv], stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_answering(lab: NetLab, client, extra: list[str]) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if load(lab, client, "--rate", "20", *extra, secs=0.3)["offers"]:
+            return
+    raise RuntimeError("server never answered")
+
+
+def stop(proc) -> None:
+    _end_group(proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--secs", type=float, default=5.0)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/bootd-bench/dhcp"))
+    args = parser.parse_args(argv)
+    rounds, secs = (1, 1.0) if args.smoke else (args.rounds, args.secs)
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    workloads = [  # name, authoritative, load arguments
+        ("proxy max", False, ["--window", "32"]),
+        ("proxy 1000/s", False, ["--rate", "1000"]),
+        ("authoritative max", True, ["--window", "32", "--macs", "200"]),
+    ]
+    samples: dict[str, dict[str, list[dict]]] = {}
+    boots: dict[str, str] = {}
+    busy: list[float] = []
+    with NetLab(f"bd{os.getpid() % 100000}", server_address=f"{SERVER_IP}/24") as lab:
+        client = lab.add_client()
+        server_if = f"{lab.name[:8]}s0"
+        for r in range(rounds):
+            servers = ["dnsmasq", "bootd"] if r % 2 == 0 else ["bootd", "dnsmasq"]
+            for authoritative in (False, True):
+                for name in servers:
+                    argv = (dnsmasq(server_if, authoritative) if name == "dnsmasq" else
+                            [sys.executable, "-m", "appliance", "run", "-c", str(bootd_config(work, authoritative)),
+                             "--log-level", "warning"])
+                    busy.append(0.0 if args.smoke else wait_quiet())
+                    proc = run_server(lab, argv, work / f"{name}.log")
+                    try:
+                        extra = ["--macs", "200"] if authoritative else []
+                        wait_answering(lab, client, extra)
+                        for label, auth, load_args in workloads:
+                            if auth != authoritative:
+                                continue
+                            c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+                            result = load(lab, client, *load_args, secs=secs)
+                            result["server_cpu_pct"] = round(100 * (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0))
+                            boots[f"{name} {'authoritative' if auth else 'proxy'}"] = check_offer(name, result.pop("sample"))
+                            samples.setdefault(label, {}).setdefault(name, []).append(result)
+                    finally:
+                        stop(proc)
+    table = {}
+    print(f"{'workload':18s} {'dnsmasq':>12s} {'bootd':>12s} {'ratio':>7s}   p99 ms dnsmasq/bootd   cpu% dnsmasq/bootd")
+    for label, by_server in samples.items():
+        row = {}
+        for name in ("dnsmasq", "bootd"):
+            runs = by_server[name]
+            row[name] = {"offers_per_s": median([r["offers_per_s"] for r in runs]),
+                         "p50_ms": median([r["p50_ms"] or 0 for r in runs]),
+                         "p99_ms": median([r["p99_ms"] or 0 for r in runs]),
+                         "loss_pct": median([r["loss_pct"] for r in runs]),
+                         "server_cpu_pct": median([r["server_cpu_pct"] for r in runs])}
+        row["ratio"] = row["bootd"]["offers_per_s"] / max(row["dnsmasq"]["offers_per_s"], 1e-9)
+        table[label] = row
+        d, b = row["dnsmasq"], row["bootd"]
+        print(f"{label:18s} {d['offers_per_s']:10.0f}/s {b['offers_per_s']:10.0f}/s {row['ratio']:6.2f}x   "
+              f"{d['p99_ms']:.2f}/{b['p99_ms']:.2f}   {d['server_cpu_pct']:.0f}/{b['server_cpu_pct']:.0f}")
+    for name, boot in sorted(boots.items()):
+        print(f"OFFER checked: {name}: {boot}")
+    print("answers checked: yes")
+    if not args.smoke:
+        version = subprocess.run(["dnsmasq", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+        path = write_results("dhcp", {"rounds": rounds, "secs": secs, "peer": version, "busy_before_each_server": busy,
+                                      "results": table, "samples": samples, "boot_paths": boots})
+        print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

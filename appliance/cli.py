@@ -30,9 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="check a config and its data dir; exit 1 on errors")
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG)
 
+    probe = commands.add_parser("probe", help="send one PXE DHCPDISCOVER on IFACE and list every server that answers")
+    probe.add_argument("-i", "--interface", required=True)
+    probe.add_argument("--timeout", type=float, default=3.0)
+    probe.add_argument("--arch", type=int, default=0, help="option 93 to send (0 BIOS, 7 x64 UEFI, ...)")
+
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(Path(args.config), args.log_format, args.log_level)
+    if args.command == "probe":
+        return cmd_probe(args.interface, args.timeout, args.arch)
     return cmd_check(Path(args.config))
 
 
@@ -85,6 +92,21 @@ def cmd_check(path: Path) -> int:
     print("iPXE clients of every arch are served bootd's HTTP script; they need no firmware file")
     print(f"{path.name}: {len(errors)} errors, {len(warnings)} warnings, {len(config.machines)} machines")
     return 1 if errors else 0
+
+
+def cmd_probe(interface: str, timeout: float, arch: int) -> int:
+    from appliance.probe import probe  # scapy is slow to import; only this command needs it
+
+    try:
+        answers = probe(interface, timeout, arch)
+    except OSError as exc:
+        print(f"bootd probe: {interface}: {exc.strerror or exc} (it needs root and an existing interface)",
+              file=sys.stderr)
+        return 2
+    for answer in answers:
+        print(answer.line())
+    print(f"{len(answers)} answers on {interface} within {timeout:g} s")
+    return 0
 
 
 if __name__ == "__main__":

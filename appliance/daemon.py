@@ -23,7 +23,7 @@ from appliance.dhcp.policy import available_firmware, build_policies
 from appliance.dhcp.server import DhcpServer
 from appliance.events import EventBus, ProgressTracker, track_and_log
 from appliance.http import HttpContext, make_app
-from appliance.net import NeighbourTable
+from appliance.net import NeighbourTable, RouterAdvertiser
 from appliance.store import DataDir, machine_groups
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class Daemon:
         self.addresses: list[str] = []
         self.http_port = config.http.port
         self.dhcp: DhcpServer | None = None
+        self.advertiser: RouterAdvertiser | None = None
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {"events_dropped": self.bus.dropped, "event_sink_errors": self.bus.sink_errors,
@@ -120,10 +121,19 @@ class Daemon:
         leases = None
         if config.dhcp.mode is DhcpMode.AUTHORITATIVE:
             leases = LeaseTable.load(config.state_dir / "leases.json")
+        on_new_interface = None
+        if config.dhcp.mode is DhcpMode.AUTHORITATIVE and config.dhcp.router_advertisement:
+            advertiser = RouterAdvertiser()
+            try:
+                advertiser.start()
+            except OSError as exc:
+                raise StartupError(f"dhcp.router_advertisement: cannot open an ICMPv6 socket: {exc.strerror}") from None
+            self.advertiser = advertiser
+            on_new_interface = advertiser.add_interface
         server = DhcpServer(policies=self._dhcp_policies(config), bus=self.bus, leases=leases,
                             port=config.dhcp.port, pxe_port=config.dhcp.pxe_port,
                             server_address=address if address is not None and address.version == 4 else None,
-                            interfaces=config.listen.interfaces)
+                            interfaces=config.listen.interfaces, on_new_interface=on_new_interface)
         try:
             server.start()
         except OSError as exc:
@@ -140,6 +150,8 @@ class Daemon:
         logger.info("bootd stopping: draining requests in flight")
         if self.dhcp is not None:
             self.dhcp.close()
+        if self.advertiser is not None:
+            self.advertiser.close()
         if self._runner is not None:
             await self._runner.cleanup()
         for task in list(self.http_context.tasks):

@@ -148,13 +148,14 @@ class MachineProgress:
     ip: str | None = None
     boots: int = 1
     stages: list[StageMark] = field(default_factory=list)  # the current boot, in the order reached
-    history: deque[Event] = field(default_factory=lambda: deque(maxlen=ProgressTracker.HISTORY))
+    history: deque[Event] = field(default_factory=lambda: deque(maxlen=HISTORY))
     boot_assets: dict[str, EventKind] = field(default_factory=dict)  # asset path -> KERNEL/INITRD
 
     def record(self, event: Event) -> bool:
         """Add `event`; True when it is news: a stage reached for the first time in this boot, or a stage
         whose outcome (ok or failed) changed."""
-        self.last_seen = max(self.last_seen, event.time)
+        if event.time > self.last_seen:
+            self.last_seen = event.time
         if event.peer:
             self.ip = event.peer
         self.history.append(event)
@@ -220,8 +221,10 @@ def asset_path(url: str) -> str | None:
     return word[marker + len("/assets/"):].split("?")[0] or None
 
 
+HISTORY = 64  # events kept per machine, like pixiecore's savedEventsPerMachine
+
+
 class ProgressTracker:
-    HISTORY = 64  # events kept per machine, like pixiecore's savedEventsPerMachine
     NEGATIVE_TTL = 10.0  # seconds an IP without a known MAC is not looked up again
 
     def __init__(self, *, max_machines: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
@@ -290,9 +293,13 @@ class ProgressTracker:
         return progress.boot_assets.get(path, EventKind.ASSET)
 
     def _evict(self) -> None:
+        # Runs for every new machine once full (a DISCOVER flood of new MACs): a plain loop, no generator.
+        known = self._known
         while len(self._machines) > self.max_machines:
-            victim = next((mac for mac in self._machines if mac not in self._known), None)
-            if victim is None:
+            for victim in self._machines:
+                if victim not in known:
+                    break
+            else:
                 victim = next(iter(self._machines))
             del self._machines[victim]
             self.evicted += 1

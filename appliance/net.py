@@ -1,4 +1,5 @@
-"""The host's network as bootd sees it: the kernel's neighbour table (IP -> MAC), through pyroute2.
+"""The host's network as bootd sees it: the kernel's neighbour table (IP -> MAC), through pyroute2, and the
+IPv6 router advertisement that spares iPXE its IPv6 wait.
 
 pyroute2's synchronous `IPRoute` runs an event loop of its own and cannot be used inside bootd's loop, so
 this uses `AsyncIPRoute`, opened once and kept for the daemon's life.
@@ -6,8 +7,11 @@ this uses `AsyncIPRoute`, opened once and kept for the daemon's life.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import socket
+import struct
 
 from appliance.mac import MacAddress, try_parse_mac
 
@@ -50,3 +54,104 @@ class NeighbourTable:
                 ipr.close()
             except Exception as exc:  # closing a broken netlink socket: nothing left to do but note it
                 logger.debug("closing the netlink socket failed: %r", exc)
+
+
+# --- IPv6 router advertisements -------------------------------------------------------------------------
+# iPXE configures IPv6 alongside DHCPv4 and, on a network with no router advertisement, waits 13-15 s for
+# one at every stage (research/tools.md §8-9). An RA with no M/O flags completes iPXE's IPv6 configurator
+# at once. This one advertises nothing: router lifetime 0 (never a default router), no prefix, no DNS, so
+# it cannot take traffic from any host; it only says "no IPv6 configuration here".
+
+ICMPV6_ROUTER_SOLICITATION = 133
+ICMPV6_ROUTER_ADVERTISEMENT = 134
+ICMP6_FILTER = getattr(socket, "ICMP6_FILTER", 1)  # <netinet/icmp6.h>
+ALL_NODES = "ff02::1"
+ALL_ROUTERS = "ff02::2"
+RA_INTERVAL = 30.0  # unsolicited RAs; a router solicitation is answered at once
+
+# type, code, checksum (the kernel fills it for ICMPv6 raw sockets), cur hop limit 0 (unspecified),
+# flags 0 (no DHCPv6), router lifetime 0, reachable time 0, retrans timer 0.
+EMPTY_ROUTER_ADVERTISEMENT = struct.pack("!BBHBBHII", ICMPV6_ROUTER_ADVERTISEMENT, 0, 0, 0, 0, 0, 0, 0)
+
+
+class RouterAdvertiser:
+    """Sends the empty RA on interfaces where PXE clients were seen, periodically and on each solicitation."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._interfaces: set[int] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.sent = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # RFC 4861 §6.1.2
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            blocked = [0xFFFFFFFF] * 8  # ICMP6_FILTER: pass router solicitations only
+            blocked[ICMPV6_ROUTER_SOLICITATION >> 5] &= ~(1 << (ICMPV6_ROUTER_SOLICITATION & 31))
+            sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *blocked))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._on_solicitation)
+        self._timer = self._loop.call_later(RA_INTERVAL, self._periodic)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+        self._sock = None
+
+    def add_interface(self, ifindex: int) -> None:
+        """A PXE client was seen on `ifindex`: advertise there from now on, starting now."""
+        if ifindex <= 0 or ifindex in self._interfaces or self._sock is None:
+            return
+        group = socket.inet_pton(socket.AF_INET6, ALL_ROUTERS) + struct.pack("@I", ifindex)
+        try:
+            self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group)
+        except OSError as exc:  # no IPv6 on that interface: nothing to advertise on
+            logger.info("router advertisements: interface %d has no IPv6 (%s); not advertising there", ifindex, exc)
+            self._interfaces.add(ifindex)
+            return
+        self._interfaces.add(ifindex)
+        logger.info("router advertisements: advertising 'no IPv6 here' on interface %d", ifindex)
+        self.advertise(ifindex)
+
+    def advertise(self, ifindex: int) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendto(EMPTY_ROUTER_ADVERTISEMENT, (ALL_NODES, 0, 0, ifindex))
+            self.sent += 1
+        except OSError as exc:
+            self.failures += 1
+            logger.debug("router advertisement on interface %d failed: %s", ifindex, exc)
+
+    def _on_solicitation(self) -> None:
+        assert self._sock is not None
+        for _ in range(64):
+            try:
+                data, source = self._sock.recvfrom(1500)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                logger.debug("router solicitation receive error: %s", exc)
+                return
+            ifindex = source[3] if len(source) > 3 else 0
+            if data[:1] == bytes((ICMPV6_ROUTER_SOLICITATION,)) and ifindex in self._interfaces:
+                self.advertise(ifindex)
+
+    def _periodic(self) -> None:
+        for ifindex in list(self._interfaces):
+            self.advertise(ifindex)
+        assert self._loop is not None
+        self._timer = self._loop.call_later(RA_INTERVAL, self._periodic)

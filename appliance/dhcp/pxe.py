@@ -326,10 +326,6 @@ def send_target(request: DhcpPacket, source: tuple[str, int], *, port: int, repl
 # requests of the same kind patch (research/bench.md: 2-4x less work per packet). `ReplyTemplate.render`
 # gives byte for byte what `encode_packet(proxy_reply(...))` gives; the unit tests hold it to that.
 
-_XID, _FLAGS, _CIADDR, _YIADDR, _GIADDR, _CHADDR = (
-    slice(4, 8), slice(10, 12), slice(12, 16), slice(16, 20), slice(24, 28), slice(28, 44))
-
-
 @dataclass(frozen=True, slots=True)
 class ReplyTemplate:
     wire: bytes
@@ -340,18 +336,20 @@ class ReplyTemplate:
     request: PxeRequest  # the request the template was made from (its arch, iPXE flag... for events)
 
     def render(self, data: bytes, guid: bytes | None) -> bytes:
-        out = bytearray(self.wire)
-        out[_XID] = data[_XID]
-        flags = data[_FLAGS]
-        out[_FLAGS] = bytes((flags[0] | 0x80, flags[1])) if self.force_broadcast else flags
-        out[_CIADDR] = data[_CIADDR]
-        if self.yiaddr_is_ciaddr:
-            out[_YIADDR] = data[_CIADDR]
-        out[_GIADDR] = data[_GIADDR]
-        out[_CHADDR] = data[_CHADDR]
-        if self.guid_offset is not None and guid is not None:
-            out[self.guid_offset : self.guid_offset + len(guid)] = guid
-        return bytes(out)
+        """The reply to `data`: this template with the request's xid, flags, ciaddr (and yiaddr), giaddr,
+        chaddr and GUID. One join of slices: the cheapest way to build it in Python."""
+        wire = self.wire
+        flags = data[10:12]
+        if self.force_broadcast:
+            flags = bytes((flags[0] | 0x80, flags[1]))
+        yiaddr = data[12:16] if self.yiaddr_is_ciaddr else wire[16:20]
+        parts = [wire[0:4], data[4:8], wire[8:10], flags, data[12:16], yiaddr, wire[20:24], data[24:44]]
+        offset = self.guid_offset
+        if offset is not None and guid is not None:
+            parts += (wire[44:offset], guid, wire[offset + len(guid):])
+        else:
+            parts.append(wire[44:])
+        return b"".join(parts)
 
 
 def compile_template(request: PxeRequest, offer: BootOffer, *, port: int) -> ReplyTemplate:

@@ -75,7 +75,8 @@ class DhcpServer:
     def __init__(self, *, policies: DhcpPolicies, bus: EventBus, leases: LeaseTable | None = None,
                  port: int = 67, pxe_port: int = PXE_PORT, bind_address: str = "",
                  server_address: IPv4Address | None = None, interfaces: tuple[str, ...] = (),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_new_interface: Callable[[int], None] | None = None) -> None:
         self.policies = policies
         self.bus = bus
         self.leases = leases if leases is not None else LeaseTable()
@@ -85,6 +86,8 @@ class DhcpServer:
         self.interfaces = interfaces
         self.stats = DhcpStats()
         self._clock = clock
+        self._on_new_interface = on_new_interface  # told once per interface a client was answered on
+        self._answered_on: set[int] = set()
         self._ifindexes: frozenset[int] = frozenset()
         self._sockets: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -225,6 +228,9 @@ class DhcpServer:
         if answer.reply is not None:
             target = send_target(packet, dgram.source, port=67, reply=answer.reply)
             self._send(sock, encode_packet(answer.reply), target.address, target.port, dgram)
+            if self._on_new_interface is not None and dgram.ifindex not in self._answered_on:
+                self._answered_on.add(dgram.ifindex)
+                self._on_new_interface(dgram.ifindex)
         ok = not isinstance(answer.boot, Ignore)
         peer = str(answer.ip) if answer.ip is not None and isinstance(answer.change, Bind) else None
         if isinstance(answer.change, (Release, Decline)):
@@ -232,8 +238,13 @@ class DhcpServer:
         self.bus.publish(Event(kind=EventKind.DHCP, mac=answer.mac, peer=peer, detail=answer.summary, ok=ok))
 
     def _send(self, sock: socket.socket, data: bytes, address: str, port: int, dgram: Datagram) -> None:
-        ancillary = [(socket.IPPROTO_IP, IP_PKTINFO,
-                      _PKTINFO.pack(dgram.ifindex, dgram.local_ip.packed, b"\0\0\0\0"))] if dgram.ifindex else []
+        ancillary = _ANCILLARY.get((dgram.ifindex, dgram.local_ip))
+        if ancillary is None:
+            ancillary = [(socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(
+                dgram.ifindex, dgram.local_ip.packed, b"\0\0\0\0"))] if dgram.ifindex else []
+            if len(_ANCILLARY) > 256:
+                _ANCILLARY.clear()
+            _ANCILLARY[dgram.ifindex, dgram.local_ip] = ancillary
         try:
             sock.sendmsg([data], ancillary, 0, (address, port))
             self.stats.answered += 1
@@ -266,6 +277,7 @@ def _udp_socket(address: str, port: int) -> socket.socket:
 
 
 _LOCAL_ADDRESSES: dict[bytes, IPv4Address] = {}  # a host has few: build each IPv4Address once
+_ANCILLARY: dict[tuple[int, IPv4Address], list[tuple[int, int, bytes]]] = {}  # IP_PKTINFO to send with, per interface
 
 
 def _pktinfo(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, IPv4Address]:

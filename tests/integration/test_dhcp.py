@@ -258,3 +258,42 @@ def test_decline_moves_the_client_to_another_address(bridged_netlab, tmp_path):
         assert squatter.address == "192.0.2.100"
     finally:
         assert bootd.stop() == 0
+
+
+def test_authoritative_mode_advertises_no_ipv6_so_ipxe_does_not_wait(bridged_netlab, tmp_path):
+    client = bridged_netlab.add_client(mac="52:54:00:ee:00:01")
+    bootd = start_bootd(bridged_netlab, tmp_path, AUTHORITATIVE)
+    try:
+        assert udhcpc(bridged_netlab, client).get("ip") == "192.0.2.100"  # a client seen on the segment
+        result = bridged_netlab.run(client.ns, [sys.executable, "-m", "tests.ra_listen", "--iface", client.ifname],
+                                    cwd=ROOT, timeout=30)
+        advertisement = json.loads(result.stdout)
+        assert advertisement is not None, result.stderr + bootd.log_text()
+        assert advertisement["source"].startswith("fe80:") and advertisement["hoplimit"] == 255
+        assert advertisement["router_lifetime"] == 0 and advertisement["flags"] == 0  # not a router, no DHCPv6
+        assert advertisement["options"] == ""  # no prefix, nothing that could take traffic
+    finally:
+        assert bootd.stop() == 0
+
+
+def test_probe_lists_the_dhcp_server_and_bootd_proxy(bridged_netlab, tmp_path):
+    """`bootd probe` on a segment with a plain DHCP server (dnsmasq, no PXE) and bootd in proxy mode."""
+    lab = bridged_netlab
+    client = lab.add_client()
+    bootd = start_bootd(lab, tmp_path, "  mode: proxy\n")
+    lab.run(lab.server_ns, ["ip", "addr", "add", "192.0.2.2/24", "dev", "br0"])
+    lab.start(lab.server_ns, ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
+                              "--interface=br0", "--listen-address=192.0.2.2", "--bind-interfaces",
+                              "--dhcp-range=192.0.2.50,192.0.2.60,1h", "--no-ping", "--dhcp-leasefile=/dev/null",
+                              "--log-facility=-"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        result = lab.run(client.ns, [sys.executable, "-m", "appliance", "probe", "-i", client.ifname,
+                                     "--timeout", "3"], cwd=ROOT, timeout=60)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert any(l.startswith("dhcp ") and "offers 192.0.2.5" in l for l in lines), result.stdout
+        assert any(l.startswith("proxy-dhcp") and "server 192.0.2.1" in l and "undionly.kpxe" in l for l in lines), \
+            result.stdout
+        assert lines[-1].startswith("2 answers")
+    finally:
+        assert bootd.stop() == 0

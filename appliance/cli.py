@@ -11,7 +11,7 @@ from appliance import __version__
 from appliance.config import Config, ConfigInvalid, load_config
 from appliance.dhcp.policy import available_firmware
 from appliance.dhcp.pxe import ARCH_TABLE
-from appliance.daemon import Daemon, StartupError, build_store, startup_problems
+from appliance.daemon import Daemon, StartupError, build_store, firmware_roots, startup_problems
 from appliance.logs import setup_logging
 
 DEFAULT_CONFIG = "/etc/bootd/bootd.yaml"
@@ -85,7 +85,7 @@ def cmd_check(path: Path) -> int:
             warnings.append(f"data dir: assets root {config.http.assets_root} does not exist (/assets/ answers 404)")
     for warning in warnings:
         print(f"warning: {warning}")
-    available = available_firmware(config.firmware_dir)
+    available = available_firmware(*firmware_roots(config))
     for entry in ARCH_TABLE.values():
         state = "servable" if entry.firmware in available else f"not servable: no {entry.firmware} in {config.firmware_dir}"
         print(f"arch {entry.arch.value:2d} {entry.arch.name:10s} {entry.firmware.value:14s} {state}")

@@ -127,6 +127,20 @@ class DhcpConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TftpConfig:
+    enabled: bool = False  # on when the section is given (and not `enabled: false`)
+    address: IPAddress | None = None
+    port: int = 69
+    root: Path | None = None  # served after the firmware directory
+    max_transfers: int = 100
+    max_per_client: int = 8
+    timeout: int = 1  # seconds before the first retransmission (doubling, up to 8 s)
+    retries: int = 5
+    max_blksize: int = 65464  # further clamped to the ingress interface's MTU - 32
+    max_windowsize: int = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Machine:
     name: str
     mac: MacAddress
@@ -148,6 +162,7 @@ class Config:
     names: NamesConfig = NamesConfig()
     http: HttpConfig = HttpConfig()
     dhcp: DhcpConfig = DhcpConfig()
+    tftp: TftpConfig = TftpConfig()
     machines: tuple[Machine, ...] = ()
 
     @property
@@ -352,7 +367,7 @@ class _Reader:
     # --- sections ---------------------------------------------------------------------------------
 
     def config(self, root: Node) -> Config | None:
-        top = self.fields(root, "", {"state_dir", "listen", "domain", "names", "http", "dhcp", "machines"})
+        top = self.fields(root, "", {"state_dir", "listen", "domain", "names", "http", "dhcp", "tftp", "machines"})
         if top is None:
             return None
         kw: dict[str, Any] = {"source": self.file}
@@ -368,6 +383,8 @@ class _Reader:
             kw["http"] = http
         if "dhcp" in top and (dhcp := self.dhcp(top["dhcp"])) is not None:
             kw["dhcp"] = dhcp
+        if "tftp" in top and (tftp := self.tftp(top["tftp"])) is not None:
+            kw["tftp"] = tftp
         if "machines" in top:
             kw["machines"] = self.machines(top["machines"], kw.get("names", NamesConfig()))
         dhcp = kw.get("dhcp", DhcpConfig())
@@ -378,6 +395,23 @@ class _Reader:
                     self.errors.append(ConfigError(self.file.name, machine.line, f"machines[{i}].ip",
                                                    f"{machine.name}'s {machine.ip} is outside dhcp.subnet {dhcp.subnet}"))
         return Config(**kw)
+
+    def tftp(self, node: Node) -> TftpConfig | None:
+        nodes = self.fields(node, "tftp", {"enabled", "address", "port", "root", "max_transfers", "max_per_client",
+                                           "timeout", "retries", "max_blksize", "max_windowsize"})
+        if nodes is None:
+            return None
+        kw: dict[str, Any] = {"enabled": True}
+        ranges = {"port": (0, 65535), "max_transfers": (1, 10000), "max_per_client": (1, 1000), "timeout": (1, 255),
+                  "retries": (1, 50), "max_blksize": (512, 65464), "max_windowsize": (1, 65535)}
+        for key, (low, high) in ranges.items():
+            read = lambda n, w, low=low, high=high: self.integer(n, w, low, high)  # noqa: E731
+            if (value := self.optional(nodes, key, "tftp", read)) is not None:
+                kw[key] = value
+        for key, read in (("enabled", self.boolean), ("address", self.ip), ("root", self.path)):
+            if (value := self.optional(nodes, key, "tftp", read)) is not None:
+                kw[key] = value
+        return TftpConfig(**kw)
 
     def dhcp(self, node: Node) -> DhcpConfig | None:
         nodes = self.fields(node, "dhcp", {

@@ -21,7 +21,9 @@ from appliance.config import Config, ConfigInvalid, DhcpMode, load_config
 from appliance.dhcp.leases import LeaseTable
 from appliance.dhcp.policy import available_firmware, build_policies
 from appliance.dhcp.server import DhcpServer
-from appliance.events import EventBus, ProgressTracker, track_and_log
+from appliance.tftp.files import TftpFiles
+from appliance.tftp.server import TftpServer
+from appliance.events import EventBus, PeerPublisher, ProgressTracker, track_and_log
 from appliance.http import HttpContext, make_app
 from appliance.net import NeighbourTable, RouterAdvertiser
 from appliance.store import DataDir, machine_groups
@@ -44,6 +46,11 @@ def startup_problems(config: Config) -> list[str]:
     return problems
 
 
+def firmware_roots(config: Config) -> list[Path]:
+    """Where boot files come from: the firmware directory, then the TFTP root."""
+    return [config.firmware_dir] + ([config.tftp.root] if config.tftp.root else [])
+
+
 def build_store(config: Config) -> DataDir:
     return DataDir(config.http.data_dir, machine_groups(config))
 
@@ -57,8 +64,9 @@ class Daemon:
         self.bus.add_sink(track_and_log(self.tracker))
         self.neighbours = NeighbourTable()
         self.tracker.set_known((m.mac, m.name) for m in config.machines)
+        self.publisher = PeerPublisher(self.bus, self.tracker, self.neighbours.lookup)
         self.http_context = HttpContext(config=config, store=build_store(config), bus=self.bus,
-                                        tracker=self.tracker, neighbours=self.neighbours)
+                                        tracker=self.tracker, publisher=self.publisher)
         self.http_context.stats = self.stats
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -66,12 +74,15 @@ class Daemon:
         self.http_port = config.http.port
         self.dhcp: DhcpServer | None = None
         self.advertiser: RouterAdvertiser | None = None
+        self.tftp: TftpServer | None = None
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {"events_dropped": self.bus.dropped, "event_sink_errors": self.bus.sink_errors,
                                   "machines_tracked": len(self.tracker), "machines_evicted": self.tracker.evicted}
         if self.dhcp is not None:
             out["dhcp"] = self.dhcp.stats.as_json()
+        if self.tftp is not None:
+            out["tftp"] = self.tftp.stats.as_json()
         return out
 
     async def run(self) -> int:
@@ -91,6 +102,8 @@ class Daemon:
             await self._start_http()
         if self.config.dhcp.mode is not DhcpMode.OFF:
             self._start_dhcp()
+        if self.config.tftp.enabled:
+            self._start_tftp()
         logger.info("bootd ready: %s", ", ".join(self.addresses) or "no service enabled",
                     extra={"addresses": ",".join(self.addresses)})
 
@@ -113,7 +126,22 @@ class Daemon:
             self.addresses.append(f"http://{'[' + host + ']' if ':' in host else host}:{port}")
 
     def _dhcp_policies(self, config: Config):
-        return build_policies(config, available_firmware(config.firmware_dir), http_port=self.http_port)
+        return build_policies(config, available_firmware(*firmware_roots(config)), http_port=self.http_port)
+
+    def _start_tftp(self) -> None:
+        tftp = self.config.tftp
+        server = TftpServer(files=TftpFiles(firmware_roots(self.config)), publisher=self.publisher,
+                            address=str(tftp.address) if tftp.address else "", port=tftp.port,
+                            max_transfers=tftp.max_transfers, max_per_client=tftp.max_per_client,
+                            retries=tftp.retries, timeout=float(tftp.timeout), max_blksize=tftp.max_blksize,
+                            max_windowsize=tftp.max_windowsize)
+        try:
+            server.start()
+        except OSError as exc:
+            server.close()
+            raise StartupError(f"tftp: cannot listen on UDP {tftp.port}: {exc.strerror or exc}") from None
+        self.tftp = server
+        self.addresses.append(f"tftp://{tftp.address or '*'}:{server.bound_port}")
 
     def _start_dhcp(self) -> None:
         config = self.config
@@ -152,10 +180,11 @@ class Daemon:
             self.dhcp.close()
         if self.advertiser is not None:
             self.advertiser.close()
+        if self.tftp is not None:
+            self.tftp.close()
         if self._runner is not None:
             await self._runner.cleanup()
-        for task in list(self.http_context.tasks):
-            task.cancel()
+        self.publisher.cancel()
         await self.neighbours.close()
         logger.info("bootd stopped")
 
@@ -182,6 +211,8 @@ class Daemon:
             logger.warning("reload: dhcp mode, port and listen changes take effect at the next restart")
         if self.dhcp is not None:
             self.dhcp.update(self._dhcp_policies(new))
+        if self.tftp is not None:
+            self.tftp.files = TftpFiles(firmware_roots(new))
         self.config = new
         self.tracker.set_known((m.mac, m.name) for m in new.machines)
         self.http_context.config = new

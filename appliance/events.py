@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -247,7 +247,7 @@ class ProgressTracker:
     # --- IP -> MAC --------------------------------------------------------------------------------
 
     def learn(self, ip: str, mac: MacAddress) -> None:
-        if ip.startswith("127.") or ip == "::1":
+        if _is_loopback(ip):
             return  # the host itself: every local client shares it, so it says nothing about a machine
         self._ip_to_mac[ip] = mac
         self._ip_to_mac.move_to_end(ip)
@@ -317,6 +317,47 @@ class ProgressTracker:
 
     def __len__(self) -> int:
         return len(self._machines)
+
+
+class PeerPublisher:
+    """Publishes a step of the machine behind a client IP. The MAC comes from the request when it carries
+    one, else from the tracker's IP->MAC map (learned from DHCP and earlier requests), else from `lookup`
+    (the kernel's neighbour table), which runs off the request path: the event is published when the
+    lookup returns, stamped with the time of the request."""
+
+    def __init__(self, bus: EventBus, tracker: ProgressTracker,
+                 lookup: Callable[[str], Awaitable[MacAddress | None]] | None = None) -> None:
+        self.bus = bus
+        self.tracker = tracker
+        self.lookup = lookup
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def publish(self, peer: str | None, mac: MacAddress | None, event_type: type[Event] = Event,
+                **fields: Any) -> None:
+        fields.setdefault("time", time.time())
+        mac = mac or (self.tracker.mac_for_ip(peer) if peer else None)
+        if (mac is not None or peer is None or self.lookup is None or _is_loopback(peer)
+                or not self.tracker.should_look_up(peer)):
+            self.bus.publish(event_type(mac=mac, peer=peer, **fields))
+            return
+        task = asyncio.get_running_loop().create_task(self._after_lookup(peer, event_type, fields))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _after_lookup(self, peer: str, event_type: type[Event], fields: dict[str, Any]) -> None:
+        assert self.lookup is not None
+        mac = await self.lookup(peer)
+        if mac is None:
+            self.tracker.lookup_failed(peer)
+        self.bus.publish(event_type(mac=mac, peer=peer, **fields))
+
+    def cancel(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1"
 
 
 def log_event(event: Event, news: bool = True) -> None:

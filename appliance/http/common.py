@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from appliance.config import Config
-from appliance.events import Event, EventBus, EventKind, ProgressTracker
+from appliance.events import Event, EventBus, EventKind, PeerPublisher, ProgressTracker
 from appliance.mac import MacAddress
-from appliance.net import NeighbourTable
 from appliance.store import DataDir, Group, Profile, RequestLabels, labels_from_query, select_group
 
 logger = logging.getLogger(__name__)
@@ -28,9 +25,8 @@ class HttpContext:
     store: DataDir
     bus: EventBus
     tracker: ProgressTracker
-    neighbours: NeighbourTable | None = None
+    publisher: PeerPublisher
     stats: Callable[[], dict[str, Any]] = dict  # the daemon's counters, for /api/v1/stats
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 CONTEXT = web.AppKey("bootd_context", HttpContext)
@@ -90,25 +86,7 @@ def select(ctx: HttpContext, request: web.Request) -> Selection:
 def publish(ctx: HttpContext, request: web.Request, mac: MacAddress | None, event_type: type[Event] = Event,
             **fields: Any) -> None:
     """Publish a step of the machine behind `request`, found by the `mac=` label or the client's IP."""
-    fields.setdefault("time", time.time())  # when the request was answered, not when its MAC was found
-    peer = request.remote
-    mac = mac or (ctx.tracker.mac_for_ip(peer) if peer else None)
-    if (mac is not None or peer is None or ctx.neighbours is None or peer.startswith("127.") or peer == "::1"
-            or not ctx.tracker.should_look_up(peer)):
-        ctx.bus.publish(event_type(mac=mac, peer=peer, **fields))
-        return
-    # Unknown client: ask the kernel's neighbour table, off the request path.
-    task = asyncio.get_running_loop().create_task(_publish_after_lookup(ctx, peer, event_type, fields))
-    ctx.tasks.add(task)
-    task.add_done_callback(ctx.tasks.discard)
-
-
-async def _publish_after_lookup(ctx: HttpContext, peer: str, event_type: type[Event], fields: dict[str, Any]) -> None:
-    assert ctx.neighbours is not None
-    mac = await ctx.neighbours.lookup(peer)
-    if mac is None:
-        ctx.tracker.lookup_failed(peer)
-    ctx.bus.publish(event_type(mac=mac, peer=peer, **fields))
+    ctx.publisher.publish(request.remote, mac, event_type, **fields)
 
 
 def failed(ctx: HttpContext, request: web.Request, mac: MacAddress | None, kind: EventKind, reason: str) -> web.Response:

@@ -1,0 +1,1 @@
+"""TFTP: protocol.py (packets, negotiation, one transfer; pure), files.py, server.py (UDP 69)."""

@@ -1,0 +1,70 @@
+"""The files TFTP serves: the firmware directory first (the iPXE binaries bootd hands out), then the
+config's TFTP root. Contents are kept in memory and re-read only when a file changes (mtime, size, inode),
+so a boot storm reads each binary once. Names are confined to their root (store.confine: no `..`, no
+absolute path, no NUL or backslash, no symlink pointing out)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.store import OutsideRoot, confine
+
+logger = logging.getLogger(__name__)
+
+MAX_FILE = 256 * 1024 * 1024  # past this a file is refused: TFTP is for boot loaders, not disk images
+CACHE_BYTES = 512 * 1024 * 1024
+
+
+class FileRefused(Exception):
+    """The name is not allowed (it would leave the root, or names something that is not a file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    version: tuple[int, int, int]
+    content: bytes
+
+
+class TftpFiles:
+    def __init__(self, roots: list[Path]) -> None:
+        self.roots = roots
+        self._cache: OrderedDict[Path, _Entry] = OrderedDict()
+        self._cached_bytes = 0
+
+    def read(self, name: str) -> bytes | None:
+        """The file's content, None when no root has it; FileRefused for a name that is not allowed."""
+        for root in self.roots:
+            try:
+                path = confine(root, name)
+            except OutsideRoot as exc:
+                raise FileRefused(str(exc)) from None
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if not os.path.isfile(path):
+                raise FileRefused(f"{name!r} is not a file")
+            if st.st_size > MAX_FILE:
+                raise FileRefused(f"{name!r} is larger than {MAX_FILE} bytes")
+            return self._content(path, st)
+        return None
+
+    def _content(self, path: Path, st: os.stat_result) -> bytes:
+        version = (st.st_mtime_ns, st.st_size, st.st_ino)
+        entry = self._cache.get(path)
+        if entry is not None and entry.version == version:
+            self._cache.move_to_end(path)
+            return entry.content
+        content = path.read_bytes()
+        if entry is not None:
+            self._cached_bytes -= len(entry.content)
+        self._cache[path] = _Entry(version, content)
+        self._cached_bytes += len(content)
+        while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= len(old.content)
+        return content

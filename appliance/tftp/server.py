@@ -1,0 +1,329 @@
+"""The TFTP transport: requests on UDP 69, each transfer on a connected socket of its own (its TID, RFC
+1350), one sweep timer for every retransmission, events for every start, finish and failure.
+
+Why this shape (research/bench.md §4): asyncio datagram transports and a timer per block measured
+1.2-4.7x slower than plain non-blocking sockets with `add_reader` and one periodic sweep. When a send
+hits EAGAIN the rest of the window waits for `add_writer` instead of being dropped.
+
+Limits: at most `max_transfers` at once and `max_per_client` per client IP (others get ERROR 0), a
+repeated request from a client port that already has a transfer is ignored (firmware resends its RRQ
+before the first answer), writes are refused, names outside the roots are refused and logged.
+A packet from another port to a transfer's socket never reaches it: the socket is connected, so the
+kernel drops it (RFC 1350 would answer ERROR 5; bootd stays silent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.events import EventKind, PeerPublisher
+from appliance.tftp.files import FileRefused, TftpFiles
+from appliance.tftp.protocol import (
+    WRQ, Accept, ErrorCode, Limits, MalformedPacket, Outcome, ReadTransfer, Refuse, encode_error, negotiate,
+    parse_request, to_netascii,
+)
+
+logger = logging.getLogger(__name__)
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_PKTINFO = struct.Struct("=I4s4s")
+SWEEP_SECONDS = 0.05  # the retransmit clock's resolution; timeouts are whole seconds or more
+_DRAIN_BATCH = 64
+
+
+@dataclass(slots=True)
+class TftpStats:
+    requests: int = 0
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    internal_errors: int = 0
+
+    def as_json(self) -> dict[str, object]:
+        return {"requests": self.requests, "started": self.started, "completed": self.completed,
+                "failed": self.failed, "refused": dict(self.refused), "dropped": dict(self.dropped),
+                "internal_errors": self.internal_errors}
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    client: tuple[str, int]
+    filename: str
+    sock: socket.socket
+    transfer: ReadTransfer
+    started: float
+    backlog: deque[bytes] = field(default_factory=deque)  # packets waiting for the socket to drain
+    writing: bool = False
+
+
+class TftpServer:
+    def __init__(self, *, files: TftpFiles, publisher: PeerPublisher, address: str = "", port: int = 69,
+                 max_transfers: int = 100, max_per_client: int = 8, retries: int = 5, timeout: float = 1.0,
+                 max_blksize: int = 65464, max_windowsize: int = 64) -> None:
+        self.files = files
+        self.publisher = publisher
+        self.address, self.port = address, port
+        self.max_transfers, self.max_per_client = max_transfers, max_per_client
+        self.retries, self.timeout = retries, timeout
+        self.max_blksize, self.max_windowsize = max_blksize, max_windowsize
+        self.stats = TftpStats()
+        self.sessions: dict[tuple[str, int], Session] = {}
+        self._per_client: Counter[str] = Counter()
+        self._mtu: dict[int, int] = {}
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            sock.bind((self.address, self.port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._drain_requests)
+        self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    @property
+    def bound_port(self) -> int:
+        assert self._sock is not None
+        return self._sock.getsockname()[1]
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for session in list(self.sessions.values()):
+            self._close(session)
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+    # --- requests on port 69 ----------------------------------------------------------------------
+
+    def _drain_requests(self) -> None:
+        assert self._sock is not None
+        for _ in range(_DRAIN_BATCH):
+            try:
+                data, ancdata, _flags, client = self._sock.recvmsg(1024, socket.CMSG_SPACE(_PKTINFO.size))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                logger.debug("tftp receive error: %s", exc)
+                return
+            ifindex, local_ip = 0, self.address or "0.0.0.0"
+            for level, kind, info in ancdata:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(info) >= _PKTINFO.size:
+                    ifindex, spec_dst, _ = _PKTINFO.unpack_from(info)
+                    local_ip = socket.inet_ntoa(spec_dst)
+            try:
+                self.handle_request(data, client, ifindex, local_ip)
+            except Exception:  # our bug: logged once with its traceback, counted; the next request is served
+                self.stats.internal_errors += 1
+                logger.exception("tftp: internal error on a request from %s", client)
+
+    def handle_request(self, data: bytes, client: tuple[str, int], ifindex: int, local_ip: str) -> None:
+        self.stats.requests += 1
+        try:
+            request = parse_request(data)
+        except MalformedPacket as exc:
+            self.stats.dropped[exc.reason] += 1
+            logger.debug("tftp: malformed request from %s: %s", client, exc.reason)
+            if exc.reason in ("not-a-request", "no-nul-terminator", "bad-fields", "not-ascii"):
+                self._send_error(client, ErrorCode.ILLEGAL_OPERATION, f"malformed request ({exc.reason})")
+            return
+        if client in self.sessions:
+            self.stats.dropped["duplicate-request"] += 1  # the client resent its RRQ: the transfer is under way
+            return
+        if len(self.sessions) >= self.max_transfers or self._per_client[client[0]] >= self.max_per_client:
+            self._refuse(client, request.filename, Refuse(ErrorCode.NOT_DEFINED, "server busy, try again", "busy"))
+            return
+        try:
+            content = self.files.read(request.filename)
+        except FileRefused as exc:
+            logger.warning("tftp: %s asked for %r: refused: %s", client[0], request.filename[:200], exc)
+            self._refuse(client, request.filename, Refuse(ErrorCode.ACCESS_VIOLATION, "access violation", "refused-path"))
+            return
+        if content is None and request.opcode != WRQ:  # a write is refused by negotiate, whatever the name
+            self._refuse(client, request.filename, Refuse(ErrorCode.FILE_NOT_FOUND, "file not found", "not-found"))
+            return
+        if request.mode == "netascii" and content is not None:
+            content = to_netascii(content)
+        decision = negotiate(request, len(content or b""), Limits(
+            max_blksize=min(self.max_blksize, self._mtu_of(ifindex) - 32),  # RFC 2348 + no IP fragments
+            max_windowsize=self.max_windowsize, default_timeout=self.timeout))
+        if isinstance(decision, Refuse):
+            self._refuse(client, request.filename, decision)
+            return
+        assert content is not None
+        self._begin(client, request.filename, content, decision, local_ip)
+
+    def _begin(self, client: tuple[str, int], filename: str, content: bytes, accept: Accept, local_ip: str) -> None:
+        assert self._loop is not None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((local_ip if local_ip != "0.0.0.0" else "", 0))  # a new TID, on the address asked
+            sock.connect(client)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            self.stats.failed += 1
+            logger.warning("tftp: cannot open a transfer socket for %s: %s", client, exc)
+            return
+        now = self._loop.time()
+        session = Session(client, filename, sock, ReadTransfer(content, accept, retries=self.retries), now)
+        self.sessions[client] = session
+        self._per_client[client[0]] += 1
+        self.stats.started += 1
+        self._loop.add_reader(sock.fileno(), self._drain_session, session)
+        self._send(session, session.transfer.start(now))
+        options = f", options {dict(accept.oack)}" if accept.oack else ""
+        self.publisher.publish(client[0], None, kind=EventKind.TFTP,
+                               detail=f"start {filename} ({len(content)} bytes, blksize {accept.blksize}, "
+                                      f"windowsize {accept.windowsize}{options})")
+
+    # --- transfers --------------------------------------------------------------------------------
+
+    def _drain_session(self, session: Session) -> None:
+        assert self._loop is not None
+        try:
+            for _ in range(_DRAIN_BATCH):
+                try:
+                    data = session.sock.recv(2048)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # ICMP port unreachable: the client went away
+                    session.transfer.peer_gone(exc.strerror or str(exc))
+                    break
+                self._send(session, session.transfer.receive(data, self._loop.time()))
+                if session.transfer.outcome is not Outcome.RUNNING:
+                    break
+        except Exception:
+            self.stats.internal_errors += 1
+            logger.exception("tftp: internal error in the transfer to %s", session.client)
+            session.transfer.outcome = Outcome.ABORTED
+        if session.transfer.outcome is not Outcome.RUNNING:
+            self._finish(session)
+
+    def _sweep(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for session in list(self.sessions.values()):
+            transfer = session.transfer
+            if transfer.deadline is not None and transfer.deadline <= now:
+                try:
+                    self._send(session, transfer.on_timeout(now))
+                except Exception:
+                    self.stats.internal_errors += 1
+                    logger.exception("tftp: internal error retransmitting to %s", session.client)
+                    transfer.outcome = Outcome.ABORTED
+                if transfer.outcome is not Outcome.RUNNING:
+                    self._finish(session)
+        self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def _send(self, session: Session, packets: list[bytes]) -> None:
+        session.backlog.extend(packets)
+        self._flush(session)
+
+    def _flush(self, session: Session) -> None:
+        backlog, sock = session.backlog, session.sock
+        while backlog:
+            try:
+                sock.send(backlog[0])
+            except (BlockingIOError, InterruptedError):
+                if not session.writing and self._loop is not None:
+                    session.writing = True
+                    self._loop.add_writer(sock.fileno(), self._writable, session)
+                return
+            except OSError as exc:
+                backlog.clear()
+                session.transfer.outcome = Outcome.ABORTED
+                session.transfer.error = exc.strerror or str(exc)
+                return
+            backlog.popleft()
+
+    def _writable(self, session: Session) -> None:
+        assert self._loop is not None
+        self._loop.remove_writer(session.sock.fileno())
+        session.writing = False
+        self._flush(session)
+
+    def _finish(self, session: Session) -> None:
+        if self.sessions.get(session.client) is not session:
+            return
+        transfer = session.transfer
+        seconds = (self._loop.time() if self._loop else 0.0) - session.started
+        stats = transfer.stats
+        figures = (f"blksize {transfer.blksize}, windowsize {transfer.windowsize}, {stats.data_sent} DATA, "
+                   f"{stats.retransmitted} retransmitted")
+        if transfer.outcome is Outcome.DONE:
+            self.stats.completed += 1
+            missing = " (the last ACK never came)" if transfer.last_ack_missing else ""
+            detail, ok = f"sent {session.filename}: {len(transfer.content)} bytes in {seconds:.2f} s, {figures}{missing}", True
+        elif transfer.outcome in (Outcome.ABORTED, Outcome.REFUSED) and transfer.acked == 0:
+            # OVMF asks for tsize, reads the OACK, then answers ERROR 8 and asks again: a normal end.
+            self.stats.completed += 1
+            detail, ok = f"{session.filename}: ended by the client after the first answer ({transfer.error})", True
+        else:
+            self.stats.failed += 1
+            why = {Outcome.TIMED_OUT: f"no answer after {self.retries} retries",
+                   Outcome.REFUSED: f"the client refused the options ({transfer.error})",
+                   Outcome.ABORTED: f"aborted by the client ({transfer.error})"}.get(transfer.outcome, "failed")
+            detail, ok = f"{session.filename}: {why} after {transfer.bytes_sent} bytes, {figures}", False
+        self._close(session)
+        self.publisher.publish(session.client[0], None, kind=EventKind.TFTP, detail=detail, ok=ok)
+
+    def _close(self, session: Session) -> None:
+        if self.sessions.pop(session.client, None) is None:
+            return
+        self._per_client[session.client[0]] -= 1
+        if self._per_client[session.client[0]] <= 0:
+            del self._per_client[session.client[0]]
+        if self._loop is not None:
+            self._loop.remove_reader(session.sock.fileno())
+            if session.writing:
+                self._loop.remove_writer(session.sock.fileno())
+        session.sock.close()
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _refuse(self, client: tuple[str, int], filename: str, refusal: Refuse) -> None:
+        self.stats.refused[refusal.reason] += 1
+        self._send_error(client, refusal.code, refusal.message)
+        if refusal.reason != "busy":
+            self.publisher.publish(client[0], None, kind=EventKind.TFTP, ok=False,
+                                   detail=f"refused {filename[:200]!r}: {refusal.message}")
+
+    def _send_error(self, client: tuple[str, int], code: ErrorCode, message: str) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendto(encode_error(code, message), client)
+        except OSError as exc:
+            logger.debug("tftp: cannot send an error to %s: %s", client, exc)
+
+    def _mtu_of(self, ifindex: int) -> int:
+        mtu = self._mtu.get(ifindex)
+        if mtu is None:
+            try:
+                name = socket.if_indextoname(ifindex)
+                mtu = int(Path(f"/sys/class/net/{name}/mtu").read_text())
+            except (OSError, ValueError):
+                mtu = 1500  # unknown interface: assume Ethernet
+            self._mtu[ifindex] = mtu
+        return mtu

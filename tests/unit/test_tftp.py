@@ -1,0 +1,208 @@
+"""TFTP: request codec, option negotiation (RFC 2347/2348/2349/7440) and one transfer driven with explicit
+times (no sleeping): lock-step, windowed, loss, duplicate ACKs, backoff, a tsize probe, block wrap."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.tftp.protocol import (
+    ACK, DATA, ERROR, OACK, RRQ, WRQ, Accept, ErrorCode, Limits, MalformedPacket, Outcome, ReadTransfer, Refuse,
+    encode_ack, encode_error, encode_request, negotiate, parse_reply, parse_request, to_netascii,
+)
+
+LIMITS = Limits(max_blksize=1468, max_windowsize=16, default_timeout=1.0)
+
+
+def request(options: dict[str, str] | None = None, *, opcode: int = RRQ, mode: str = "octet"):
+    return parse_request(encode_request(opcode, "ipxe.efi", mode, options))
+
+
+# --- codec ---------------------------------------------------------------------------------------------
+
+def test_request_round_trip_lowercases_option_names_and_mode():
+    r = parse_request(encode_request(RRQ, "Dir/File.bin", "OCTET", {"BLKSIZE": "1468", "tsize": "0"}))
+    assert (r.filename, r.mode, dict(r.options)) == ("Dir/File.bin", "octet", {"blksize": "1468", "tsize": "0"})
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"\x00\x01", "short"),
+    (b"\x00\x03abc\x00octet\x00", "not-a-request"),
+    (b"\x00\x01file\x00octet", "no-nul-terminator"),
+    (b"\x00\x01file\x00", "bad-fields"),
+    (b"\x00\x01file\x00octet\x00blksize\x00", "bad-fields"),
+    (b"\x00\x01fi\xffle\x00octet\x00", "not-ascii"),
+    (b"\x00\x01" + b"a" * 600 + b"\x00octet\x00", "request-too-long"),
+])
+def test_malformed_requests(data, reason):
+    with pytest.raises(MalformedPacket) as info:
+        parse_request(data)
+    assert info.value.reason == reason
+
+
+# --- negotiation ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options, blksize, windowsize, timeout, oack", [
+    pytest.param({}, 512, 1, 1.0, None, id="no-options-no-oack"),
+    pytest.param({"blksize": "1468", "tsize": "0"}, 1468, 1, 1.0, {"blksize": "1468", "tsize": "5000"}, id="pxe-rom"),
+    pytest.param({"blksize": "9000"}, 1468, 1, 1.0, {"blksize": "1468"}, id="blksize-clamped-to-mtu"),
+    pytest.param({"blksize": "8"}, 8, 1, 1.0, {"blksize": "8"}, id="blksize-minimum"),
+    pytest.param({"windowsize": "4", "blksize": "1468"}, 1468, 4, 1.0, {"windowsize": "4", "blksize": "1468"},
+                 id="edk2-windowsize"),
+    pytest.param({"windowsize": "64"}, 512, 16, 1.0, {"windowsize": "16"}, id="windowsize-clamped"),
+    pytest.param({"timeout": "3"}, 512, 1, 3.0, {"timeout": "3"}, id="timeout-echoed"),
+    pytest.param({"multicast": "", "foo": "1"}, 512, 1, 1.0, None, id="unknown-options-left-out"),
+])
+def test_negotiation(options, blksize, windowsize, timeout, oack):
+    accept = negotiate(request(options), 5000, LIMITS)
+    assert isinstance(accept, Accept)
+    assert (accept.blksize, accept.windowsize, accept.timeout) == (blksize, windowsize, timeout)
+    assert (dict(accept.oack) if accept.oack else None) == oack
+
+
+@pytest.mark.parametrize("req, code, reason", [
+    pytest.param(request({"blksize": "7"}), ErrorCode.OPTION_REFUSED, "bad-blksize", id="blksize-too-small"),
+    pytest.param(request({"blksize": "big"}), ErrorCode.OPTION_REFUSED, "bad-blksize", id="blksize-not-a-number"),
+    pytest.param(request({"timeout": "0"}), ErrorCode.OPTION_REFUSED, "bad-timeout", id="timeout-zero"),
+    pytest.param(request({"timeout": "256"}), ErrorCode.OPTION_REFUSED, "bad-timeout", id="timeout-too-long"),
+    pytest.param(request({"windowsize": "0"}), ErrorCode.OPTION_REFUSED, "bad-windowsize", id="windowsize-zero"),
+    pytest.param(request({"windowsize": "99999"}), ErrorCode.OPTION_REFUSED, "bad-windowsize", id="windowsize-huge"),
+    pytest.param(request({"tsize": "-1"}), ErrorCode.OPTION_REFUSED, "bad-tsize", id="tsize-negative"),
+    pytest.param(request(opcode=WRQ), ErrorCode.ACCESS_VIOLATION, "write-refused", id="write"),
+    pytest.param(request(mode="mail"), ErrorCode.ILLEGAL_OPERATION, "bad-mode", id="mail-mode"),
+])
+def test_refusals(req, code, reason):
+    refusal = negotiate(req, 10, LIMITS)
+    assert isinstance(refusal, Refuse) and (refusal.code, refusal.reason) == (code, reason)
+
+
+def test_netascii_conversion():
+    assert to_netascii(b"a\nb\rc") == b"a\r\nb\r\0c"
+
+
+# --- transfers with a fake clock ---------------------------------------------------------------------------
+
+def blocks_of(packets: list[bytes]) -> list[int]:
+    return [parse_reply(p)[1] for p in packets if parse_reply(p)[0] == DATA]
+
+
+def transfer(size: int, **accept) -> tuple[ReadTransfer, bytes]:
+    content = bytes(i % 251 for i in range(size))
+    defaults = {"blksize": 512, "windowsize": 1, "timeout": 1.0, "oack": None}
+    return ReadTransfer(content, Accept(**{**defaults, **accept})), content
+
+
+def test_lockstep_transfer_with_exact_multiple_ends_with_an_empty_block():
+    t, content = transfer(1024)
+    assert blocks_of(t.start(0.0)) == [1]
+    assert blocks_of(t.receive(encode_ack(1), 0.1)) == [2]
+    last = t.receive(encode_ack(2), 0.2)
+    assert blocks_of(last) == [3] and parse_reply(last[0])[2] == b""
+    assert t.receive(encode_ack(3), 0.3) == [] and t.outcome is Outcome.DONE and t.deadline is None
+    assert t.stats.retransmitted == 0
+
+
+def test_oack_first_then_data_after_ack_0():
+    t, _ = transfer(100, oack={"tsize": "100"})
+    [oack] = t.start(0.0)
+    assert parse_reply(oack)[0] == OACK
+    assert blocks_of(t.receive(encode_ack(0), 0.1)) == [1]
+
+
+def test_tsize_probe_abort_is_a_clean_end():
+    t, _ = transfer(100, oack={"tsize": "100"})
+    t.start(0.0)
+    t.receive(encode_error(ErrorCode.OPTION_REFUSED, "User aborted the transfer"), 0.1)
+    assert t.outcome is Outcome.REFUSED and t.error == "User aborted the transfer" and t.acked == 0
+
+
+def test_duplicate_acks_never_cause_data_sorcerers_apprentice():
+    t, _ = transfer(5000)
+    t.start(0.0)
+    t.receive(encode_ack(1), 0.1)
+    for _ in range(5):
+        assert t.receive(encode_ack(1), 0.2) == []
+    assert t.stats.duplicate_acks == 5 and t.stats.data_sent == 2
+
+
+def test_ack_for_a_block_never_sent_is_ignored():
+    t, _ = transfer(5000)
+    t.start(0.0)
+    assert t.receive(encode_ack(7), 0.1) == [] and t.stats.future_acks == 1 and t.acked == 0
+
+
+def test_retransmission_on_timeout_with_backoff_and_a_bounded_number_of_retries():
+    t, _ = transfer(5000)
+    t.start(0.0)
+    assert t.on_timeout(0.5) == []  # not due yet
+    times = []
+    now = 1.0
+    while t.outcome is Outcome.RUNNING:
+        packets = t.on_timeout(now)
+        if packets:
+            assert blocks_of(packets) == [1]
+            times.append(now)
+        now = t.deadline if t.deadline is not None else now
+    assert t.outcome is Outcome.TIMED_OUT and len(times) == 5
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps == [2.0, 4.0, 8.0, 8.0]  # doubling, capped at 8 s
+
+
+def test_windowed_transfer_sends_a_window_per_ack_and_recovers_from_a_gap():
+    t, content = transfer(512 * 10 + 1, windowsize=4)
+    assert blocks_of(t.start(0.0)) == [1, 2, 3, 4]
+    assert blocks_of(t.receive(encode_ack(4), 0.1)) == [5, 6, 7, 8]
+    # block 6 was lost: the client acknowledges 5, the window restarts after it
+    assert blocks_of(t.receive(encode_ack(5), 0.2)) == [6, 7, 8, 9]
+    assert t.stats.retransmitted == 3
+    assert blocks_of(t.receive(encode_ack(9), 0.3)) == [10, 11]
+    t.receive(encode_ack(11), 0.4)
+    assert t.outcome is Outcome.DONE
+
+
+def test_block_numbers_wrap_after_65535():
+    t, _ = transfer(8 * 70000, blksize=8, windowsize=1)
+    t.start(0.0)
+    for block in range(1, 65536):
+        packets = t.receive(encode_ack(block), 0.0)
+    assert t.acked == 65535
+    assert blocks_of(packets) == [0]  # block 65536 goes out numbered 0
+    t.receive(encode_ack(0), 0.0)
+    assert t.acked == 65536
+
+
+def test_client_error_mid_transfer_is_an_abort():
+    t, _ = transfer(5000)
+    t.start(0.0)
+    t.receive(encode_ack(1), 0.1)
+    t.receive(encode_error(ErrorCode.NOT_DEFINED, "gone"), 0.2)
+    assert t.outcome is Outcome.ABORTED and t.deadline is None
+
+
+def test_garbage_to_a_transfer_is_counted_not_fatal():
+    t, _ = transfer(5000)
+    t.start(0.0)
+    assert t.receive(b"\x00", 0.1) == [] and t.receive(b"\x00\x09\x00\x01", 0.1) == []
+    assert t.stats.stray == 2 and t.outcome is Outcome.RUNNING
+
+
+def test_a_missing_last_ack_still_counts_as_delivered():
+    t, _ = transfer(1000)
+    t.start(0.0)
+    t.receive(encode_ack(1), 0.1)  # block 2, the last, goes out; its ACK never comes
+    now = 0.1
+    while t.outcome is Outcome.RUNNING:
+        now = t.deadline
+        t.on_timeout(now)
+    assert t.outcome is Outcome.DONE and t.last_ack_missing
+
+
+def test_client_gone_mid_transfer_is_an_abort_but_after_the_last_block_is_delivered():
+    t, _ = transfer(5000)
+    t.start(0.0)
+    t.peer_gone("Connection refused")
+    assert t.outcome is Outcome.ABORTED
+    t, _ = transfer(600)
+    t.start(0.0)
+    t.receive(encode_ack(1), 0.1)
+    t.peer_gone("Connection refused")
+    assert t.outcome is Outcome.DONE and t.last_ack_missing

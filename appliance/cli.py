@@ -11,6 +11,7 @@ from appliance import __version__
 from appliance.config import Config, ConfigInvalid, load_config
 from appliance.dhcp.policy import available_firmware
 from appliance.dhcp.pxe import ARCH_TABLE
+from appliance.firmware import verify
 from appliance.daemon import Daemon, StartupError, build_store, firmware_roots, startup_problems
 from appliance.logs import setup_logging
 
@@ -35,7 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--timeout", type=float, default=3.0)
     probe.add_argument("--arch", type=int, default=0, help="option 93 to send (0 BIOS, 7 x64 UEFI, ...)")
 
+    firmware = commands.add_parser("firmware", help="get the iPXE binaries")
+    firmware_commands = firmware.add_subparsers(dest="firmware_command", required=True)
+    fetch = firmware_commands.add_parser("fetch", help="download Debian's ipxe package, verify it, install it")
+    fetch.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="install into this config's firmware dir")
+    fetch.add_argument("--dir", type=Path, help="install here instead")
+    fetch.add_argument("--deb", type=Path, help="use this downloaded ipxe .deb instead of apt-get download")
+
     args = parser.parse_args(argv)
+    if args.command == "firmware":
+        return cmd_firmware_fetch(Path(args.config), args.dir, args.deb)
     if args.command == "run":
         return cmd_run(Path(args.config), args.log_format, args.log_level)
     if args.command == "probe":
@@ -86,12 +96,33 @@ def cmd_check(path: Path) -> int:
     for warning in warnings:
         print(f"warning: {warning}")
     available = available_firmware(*firmware_roots(config))
+    checked = verify(config.firmware_dir)
     for entry in ARCH_TABLE.values():
-        state = "servable" if entry.firmware in available else f"not servable: no {entry.firmware} in {config.firmware_dir}"
+        if entry.firmware in available:
+            state = f"servable ({checked.get(entry.firmware.value, 'user-supplied')})"
+        else:
+            state = f"not servable: no {entry.firmware} in {config.firmware_dir} (bootd firmware fetch)"
         print(f"arch {entry.arch.value:2d} {entry.arch.name:10s} {entry.firmware.value:14s} {state}")
     print("iPXE clients of every arch are served bootd's HTTP script; they need no firmware file")
     print(f"{path.name}: {len(errors)} errors, {len(warnings)} warnings, {len(config.machines)} machines")
     return 1 if errors else 0
+
+
+def cmd_firmware_fetch(config_path: Path, directory: Path | None, deb: Path | None) -> int:
+    from appliance.firmware import FirmwareError, fetch
+
+    if directory is None:
+        config = _load(config_path)
+        if config is None:
+            return 2
+        directory = config.firmware_dir
+    try:
+        for line in fetch(directory, deb=deb):
+            print(line)
+    except FirmwareError as exc:
+        print(f"bootd firmware fetch: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_probe(interface: str, timeout: float, arch: int) -> int:

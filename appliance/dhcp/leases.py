@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from appliance.atomic import write_atomically
 from appliance.mac import MacAddress, try_parse_mac
 
 logger = logging.getLogger(__name__)
@@ -179,23 +178,3 @@ class LeaseTable:
                 continue
             table.apply(Bind(lease))
         return table
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """temp file in the same directory, fsync, rename over `path`, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

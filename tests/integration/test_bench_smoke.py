@@ -28,3 +28,11 @@ def test_dhcp_benchmark_smoke(tmp_path):
     assert "answers checked: yes" in result.stdout
     assert "OFFER checked: bootd proxy: undionly.kpxe" in result.stdout
     assert "OFFER checked: dnsmasq authoritative: undionly.kpxe" in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the benchmarks run in namespaces of their own: root")
+def test_tftp_benchmark_smoke(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.tftp", "--smoke", "--work", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "answers identical: yes" in result.stdout and "64x1MB ws8" in result.stdout

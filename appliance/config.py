@@ -141,6 +141,24 @@ class TftpConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DnsRecordConfig:
+    name: str
+    rtype: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsConfig:
+    enabled: bool = False  # on when the section is given (and not `enabled: false`)
+    address: IPAddress | None = None
+    port: int = 53
+    ttl: int = 60
+    reverse: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # default: /24 and /64 of each address
+    records: tuple[DnsRecordConfig, ...] = ()
+    forward: tuple[tuple[str, int], ...] = ()  # upstream servers for names outside the zones (then RA is set)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Machine:
     name: str
     mac: MacAddress
@@ -163,6 +181,7 @@ class Config:
     http: HttpConfig = HttpConfig()
     dhcp: DhcpConfig = DhcpConfig()
     tftp: TftpConfig = TftpConfig()
+    dns: DnsConfig = DnsConfig()
     machines: tuple[Machine, ...] = ()
 
     @property
@@ -367,7 +386,8 @@ class _Reader:
     # --- sections ---------------------------------------------------------------------------------
 
     def config(self, root: Node) -> Config | None:
-        top = self.fields(root, "", {"state_dir", "listen", "domain", "names", "http", "dhcp", "tftp", "machines"})
+        top = self.fields(root, "", {"state_dir", "listen", "domain", "names", "http", "dhcp", "tftp", "dns",
+                                     "machines"})
         if top is None:
             return None
         kw: dict[str, Any] = {"source": self.file}
@@ -385,6 +405,10 @@ class _Reader:
             kw["dhcp"] = dhcp
         if "tftp" in top and (tftp := self.tftp(top["tftp"])) is not None:
             kw["tftp"] = tftp
+        if "dns" in top and (dns := self.dns(top["dns"])) is not None:
+            kw["dns"] = dns
+            if dns.enabled and "domain" not in top:
+                self.error(top["dns"], "domain", "required when dns is on: the zone bootd answers for")
         if "machines" in top:
             kw["machines"] = self.machines(top["machines"], kw.get("names", NamesConfig()))
         dhcp = kw.get("dhcp", DhcpConfig())
@@ -395,6 +419,66 @@ class _Reader:
                     self.errors.append(ConfigError(self.file.name, machine.line, f"machines[{i}].ip",
                                                    f"{machine.name}'s {machine.ip} is outside dhcp.subnet {dhcp.subnet}"))
         return Config(**kw)
+
+    def dns(self, node: Node) -> DnsConfig | None:
+        from appliance.dns.zone import check_extra_record  # the zone knows which record values it can build
+
+        nodes = self.fields(node, "dns", {"enabled", "address", "port", "ttl", "reverse", "records", "forward"})
+        if nodes is None:
+            return None
+        kw: dict[str, Any] = {"enabled": True}
+        for key, read in (("enabled", self.boolean), ("address", self.ip),
+                          ("port", lambda n, w: self.integer(n, w, 0, 65535)),
+                          ("ttl", lambda n, w: self.integer(n, w, 0, 2**31 - 1))):
+            if (value := self.optional(nodes, key, "dns", read)) is not None:
+                kw[key] = value
+        if "reverse" in nodes:
+            networks = []
+            for i, item in enumerate(self.sequence(nodes["reverse"], "dns.reverse") or []):
+                text = self.string(item, f"dns.reverse[{i}]")
+                try:
+                    network = ipaddress.ip_network(text or "", strict=True)
+                except ValueError as exc:
+                    self.error(item, f"dns.reverse[{i}]", f"{text!r} is not a network ({exc})")
+                    continue
+                if network.prefixlen % (8 if network.version == 4 else 4):
+                    self.error(item, f"dns.reverse[{i}]", "must end on an octet (IPv4) or nibble (IPv6) boundary")
+                    continue
+                networks.append(network)
+            kw["reverse"] = tuple(networks)
+        if "records" in nodes:
+            records = []
+            for i, item in enumerate(self.sequence(nodes["records"], "dns.records") or []):
+                where = f"dns.records[{i}]"
+                fields = self.fields(item, where, {"name", "type", "value"})
+                if fields is None:
+                    continue
+                values = {k: self.optional(fields, k, where, self.string) for k in ("name", "type", "value")}
+                missing = [k for k, v in values.items() if v is None and k not in fields]
+                for key in missing:
+                    self.error(item, f"{where}.{key}", "required")
+                if None in values.values():
+                    continue
+                kind = values["type"].upper()
+                if kind not in ("A", "AAAA", "CNAME", "TXT", "SRV", "MX", "PTR"):
+                    self.error(fields["type"], f"{where}.type", f"{kind!r} is not one of A, AAAA, CNAME, TXT, SRV, MX, PTR")
+                    continue
+                if (problem := check_extra_record(kind, values["value"])) is not None:
+                    self.error(fields["value"], f"{where}.value", f"not a valid {kind} value: {problem}")
+                    continue
+                records.append(DnsRecordConfig(name=values["name"], rtype=kind, value=values["value"]))
+            kw["records"] = tuple(records)
+        if "forward" in nodes:
+            upstreams = []
+            for i, item in enumerate(self.sequence(nodes["forward"], "dns.forward") or []):
+                text = self.string(item, f"dns.forward[{i}]") or ""
+                host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "53")
+                try:
+                    upstreams.append((str(ipaddress.ip_address(host or text)), int(port or 53)))
+                except ValueError:
+                    self.error(item, f"dns.forward[{i}]", f"{text!r} is not an IP address (with an optional :port)")
+            kw["forward"] = tuple(upstreams)
+        return DnsConfig(**kw)
 
     def tftp(self, node: Node) -> TftpConfig | None:
         nodes = self.fields(node, "tftp", {"enabled", "address", "port", "root", "max_transfers", "max_per_client",

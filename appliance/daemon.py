@@ -13,19 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 
 from aiohttp import web
 
-from appliance.config import Config, ConfigInvalid, DhcpMode, load_config
+from appliance.config import Config, ConfigInvalid, DhcpMode, IPAddress, load_config
 from appliance.dhcp.leases import LeaseTable
 from appliance.dhcp.policy import available_firmware, build_policies
 from appliance.dhcp.server import DhcpServer
+from appliance.dns.server import DnsServer
+from appliance.dns.zone import ExtraRecord, Zone, build_zone
 from appliance.tftp.files import TftpFiles
 from appliance.tftp.server import TftpServer
 from appliance.events import EventBus, PeerPublisher, ProgressTracker, track_and_log
 from appliance.http import HttpContext, make_app
-from appliance.net import NeighbourTable, RouterAdvertiser
+from appliance.net import NeighbourTable, RouterAdvertiser, interface_addresses
 from appliance.store import DataDir, machine_groups
 
 logger = logging.getLogger(__name__)
@@ -75,6 +78,9 @@ class Daemon:
         self.dhcp: DhcpServer | None = None
         self.advertiser: RouterAdvertiser | None = None
         self.tftp: TftpServer | None = None
+        self.dns: DnsServer | None = None
+        self._zone_serial = int(time.time())
+        self._interface_addresses: list[IPAddress] = []
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {"events_dropped": self.bus.dropped, "event_sink_errors": self.bus.sink_errors,
@@ -83,6 +89,8 @@ class Daemon:
             out["dhcp"] = self.dhcp.stats.as_json()
         if self.tftp is not None:
             out["tftp"] = self.tftp.stats.as_json()
+        if self.dns is not None:
+            out["dns"] = self.dns.stats.as_json()
         return out
 
     async def run(self) -> int:
@@ -104,6 +112,8 @@ class Daemon:
             self._start_dhcp()
         if self.config.tftp.enabled:
             self._start_tftp()
+        if self.config.dns.enabled:
+            await self._start_dns()
         logger.info("bootd ready: %s", ", ".join(self.addresses) or "no service enabled",
                     extra={"addresses": ",".join(self.addresses)})
 
@@ -161,7 +171,8 @@ class Daemon:
         server = DhcpServer(policies=self._dhcp_policies(config), bus=self.bus, leases=leases,
                             port=config.dhcp.port, pxe_port=config.dhcp.pxe_port,
                             server_address=address if address is not None and address.version == 4 else None,
-                            interfaces=config.listen.interfaces, on_new_interface=on_new_interface)
+                            interfaces=config.listen.interfaces, on_new_interface=on_new_interface,
+                            on_lease_change=self.lease_changed)
         try:
             server.start()
         except OSError as exc:
@@ -174,8 +185,49 @@ class Daemon:
         servable = sorted(f.value for f in server.policies.pxe.available)
         logger.info("dhcp %s mode; firmware present: %s", mode, ", ".join(servable) or "none (only iPXE clients boot)")
 
+    def _zone(self, config: Config) -> Zone:
+        leases: dict[str, IPAddress] = {}
+        if self.dhcp is not None:
+            now = time.time()
+            for machine in config.machines:
+                if machine.ip is None and (lease := self.dhcp.leases.lease_for(machine.mac, now)) is not None:
+                    leases[machine.name] = lease.ip
+        extra = [ExtraRecord(name=r.name, rtype=r.rtype, value=r.value) for r in config.dns.records]
+        self._zone_serial += 1
+        return build_zone(config, self.server_addresses(config), extra=extra, leases=leases,
+                          reverse=config.dns.reverse, ttl=config.dns.ttl, serial=self._zone_serial)
+
+    def server_addresses(self, config: Config) -> list[IPAddress]:
+        """bootd's own addresses, for the provisioner's name: listen.address, else the DNS address."""
+        for candidate in (config.listen.address, config.dns.address):
+            if candidate is not None and not candidate.is_unspecified:
+                return [candidate]
+        return list(self._interface_addresses)
+
+    async def _start_dns(self) -> None:
+        dns = self.config.dns
+        if self.config.listen.interfaces:
+            self._interface_addresses = await interface_addresses(self.config.listen.interfaces)
+        server = DnsServer(zone=self._zone(self.config), address=str(dns.address) if dns.address else "",
+                           port=dns.port, forward=dns.forward)
+        try:
+            await server.start()
+        except OSError as exc:
+            await server.close()
+            raise StartupError(f"dns: cannot listen on port {dns.port}: {exc.strerror or exc}") from None
+        self.dns = server
+        self.addresses.append(f"dns://{dns.address or '*'}:{server.port}")
+        if not self.server_addresses(self.config):
+            logger.warning("dns: no address for names.provisioner: set listen.address (or listen.interfaces)")
+
+    def lease_changed(self) -> None:
+        if self.dns is not None:
+            self.dns.update(self._zone(self.config))
+
     async def stop(self) -> None:
         logger.info("bootd stopping: draining requests in flight")
+        if self.dns is not None:
+            await self.dns.close()
         if self.dhcp is not None:
             self.dhcp.close()
         if self.advertiser is not None:
@@ -213,6 +265,8 @@ class Daemon:
             self.dhcp.update(self._dhcp_policies(new))
         if self.tftp is not None:
             self.tftp.files = TftpFiles(firmware_roots(new))
+        if self.dns is not None:
+            self.dns.update(self._zone(new))
         self.config = new
         self.tracker.set_known((m.mac, m.name) for m in new.machines)
         self.http_context.config = new

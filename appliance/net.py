@@ -56,6 +56,22 @@ class NeighbourTable:
                 logger.debug("closing the netlink socket failed: %r", exc)
 
 
+async def interface_addresses(names: tuple[str, ...]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The global addresses of the named interfaces (IPv4 first), through pyroute2."""
+    from pyroute2 import AsyncIPRoute
+
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    async with AsyncIPRoute() as ipr:
+        for name in names:
+            indexes = [link["index"] async for link in await ipr.link("get", ifname=name)]
+            for index in indexes:
+                async for entry in await ipr.get_addr(index=index):
+                    address = ipaddress.ip_address(entry.get("IFA_ADDRESS"))
+                    if not address.is_link_local and not address.is_loopback:
+                        found.append(address)
+    return sorted(found, key=lambda a: a.version)
+
+
 # --- IPv6 router advertisements -------------------------------------------------------------------------
 # iPXE configures IPv6 alongside DHCPv4 and, on a network with no router advertisement, waits 13-15 s for
 # one at every stage (research/tools.md §8-9). An RA with no M/O flags completes iPXE's IPv6 configurator

@@ -76,7 +76,8 @@ class DhcpServer:
                  port: int = 67, pxe_port: int = PXE_PORT, bind_address: str = "",
                  server_address: IPv4Address | None = None, interfaces: tuple[str, ...] = (),
                  clock: Callable[[], float] = time.time,
-                 on_new_interface: Callable[[int], None] | None = None) -> None:
+                 on_new_interface: Callable[[int], None] | None = None,
+                 on_lease_change: Callable[[], None] | None = None) -> None:
         self.policies = policies
         self.bus = bus
         self.leases = leases if leases is not None else LeaseTable()
@@ -88,6 +89,7 @@ class DhcpServer:
         self._clock = clock
         self._on_new_interface = on_new_interface  # told once per interface a client was answered on
         self._answered_on: set[int] = set()
+        self._on_lease_change = on_lease_change  # told after a lease was bound or freed (DNS follows leases)
         self._ifindexes: frozenset[int] = frozenset()
         self._sockets: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -225,6 +227,8 @@ class DhcpServer:
     def _apply(self, sock: socket.socket, packet: DhcpPacket, answer: DhcpAnswer, dgram: Datagram) -> None:
         if answer.change is not None and self.leases.apply(answer.change):
             self.leases.save()
+            if self._on_lease_change is not None:
+                self._on_lease_change()
         if answer.reply is not None:
             target = send_target(packet, dgram.source, port=67, reply=answer.reply)
             self._send(sock, encode_packet(answer.reply), target.address, target.port, dgram)

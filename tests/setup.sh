@@ -5,11 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# curl: a third-party HTTP client; busybox: udhcpc, a real DHCP client; iproute2: namespaces;
-# dnsmasq-base: the DHCP benchmark's peer and a plain DHCP server beside bootd in `bootd probe`'s test;
-# nginx-light, wrk: the HTTP benchmark's peer and load (the benchmarks' smoke passes run with the tests).
+# Third-party clients: curl (HTTP, TFTP), busybox (udhcpc), tftp-hpa and atftp (TFTP), bind9-dnsutils (dig);
+# iproute2: namespaces; dnsmasq-base: the DHCP/TFTP/DNS benchmarks' peer, a plain DHCP server and a DNS
+# upstream in tests; nginx-light, wrk: the HTTP benchmark; dnsperf: the DNS benchmark (the benchmarks'
+# smoke passes run with the tests); dpkg-dev tools come with Debian (bootd firmware fetch uses apt-get download).
 apt-get install -y -qq --no-install-recommends \
-  python3 python3-venv ca-certificates curl busybox iproute2 dnsmasq-base nginx-light wrk >/dev/null
+  python3 python3-venv ca-certificates curl busybox iproute2 dnsmasq-base nginx-light wrk tftp-hpa atftp \
+  bind9-dnsutils dnsperf >/dev/null
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

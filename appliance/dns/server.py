@@ -134,34 +134,39 @@ class DnsServer:
     def _drain_udp(self) -> None:
         sock = self._udp
         assert sock is not None
-        answers = self._answers
-        stats = self.stats
-        for _ in range(_DRAIN_BATCH):
-            try:
-                data, client = sock.recvfrom(4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                logger.debug("dns receive error: %s", exc)
-                return
-            stats.queries += 1
-            cached = answers.get(data[2:])
-            if cached is not None:
-                stats.cache_hits += 1
+        get = self._answers.get
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        queries = hits = 0
+        try:
+            for _ in range(_DRAIN_BATCH):
                 try:
-                    sock.sendto(data[:2] + cached, client)
+                    data, client = recvfrom(4096)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    logger.debug("dns receive error: %s", exc)
+                    return
+                queries += 1
+                cached = get(data[2:])
+                if cached is not None:  # the hot path: a dictionary lookup and an ID patch
+                    hits += 1
+                    try:
+                        sendto(data[:2] + cached, client)
+                    except OSError:
+                        self.stats.dropped["send-failed"] += 1
+                    continue
+                try:
+                    reply = self.respond(data, udp=True, reply_to=client)
+                    if isinstance(reply, bytes):
+                        sendto(reply, client)
                 except OSError:
-                    stats.dropped["send-failed"] += 1
-                continue
-            try:
-                reply = self.respond(data, udp=True, reply_to=client)
-                if isinstance(reply, bytes):
-                    sock.sendto(reply, client)
-            except OSError:
-                stats.dropped["send-failed"] += 1
-            except Exception:  # our bug: logged with its traceback, counted; the next query is answered
-                stats.internal_errors += 1
-                logger.exception("dns: internal error on a query from %s", client)
+                    self.stats.dropped["send-failed"] += 1
+                except Exception:  # our bug: logged with its traceback, counted; the next query is answered
+                    self.stats.internal_errors += 1
+                    logger.exception("dns: internal error on a query from %s", client)
+        finally:
+            self.stats.queries += queries
+            self.stats.cache_hits += hits
 
     # --- the slow path: parse, answer, remember ---------------------------------------------------
 

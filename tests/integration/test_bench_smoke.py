@@ -36,3 +36,11 @@ def test_tftp_benchmark_smoke(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "answers identical: yes" in result.stdout and "64x1MB ws8" in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the benchmarks run in namespaces of their own: root")
+def test_dns_benchmark_smoke(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.dns", "--smoke", "--work", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "answers identical: yes" in result.stdout and "cap 40%" in result.stdout

@@ -41,6 +41,7 @@ def servers(work: Path) -> dict[str, list[str]]:
         f"  max_per_client: 200\n")
     return {
         "dnsmasq": ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--enable-tftp",
+                    "--user=root",  # the work dir may be private to root (pytest tmp dirs are 0700)
                     f"--tftp-root={work / 'files'}", "--tftp-max=200", "--listen-address=127.0.0.1",
                     "--bind-interfaces", "--log-facility=-", "--quiet-tftp"],
         "bootd": [sys.executable, "-m", "appliance", "run", "-c", str(work / "bootd.yaml"), "--log-level", "warning"],

@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.common import LOAD_CPU, LoopbackNamespace, cpu_seconds, median, stop, wait_quiet, write_results
+from bench.common import LoopbackNamespace, cpu_seconds, median, stop, wait_quiet, write_results
 
 PORT = 5353
 NODES = {f"node{i}": f"10.77.0.{20 + i}" for i in range(1, 7)}

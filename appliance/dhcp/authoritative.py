@@ -23,9 +23,9 @@ from types import MappingProxyType
 from appliance.dhcp.leases import (
     OFFER_HOLD_SECONDS, QUARANTINE_SECONDS, Bind, Decline, HoldOffer, Lease, LeaseChange, LeaseTable, Release,
 )
-from appliance.dhcp.packet import BOOTREPLY, BOOTREQUEST, ZERO_IP, DhcpPacket, MessageType, Option
+from appliance.dhcp.packet import BOOTREPLY, ZERO_IP, DhcpPacket, MessageType, Option
 from appliance.dhcp.pxe import (
-    BootOffer, Ignore, PxePolicy, PxeRequest, boot_file_fields, classify_client, decide_boot, mac_of, pxe_options,
+    BootOffer, Ignore, PxePolicy, PxeRequest, boot_file_fields, classify_client, client_of, decide_boot, pxe_options,
 )
 from appliance.mac import MacAddress
 
@@ -66,14 +66,10 @@ class DhcpAnswer:
 
 def decide_dhcp(packet: DhcpPacket, table: LeaseTable, policy: AddressPolicy, pxe_policy: PxePolicy,
                 server_ip: IPv4Address, now: float) -> DhcpAnswer | Ignore:
-    if packet.op != BOOTREQUEST:
-        return Ignore("bootreply")
-    if packet.htype != 1 or packet.hlen != 6:
-        return Ignore("not-ethernet")
-    mac = mac_of(packet)
-    kind = packet.message_type
-    if kind is None:
-        return Ignore("no-message-type", mac=mac)
+    client = client_of(packet)
+    if isinstance(client, Ignore):
+        return client
+    mac, kind = client
     if mac in policy.ignored:
         return Ignore("ignored-machine", "ignore: true in the config", mac=mac)
     if pxe_policy.only_known and mac not in policy.reservations:

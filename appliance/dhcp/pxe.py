@@ -147,8 +147,8 @@ def mac_of(packet: DhcpPacket) -> MacAddress:
     return MacAddress(packet.chaddr[:6].hex(":"))
 
 
-def classify_client(packet: DhcpPacket) -> PxeRequest | Ignore:
-    """Is this a PXE/iPXE client, and which; or why it is not ours."""
+def client_of(packet: DhcpPacket) -> tuple[MacAddress, int] | Ignore:
+    """(MAC, message type) of a client request from Ethernet; or why the packet is not one."""
     if packet.op != BOOTREQUEST:
         return Ignore("bootreply")
     if packet.htype != 1 or packet.hlen != 6:
@@ -157,6 +157,15 @@ def classify_client(packet: DhcpPacket) -> PxeRequest | Ignore:
     message_type = packet.message_type
     if message_type is None:
         return Ignore("no-message-type", mac=mac)
+    return mac, message_type
+
+
+def classify_client(packet: DhcpPacket) -> PxeRequest | Ignore:
+    """Is this a PXE/iPXE client, and which; or why it is not ours."""
+    client = client_of(packet)
+    if isinstance(client, Ignore):
+        return client
+    mac, message_type = client
     arch_option = packet.options.get(Option.ARCH)
     if arch_option is None:
         return Ignore("not-pxe", "no option 93", mac=mac)

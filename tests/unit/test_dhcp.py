@@ -16,7 +16,7 @@ from appliance.dhcp.packet import (
     BOOTREPLY, DhcpPacket, MalformedPacket, MessageType, Option, encode_packet, parse_options, parse_packet,
 )
 from appliance.dhcp.pxe import (
-    BootOffer, Firmware, Ignore, MachinePolicy, PxePolicy, PxeRequest, classify_client, decide_boot,
+    BootOffer, Firmware, Ignore, MachinePolicy, PxePolicy, classify_client, decide_boot,
     is_proxy_request, proxy_reply, send_target,
 )
 from appliance.mac import MacAddress

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.tftp.protocol import (
-    ACK, DATA, ERROR, OACK, RRQ, WRQ, Accept, ErrorCode, Limits, MalformedPacket, Outcome, ReadTransfer, Refuse,
+    DATA, OACK, RRQ, WRQ, Accept, ErrorCode, Limits, MalformedPacket, Outcome, ReadTransfer, Refuse,
     encode_ack, encode_error, encode_request, negotiate, parse_reply, parse_request, to_netascii,
 )
 

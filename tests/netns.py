@@ -28,6 +28,7 @@ class Client:
     ifname: str
     mac: str
     address: str | None
+    server_ifname: str = ""  # the server's end of this client's veth pair
 
 
 @dataclass
@@ -58,7 +59,10 @@ class NetLab:
                 ns.link("set", index=index, state="up")
         return self
 
-    def add_client(self, address: str | None = None, mac: str | None = None) -> Client:
+    def add_client(self, address: str | None = None, mac: str | None = None,
+                   server_address: str | None = None) -> Client:
+        """A client namespace on a new veth pair. Without a bridge, the server's end of the first pair gets
+        `server_address` of the lab; later pairs get the `server_address` given here (if any)."""
         n = len(self.clients)
         client_ns = f"{self.name}-c{n}"
         netns.create(client_ns)
@@ -70,8 +74,8 @@ class NetLab:
             index = ns.link_lookup(ifname=server_end)[0]
             if self.bridge:
                 ns.link("set", index=index, master=ns.link_lookup(ifname="br0")[0])
-            elif n == 0:
-                self._address(ns, index, self.server_address)
+            elif n == 0 or server_address:
+                self._address(ns, index, server_address or self.server_address)
             ns.link("set", index=index, state="up")
         with NetNS(client_ns) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
@@ -82,7 +86,8 @@ class NetLab:
                 self._address(ns, index, address)
             ns.link("set", index=index, state="up")
             mac = ns.get_links(index)[0].get("IFLA_ADDRESS")
-        client = Client(client_ns, client_end, mac, str(ipaddress.ip_interface(address).ip) if address else None)
+        client = Client(client_ns, client_end, mac, str(ipaddress.ip_interface(address).ip) if address else None,
+                        server_end)
         self.clients.append(client)
         return client
 

@@ -167,6 +167,7 @@ def _answer(packet: DhcpPacket, kind: MessageType, ip: IPv4Address | None, mac: 
         options[Option.HOSTNAME] = hostname.encode()
     if policy.domain:
         options[Option.DOMAIN] = policy.domain.encode()
+        options[Option.DOMAIN_SEARCH] = _search_list(policy.domain)
     options.update(policy.extra_options)
     sname = file = b""
     boot: BootOffer | Ignore | None = None
@@ -190,6 +191,11 @@ def _answer(packet: DhcpPacket, kind: MessageType, ip: IPv4Address | None, mac: 
     elif isinstance(boot, Ignore):
         what += f", no boot: {boot.detail or boot.reason}"
     return DhcpAnswer(reply=reply, change=change, mac=mac, ip=ip, boot=boot, summary=what)
+
+
+def _search_list(domain: str) -> bytes:
+    """RFC 3397: the domain search list as DNS labels (one domain: no compression needed)."""
+    return b"".join(bytes((len(label),)) + label.encode() for label in domain.split(".")) + b"\0"
 
 
 def _nak(packet: DhcpPacket, server_ip: IPv4Address) -> DhcpPacket:

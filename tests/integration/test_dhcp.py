@@ -183,7 +183,7 @@ RESERVED_MAC = "52:54:00:aa:00:21"
 def udhcpc(lab, client, *args: str) -> dict[str, str]:
     """Run busybox udhcpc once in the client's namespace; return what its script was told."""
     script = Path("/tmp") / f"{lab.name}-udhcpc.sh"
-    script.write_text('#!/bin/sh\n[ "$1" = bound ] && env | grep -E "^(ip|dns|domain|router|subnet|hostname|lease|mtu|ntpsrv)=" '
+    script.write_text('#!/bin/sh\n[ "$1" = bound ] && env | grep -E "^(ip|dns|domain|search|router|subnet|hostname|lease|mtu|ntpsrv)=" '
                       '> "/tmp/$interface.lease"\nexit 0\n')
     script.chmod(0o755)
     lease_file = Path(f"/tmp/{client.ifname}.lease")
@@ -205,6 +205,7 @@ def test_authoritative_real_client_gets_reservation_and_lease_survives_restart(b
         lease = udhcpc(netlab, reserved)
         assert lease.get("ip") == "192.0.2.21", lease
         assert lease["dns"].strip() == "192.0.2.1" and lease["domain"] == "lab.test" and lease["hostname"] == "node1"
+        assert lease["search"].strip() == "lab.test"
         assert lease["router"].strip() == "192.0.2.1" and lease["subnet"] == "255.255.255.0"
         assert lease["lease"] == "3600" and lease["mtu"] == "1500" and lease["ntpsrv"].strip() == "192.0.2.1"
         first = udhcpc(netlab, other)
@@ -297,3 +298,30 @@ def test_probe_lists_the_dhcp_server_and_bootd_proxy(bridged_netlab, tmp_path):
         assert lines[-1].startswith("2 answers")
     finally:
         assert bootd.stop() == 0
+
+
+def test_each_listen_interface_answers_with_its_own_address(netlab, tmp_path):
+    first = netlab.add_client()
+    second = netlab.add_client(server_address="198.51.100.1/24")
+    ignored = netlab.add_client(server_address="203.0.113.1/24")
+    bootd = start_bootd(netlab, tmp_path, "  mode: proxy\n")
+    bootd.stop()
+    config = (tmp_path / "bootd.yaml").read_text().replace(
+        "http:", f"listen:\n  interfaces: [{first.server_ifname}, {second.server_ifname}]\nhttp:", 1).replace(
+        "address: 192.0.2.1", "address: 0.0.0.0")
+    (tmp_path / "bootd.yaml").write_text(config)
+    bootd = BootdProcess(tmp_path / "bootd.yaml", lab=netlab, ns=netlab.server_ns).start()
+    try:
+        for client, server in ((first, "192.0.2.1"), (second, "198.51.100.1")):
+            [answer] = probe(netlab, client.ns, pxe_packet("52:54:00:00:30:01", "discover", 0), iface=client.ifname)
+            offer, options = decode(answer)
+            assert offer.siaddr == server and options["server_id"] == server
+        assert probe(netlab, ignored.ns, pxe_packet("52:54:00:00:30:02", "discover", 0), iface=ignored.ifname,
+                     expect=0, wait=1.0) == []
+        assert server_stats_at(netlab, "192.0.2.1")["dhcp"]["dropped"]["other-interface"] == 1
+    finally:
+        assert bootd.stop() == 0
+
+
+def server_stats_at(lab, address: str) -> dict:
+    return json.loads(lab.run(lab.server_ns, ["curl", "-sf", f"http://{address}:8080/api/v1/stats"]).stdout)

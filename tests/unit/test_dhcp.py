@@ -259,6 +259,7 @@ def test_discover_then_request_binds_and_offers_pxe_options():
     reply = offer.reply
     assert reply.yiaddr == offer.ip and reply.options[Option.SUBNET_MASK] == IPv4Address("255.255.255.0").packed
     assert reply.options[Option.DNS] == SERVER.packed and reply.options[Option.DOMAIN] == b"example.com"
+    assert reply.options[Option.DOMAIN_SEARCH] == b"\x07example\x03com\x00"
     assert reply.options[42] == SERVER.packed and reply.options[Option.LEASE_TIME] == (3600).to_bytes(4, "big")
     assert reply.file == b"http://10.77.0.1:8080/bootd.ipxe" and reply.options[Option.IPXE] == bytes((176, 1, 1))
     table.apply(offer.change)

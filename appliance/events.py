@@ -36,6 +36,7 @@ class EventKind(StrEnum):
     KERNEL = "kernel"
     INITRD = "initrd"
     ASSET = "asset"  # any other file under /assets/
+    LEASE = "lease"  # an address for the booted system's own DHCP client (not a firmware's: no new boot)
     IGNITION = "ignition"
     GENERIC = "generic"
     METADATA = "metadata"
@@ -55,6 +56,13 @@ class Event:
     detail: str
     ok: bool = True
     time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineReport(Event):
+    """What a machine said about itself when it reached its system (POST /api/v1/machines/{mac}/report)."""
+
+    fields: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,6 +158,7 @@ class MachineProgress:
     stages: list[StageMark] = field(default_factory=list)  # the current boot, in the order reached
     history: deque[Event] = field(default_factory=lambda: deque(maxlen=HISTORY))
     boot_assets: dict[str, EventKind] = field(default_factory=dict)  # asset path -> KERNEL/INITRD
+    report: dict[str, str] | None = None  # the machine's last report
 
     def record(self, event: Event) -> bool:
         """Add `event`; True when it is news: a stage reached for the first time in this boot, or a stage
@@ -167,6 +176,8 @@ class MachineProgress:
             self.boot_assets = {}
         if isinstance(event, BootConfigServed):
             self.boot_assets = _asset_kinds(event)
+        if isinstance(event, MachineReport):
+            self.report = dict(event.fields)
         for mark in self.stages:
             if mark.kind is event.kind:
                 news = mark.ok != event.ok
@@ -189,6 +200,7 @@ class MachineProgress:
             "stage": current.kind.value if current else None,
             "ok": all(s.ok for s in self.stages),
             "stages": [s.as_json() for s in self.stages],
+            "report": self.report,
         }
         if events:
             out["events"] = [

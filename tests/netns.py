@@ -91,6 +91,14 @@ class NetLab:
         self.clients.append(client)
         return client
 
+    def add_tap(self, name: str) -> str:
+        """A tap device on the server's bridge, for a QEMU VM (QEMU opens it by name inside the namespace)."""
+        assert self.bridge, "taps join the bridge"
+        for argv in (["ip", "tuntap", "add", "dev", name, "mode", "tap"],
+                     ["ip", "link", "set", name, "master", "br0", "up"]):
+            subprocess.run(["ip", "netns", "exec", self.server_ns, *argv], check=True, capture_output=True)
+        return name
+
     def start(self, ns: str, argv: list[str], **popen) -> subprocess.Popen:
         """Start a process inside `ns` in a process group of its own; `close` ends it."""
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], start_new_session=True, **popen)

@@ -239,7 +239,9 @@ class DhcpServer:
         peer = str(answer.ip) if answer.ip is not None and isinstance(answer.change, Bind) else None
         if isinstance(answer.change, (Release, Decline)):
             peer = None
-        self.bus.publish(Event(kind=EventKind.DHCP, mac=answer.mac, peer=peer, detail=answer.summary, ok=ok))
+        # A PXE firmware's DHCP is a boot step; the booted system's own DHCP client only takes a lease.
+        kind = EventKind.DHCP if answer.boot is not None else EventKind.LEASE
+        self.bus.publish(Event(kind=kind, mac=answer.mac, peer=peer, detail=answer.summary, ok=ok))
 
     def _send(self, sock: socket.socket, data: bytes, address: str, port: int, dgram: Datagram) -> None:
         ancillary = _ANCILLARY.get((dgram.ifindex, dgram.local_ip))

@@ -40,6 +40,7 @@ def make_app(context: HttpContext) -> web.Application:
     get("/api/v1/machines", machines.list_machines)
     get("/api/v1/machines/{mac}", machines.get_machine)
     get("/api/v1/stats", machines.stats)
+    app.router.add_post("/api/v1/machines/{mac}/report", machines.report)
     get("/firmware/{name}", assets.firmware)
     get("/{tail:.*}", fallback)
     return app

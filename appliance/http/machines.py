@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from appliance.http.common import CONTEXT
+import json
+
+from appliance.events import EventKind, MachineReport
+from appliance.http.common import CONTEXT, publish
 from appliance.mac import try_parse_mac
+
+MAX_REPORT_BYTES = 16 * 1024
+MAX_FIELD_CHARS = 4096
 
 
 async def list_machines(request: web.Request) -> web.Response:
@@ -40,7 +46,33 @@ async def get_machine(request: web.Request) -> web.Response:
 
 def _unseen(mac: str, name: str) -> dict[str, object]:
     return {"mac": mac, "name": name, "known": True, "ip": None, "first_seen": None, "last_seen": None,
-            "boots": 0, "stage": None, "ok": True, "stages": [], "events": []}
+            "boots": 0, "stage": None, "ok": True, "stages": [], "report": None, "events": []}
+
+
+async def report(request: web.Request) -> web.Response:
+    """POST /api/v1/machines/{mac}/report: a machine says it reached its system, and what it saw (a JSON
+    object of short strings, e.g. the sha256 of its Ignition config and its kernel command line). The one
+    write the read-only port accepts: it changes the machine's progress and nothing on disk."""
+    ctx = request.app[CONTEXT]
+    mac = try_parse_mac(request.match_info["mac"])
+    if mac is None:
+        return web.json_response({"error": f"{request.match_info['mac']!r} is not a MAC address"}, status=400)
+    if request.content_length is not None and request.content_length > MAX_REPORT_BYTES:
+        return web.json_response({"error": f"a report is at most {MAX_REPORT_BYTES} bytes"}, status=413)
+    body = await request.content.read(MAX_REPORT_BYTES + 1)
+    if len(body) > MAX_REPORT_BYTES:
+        return web.json_response({"error": f"a report is at most {MAX_REPORT_BYTES} bytes"}, status=413)
+    try:
+        fields = json.loads(body or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return web.json_response({"error": f"not JSON: {exc}"}, status=400)
+    if not isinstance(fields, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float, bool))
+                                               for k, v in fields.items()):
+        return web.json_response({"error": "expected a JSON object of strings and numbers"}, status=400)
+    clean = tuple((k[:64], str(v)[:MAX_FIELD_CHARS]) for k, v in list(fields.items())[:32])
+    summary = ", ".join(f"{k}={v[:80]}" for k, v in clean)
+    publish(ctx, request, mac, MachineReport, kind=EventKind.REPORT, detail=f"reported: {summary}", fields=clean)
+    return web.json_response({"ok": True})
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -342,3 +342,22 @@ def test_check_lists_errors_and_warnings(tmp_path):
 def test_example_config_checks_clean():
     result = run_cli("check", "-c", str(Path(__file__).parents[2] / "configs/bootd.yaml"))
     assert result.returncode == 0 and " 0 errors, 0 warnings" in result.stdout, result.stdout + result.stderr
+
+
+async def test_report_changes_progress_only(server):
+    def snapshot() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for p in server.data.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    mac = "52-54-00-12-34-56"
+    status, _, body = await fetch(server, f"/api/v1/machines/{mac}/report", method="POST",
+                                  json={"ignition_sha256": "ab" * 32, "cmdline": "console=ttyS0 x=1"})
+    assert (status, json.loads(body)) == (200, {"ok": True})
+    view = json.loads((await fetch(server, f"/api/v1/machines/{mac}"))[2])
+    assert view["stage"] == "report" and view["report"] == {"ignition_sha256": "ab" * 32, "cmdline": "console=ttyS0 x=1"}
+    assert (await fetch(server, f"/api/v1/machines/{mac}/report", method="POST", data=b"{nope"))[0] == 400
+    assert (await fetch(server, f"/api/v1/machines/{mac}/report", method="POST", data=b"[1]"))[0] == 400
+    assert (await fetch(server, f"/api/v1/machines/{mac}/report", method="POST", data=b"x" * 20000))[0] == 413
+    assert (await fetch(server, "/api/v1/machines/zz/report", method="POST", json={}))[0] == 400
+    assert (await fetch(server, "/ipxe?uuid=a1b2c3d4", method="POST"))[0] == 405  # the only write is the report
+    assert snapshot() == before

@@ -1,0 +1,116 @@
+"""The test payload, made at test time and cached (never committed): Debian's kernel and a busybox initrd.
+
+The initrd's /init loads the NIC driver, gets an address with udhcpc, fetches its Ignition config from the
+URL in `bootd.ignition=` on its kernel command line, and POSTs to `bootd.report=` the sha256 of that config
+and its /proc/cmdline; then it powers off. Both URLs come from the profile and are expanded by iPXE
+(`${bootd}`, `${mac:hexhyp}`), so the report proves the whole chain: DHCP, iPXE, the script, the profile's
+kernel arguments, Ignition and the way back.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+CACHE = Path(os.environ.get("BOOTD_E2E_CACHE", "/var/tmp/bootd-e2e/payload"))
+MODULES = ["virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "failover",
+           "net_failover", "virtio_net", "e1000"]
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
+echo "PAYLOAD: start"
+for m in $(cat /lib/modules/order); do
+  [ -f /lib/modules/$m.ko ] && { insmod /lib/modules/$m.ko || echo "PAYLOAD: insmod $m failed"; }
+done
+for a in $(cat /proc/cmdline); do
+  case "$a" in bootd.ignition=*) IGN="${a#bootd.ignition=}";; bootd.report=*) REPORT="${a#bootd.report=}";; esac
+done
+IF=""
+for i in $(seq 1 200); do
+  for n in /sys/class/net/*; do n=${n##*/}; [ "$n" = lo ] || { IF=$n; break; }; done
+  [ -n "$IF" ] && break; sleep 0.1
+done
+[ -z "$IF" ] && { echo "PAYLOAD: no NIC: $(ls /sys/class/net) $(lsmod | tr '\n' ' ')"; dmesg | tail -20; poweroff -f; }
+ip link set lo up; ip link set "$IF" up
+for i in $(seq 1 50); do [ "$(cat /sys/class/net/$IF/carrier 2>/dev/null)" = 1 ] && break; sleep 0.1; done
+udhcpc -i "$IF" -f -q -n -t 10 -T 1 -V bootd-payload -s /usr/share/udhcpc/default.script
+echo "PAYLOAD: address $(ip -4 addr show $IF | awk '/inet /{print $2}')"
+for t in 1 2 3 4 5; do timeout 20 wget -q -O /tmp/ignition "$IGN" && break; sleep 1; done
+SHA=$(sha256sum /tmp/ignition | cut -d' ' -f1)
+CMDLINE=$(cat /proc/cmdline | tr -d '"\\')
+echo "PAYLOAD: ignition sha256 $SHA"
+for t in 1 2 3 4 5; do
+  timeout 20 wget -q -O /tmp/response --header "Content-Type: application/json" \
+    --post-data "{\"ignition_sha256\": \"$SHA\", \"cmdline\": \"$CMDLINE\"}" "$REPORT" && break
+  sleep 1
+done
+echo "PAYLOAD: reported $(cat /tmp/response 2>/dev/null)"
+sync
+poweroff -f
+"""
+
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+  deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+  bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/${mask:-24}" dev "$interface" ;;
+esac
+exit 0
+"""
+
+
+def build(cache: Path = CACHE) -> tuple[Path, Path]:
+    """(vmlinuz, initrd.gz), built once per cache directory."""
+    kernel, initrd = cache / "vmlinuz", cache / "initrd.gz"
+    if kernel.is_file() and initrd.is_file():
+        return kernel, initrd
+    work = cache / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    os.chmod(work, 0o755)  # apt's download user writes here
+    debs = sorted(work.glob("linux-image-*.deb"))
+    if not debs:
+        depends = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True,
+                                 check=True).stdout
+        package = next(line.split()[1] for line in depends.splitlines() if "Depends: linux-image-" in line)
+        subprocess.run(["apt-get", "download", package], cwd=work, check=True, capture_output=True)
+        debs = sorted(work.glob("linux-image-*.deb"))
+    root = work / "root"
+    if not (root / "boot").is_dir():
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], check=True)
+    version = sorted(os.listdir(root / "lib/modules"))[0]
+    tree = work / "initrd"
+    shutil.rmtree(tree, ignore_errors=True)
+    for sub in ("bin", "dev", "proc", "sys", "tmp", "lib/modules", "usr/share/udhcpc"):
+        (tree / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", tree / "bin/busybox")
+    depends: dict[str, list[str]] = {}
+    for module in MODULES:
+        matches = list((root / "lib/modules" / version).rglob(f"{module}.ko"))
+        if matches:
+            shutil.copy(matches[0], tree / "lib/modules" / f"{module}.ko")
+            found = re.search(rb"depends=([\w,-]*)", matches[0].read_bytes())
+            depends[module] = [d for d in (found.group(1).decode().split(",") if found else []) if d]
+    order: list[str] = []
+
+    def visit(module: str) -> None:  # insmod has no dependency resolution: load what a module needs first
+        if module not in order and module in depends:
+            for dependency in depends[module]:
+                visit(dependency)
+            order.append(module)
+
+    for module in depends:
+        visit(module)
+    (tree / "lib/modules/order").write_text(" ".join(order) + "\n")
+    for path, text in ((tree / "init", INIT), (tree / "usr/share/udhcpc/default.script", UDHCPC_SCRIPT)):
+        path.write_text(text)
+        path.chmod(0o755)
+    archive = subprocess.run("find . | cpio -o -H newc --quiet", shell=True, cwd=tree, capture_output=True,
+                             check=True).stdout
+    initrd.write_bytes(gzip.compress(archive, 6))
+    shutil.copy(root / "boot" / f"vmlinuz-{version}", kernel)
+    return kernel, initrd

@@ -1,0 +1,132 @@
+"""Real firmware PXE-boots through bootd alone: QEMU VMs (TCG) on taps on a bridge in a namespace the test
+makes, bootd as the only DHCP, TFTP and HTTP server there, a payload that reports back what it got.
+
+Cases here: a BIOS VM whose e1000 NIC ROM is iPXE (DHCP -> bootd's script -> profile -> kernel, initrd ->
+Ignition -> report), and a UEFI VM running OVMF with `virtio-net-pci,romfile=` so EDK2's own PXE client
+runs and chainloads Debian's ipxe.efi over TFTP; each machine has its own profile, and each must get its
+own Ignition config and kernel arguments and not the other's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.bootd_process import BootdProcess
+from tests.e2e.payload import build
+from tests.integration.test_http import write
+from tests.netns import NetLab
+
+pytestmark = [pytest.mark.e2e, pytest.mark.netns]
+ROOT = Path(__file__).parents[2]
+FIRMWARE_CACHE = Path("/var/tmp/bootd-e2e/firmware")
+BOOT_SECONDS = 300  # TCG: BIOS ~35 s, UEFI ~60 s on an idle 2-core box; parallel VMs share the cores
+
+MACHINES = {  # name: (mac, firmware, nic, profile)
+    "bios1": ("52:54:00:e2:00:01", "bios", "e1000", "profile-a"),
+    "uefi1": ("52:54:00:e2:00:02", "uefi", "virtio-net-pci,romfile=", "profile-b"),
+}
+
+
+def firmware() -> Path:
+    if not (FIRMWARE_CACHE / "ipxe.efi").is_file():
+        subprocess.run([sys.executable, "-m", "appliance", "firmware", "fetch", "--dir", str(FIRMWARE_CACHE)],
+                       check=True, cwd=ROOT, capture_output=True, timeout=300)
+    return FIRMWARE_CACHE
+
+
+def make_lab_config(tmp: Path) -> Path:
+    kernel, initrd = build()
+    data = tmp / "data"
+    for name in ("vmlinuz", "initrd.gz"):
+        (data / "assets").mkdir(parents=True, exist_ok=True)
+        shutil.copy(kernel if name == "vmlinuz" else initrd, data / "assets" / name)
+    for profile in ("profile-a", "profile-b"):
+        write(data / f"profiles/{profile}.json", {"id": profile, "ignition_id": f"{profile}.ign", "boot": {
+            "kernel": "${bootd}/assets/vmlinuz", "initrd": ["${bootd}/assets/initrd.gz"],
+            # initrd= names the image for the kernel's EFI stub (ipxe.efi hands initrds over that way)
+            "args": ["initrd=initrd.gz", "console=ttyS0", "quiet", f"bootd.profile={profile}",
+                     "bootd.ignition=${bootd}/ignition?mac=${mac:hexhyp}",
+                     "bootd.report=${bootd}/api/v1/machines/${mac:hexhyp}/report"]}})
+        write(data / f"ignition/{profile}.ign", {"ignition": {"version": "3.4.0"}, "storage": {"files": [
+            {"path": "/etc/profile-name", "contents": {"source": f"data:,{profile}"}}]}})
+    (tmp / "state").mkdir(exist_ok=True)
+    machines = "".join(f'  - {{name: {name}, mac: "{mac}", profile: {profile}}}\n'
+                       for name, (mac, _fw, _nic, profile) in MACHINES.items())
+    (tmp / "bootd.yaml").write_text(
+        f"state_dir: {tmp / 'state'}\ndomain: lab.test\nlisten: {{address: 192.0.2.1}}\n"
+        f"http: {{address: 192.0.2.1, port: 8080, data_dir: {data}}}\n"
+        f"dhcp:\n  mode: authoritative\n  firmware_dir: {firmware()}\n  subnet: 192.0.2.0/24\n"
+        f"  range: [192.0.2.100, 192.0.2.150]\n  router: 192.0.2.1\n"
+        f"tftp: {{address: 192.0.2.1}}\n"
+        f"machines:\n{machines}")
+    return tmp / "bootd.yaml"
+
+
+def start_vm(lab: NetLab, tmp: Path, index: int, name: str) -> subprocess.Popen:
+    mac, fw, nic, _ = MACHINES[name]
+    tap = lab.add_tap(f"tap{index}")
+    log = tmp / f"{name}.serial.log"
+    argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults", "-display", "none",
+            "-no-reboot", "-serial", f"file:{log}", "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+            "-device", f"{nic.split(',')[0]},netdev=n0,mac={mac},bootindex=1" + (",romfile=" if "romfile=" in nic else "")]
+    if fw == "uefi":
+        shutil.copy("/usr/share/OVMF/OVMF_VARS.fd", tmp / f"{name}.vars.fd")
+        argv += ["-M", "q35", "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={tmp / f'{name}.vars.fd'}"]
+    else:
+        argv += ["-M", "pc"]
+    return lab.start(lab.server_ns, argv, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.qemu.log", "wb"))
+
+
+def serial_tail(tmp: Path, name: str) -> str:
+    path = tmp / f"{name}.serial.log"
+    return path.read_text(errors="replace")[-1500:] if path.exists() else "(no serial output)"
+
+
+def test_bios_and_uefi_machines_boot_their_own_profiles(tmp_path):
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86 is not installed")
+    config = make_lab_config(tmp_path)
+    with NetLab("be2e", bridge=True) as lab:
+        bootd = BootdProcess(config, lab=lab, ns=lab.server_ns).start()
+        started = time.time()
+        try:
+            for index, name in enumerate(MACHINES):
+                start_vm(lab, tmp_path, index, name)
+            for name, (mac, *_rest) in MACHINES.items():
+                try:
+                    bootd.wait_for_log(lambda l, mac=mac: l.get("stage") == "report" and l.get("mac") == mac,
+                                       timeout=BOOT_SECONDS - (time.time() - started))
+                except AssertionError as exc:
+                    raise AssertionError(f"{name} did not report within {BOOT_SECONDS} s.\nserial:\n"
+                                         f"{serial_tail(tmp_path, name)}\n{exc}") from None
+            for name, (mac, fw, _nic, profile) in MACHINES.items():
+                view = json.loads(lab.run(lab.server_ns, ["curl", "-sf",
+                                                          f"http://192.0.2.1:8080/api/v1/machines/{mac}"]).stdout)
+                stages = [s["stage"] for s in view["stages"]]
+                expected = ["dhcp", "tftp", "boot-script", "boot-config", "kernel", "initrd", "lease", "ignition",
+                            "report"] if fw == "uefi" else ["dhcp", "boot-script", "boot-config", "kernel", "initrd",
+                                                            "lease", "ignition", "report"]
+                assert stages == expected, (name, stages, view["events"])
+                times = [s["time"] for s in view["stages"]]
+                assert times == sorted(times), (name, view["stages"])
+                served = (tmp_path / f"data/ignition/{profile}.ign").read_bytes()
+                ignition = json.loads(served)
+                expected_sha = hashlib.sha256(json.dumps(ignition, separators=(",", ":")).encode()).hexdigest()
+                report = view["report"]
+                assert report["ignition_sha256"] == expected_sha, (name, report)
+                assert f"bootd.profile={profile}" in report["cmdline"], report
+                other = next(p for n, (*_, p) in MACHINES.items() if n != name)
+                assert f"bootd.profile={other}" not in report["cmdline"]  # the wrong-profile check
+                print(f"{name} ({fw}): " + ", ".join(f"{s['stage']} +{s['time'] - view['stages'][0]['time']:.1f}s"
+                                                     for s in view["stages"]))
+        finally:
+            bootd.stop()

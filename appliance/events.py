@@ -168,9 +168,12 @@ class MachineProgress:
         if event.peer:
             self.ip = event.peer
         self.history.append(event)
-        reached = max((_RANK[s.kind] for s in self.stages), default=-1)
-        starts_boot = event.kind in (EventKind.DHCP, EventKind.BOOT_SCRIPT)
-        if starts_boot and reached >= _NEW_BOOT_AFTER:
+        # A DHCP or boot-script step after the machine got its boot config starts a new boot (the installed
+        # system rebooting). Events carry the time of their request and may arrive late (a MAC found in the
+        # neighbour table after the next request was answered), so "after" is by that time.
+        configured_at = min((s.first for s in self.stages if _RANK[s.kind] >= _NEW_BOOT_AFTER), default=None)
+        if (event.kind in (EventKind.DHCP, EventKind.BOOT_SCRIPT) and configured_at is not None
+                and event.time > configured_at):
             self.stages = []
             self.boots += 1
             self.boot_assets = {}
@@ -181,10 +184,12 @@ class MachineProgress:
         for mark in self.stages:
             if mark.kind is event.kind:
                 news = mark.ok != event.ok
-                mark.last, mark.detail, mark.ok = event.time, event.detail, event.ok
+                mark.first, mark.last = min(mark.first, event.time), max(mark.last, event.time)
+                mark.detail, mark.ok = event.detail, event.ok
                 mark.count += 1
                 return news
-        self.stages.append(StageMark(event.kind, event.time, event.time, event.detail, event.ok))
+        position = next((i for i, mark in enumerate(self.stages) if mark.first > event.time), len(self.stages))
+        self.stages.insert(position, StageMark(event.kind, event.time, event.time, event.detail, event.ok))
         return True
 
     def as_json(self, *, known: bool, events: bool = False) -> dict[str, Any]:

@@ -32,7 +32,13 @@ BOOT_SECONDS = 300  # TCG: BIOS ~35 s, UEFI ~60 s on an idle 2-core box; paralle
 MACHINES = {  # name: (mac, firmware, nic, profile)
     "bios1": ("52:54:00:e2:00:01", "bios", "e1000", "profile-a"),
     "uefi1": ("52:54:00:e2:00:02", "uefi", "virtio-net-pci,romfile=", "profile-b"),
+    "uefi2": ("52:54:00:e2:00:03", "uefi", "e1000", "profile-a"),  # OVMF runs the NIC ROM's iPXE: straight to HTTP
 }
+PROXY_MACHINES = {
+    "pbios": ("52:54:00:e3:00:01", "bios", "e1000", "profile-a"),
+    "puefi": ("52:54:00:e3:00:02", "uefi", "virtio-net-pci,romfile=", "profile-b"),
+}
+STRANGER = ("52:54:00:e3:00:99", "bios", "e1000", "profile-a")  # not in bootd.yaml
 
 
 def firmware() -> Path:
@@ -42,7 +48,7 @@ def firmware() -> Path:
     return FIRMWARE_CACHE
 
 
-def make_lab_config(tmp: Path) -> Path:
+def make_lab_config(tmp: Path, machines: dict = MACHINES, dhcp: str | None = None) -> Path:
     kernel, initrd = build()
     data = tmp / "data"
     for name in ("vmlinuz", "initrd.gz"):
@@ -58,20 +64,21 @@ def make_lab_config(tmp: Path) -> Path:
         write(data / f"ignition/{profile}.ign", {"ignition": {"version": "3.4.0"}, "storage": {"files": [
             {"path": "/etc/profile-name", "contents": {"source": f"data:,{profile}"}}]}})
     (tmp / "state").mkdir(exist_ok=True)
-    machines = "".join(f'  - {{name: {name}, mac: "{mac}", profile: {profile}}}\n'
-                       for name, (mac, _fw, _nic, profile) in MACHINES.items())
+    listed = "".join(f'  - {{name: {name}, mac: "{mac}", profile: {profile}}}\n'
+                     for name, (mac, _fw, _nic, profile) in machines.items())
+    dhcp = dhcp or ("  mode: authoritative\n  subnet: 192.0.2.0/24\n  range: [192.0.2.100, 192.0.2.150]\n"
+                    "  router: 192.0.2.1\n")
     (tmp / "bootd.yaml").write_text(
         f"state_dir: {tmp / 'state'}\ndomain: lab.test\nlisten: {{address: 192.0.2.1}}\n"
         f"http: {{address: 192.0.2.1, port: 8080, data_dir: {data}}}\n"
-        f"dhcp:\n  mode: authoritative\n  firmware_dir: {firmware()}\n  subnet: 192.0.2.0/24\n"
-        f"  range: [192.0.2.100, 192.0.2.150]\n  router: 192.0.2.1\n"
+        f"dhcp:\n  firmware_dir: {firmware()}\n{dhcp}"
         f"tftp: {{address: 192.0.2.1}}\n"
-        f"machines:\n{machines}")
+        f"machines:\n{listed}")
     return tmp / "bootd.yaml"
 
 
-def start_vm(lab: NetLab, tmp: Path, index: int, name: str) -> subprocess.Popen:
-    mac, fw, nic, _ = MACHINES[name]
+def start_vm(lab: NetLab, tmp: Path, index: int, name: str, machine: tuple) -> subprocess.Popen:
+    mac, fw, nic, _ = machine
     tap = lab.add_tap(f"tap{index}")
     log = tmp / f"{name}.serial.log"
     argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults", "-display", "none",
@@ -91,42 +98,65 @@ def serial_tail(tmp: Path, name: str) -> str:
     return path.read_text(errors="replace")[-1500:] if path.exists() else "(no serial output)"
 
 
-def test_bios_and_uefi_machines_boot_their_own_profiles(tmp_path):
+def boot_and_check(lab: NetLab, bootd: BootdProcess, tmp: Path, machines: dict, *, lease: bool) -> None:
+    started = time.time()
+    for index, (name, machine) in enumerate(machines.items()):
+        start_vm(lab, tmp, index, name, machine)
+    for name, (mac, *_rest) in machines.items():
+        try:
+            bootd.wait_for_log(lambda l, mac=mac: l.get("stage") == "report" and l.get("mac") == mac,
+                               timeout=BOOT_SECONDS - (time.time() - started))
+        except AssertionError as exc:
+            raise AssertionError(f"{name} did not report within {BOOT_SECONDS} s.\nserial:\n"
+                                 f"{serial_tail(tmp, name)}\n{exc}") from None
+    for name, (mac, fw, nic, profile) in machines.items():
+        view = json.loads(lab.run(lab.server_ns, ["curl", "-sf", f"http://192.0.2.1:8080/api/v1/machines/{mac}"]).stdout)
+        stages = [s["stage"] for s in view["stages"]]
+        expected = ["dhcp", *(["tftp"] if "romfile=" in nic else []), "boot-script", "boot-config", "kernel",
+                    "initrd", *(["lease"] if lease else []), "ignition", "report"]
+        assert stages == expected, (name, stages, view["events"])
+        times = [s["time"] for s in view["stages"]]
+        assert times == sorted(times), (name, view["stages"])
+        ignition = json.loads((tmp / f"data/ignition/{profile}.ign").read_bytes())
+        expected_sha = hashlib.sha256(json.dumps(ignition, separators=(",", ":")).encode()).hexdigest()
+        report = view["report"]
+        assert report["ignition_sha256"] == expected_sha, (name, report)
+        assert f"bootd.profile={profile}" in report["cmdline"], report
+        other = "profile-b" if profile == "profile-a" else "profile-a"
+        assert f"bootd.profile={other}" not in report["cmdline"]  # the wrong-profile check
+        print(f"{name} ({fw}, {nic}): " + ", ".join(f"{s['stage']} +{s['time'] - view['stages'][0]['time']:.1f}s"
+                                                    for s in view["stages"]))
+
+
+@pytest.fixture
+def qemu():
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86 is not installed")
-    config = make_lab_config(tmp_path)
+
+
+def test_authoritative_bios_and_uefi_machines_boot_their_own_profiles(qemu, tmp_path):
     with NetLab("be2e", bridge=True) as lab:
-        bootd = BootdProcess(config, lab=lab, ns=lab.server_ns).start()
-        started = time.time()
+        bootd = BootdProcess(make_lab_config(tmp_path), lab=lab, ns=lab.server_ns).start()
         try:
-            for index, name in enumerate(MACHINES):
-                start_vm(lab, tmp_path, index, name)
-            for name, (mac, *_rest) in MACHINES.items():
-                try:
-                    bootd.wait_for_log(lambda l, mac=mac: l.get("stage") == "report" and l.get("mac") == mac,
-                                       timeout=BOOT_SECONDS - (time.time() - started))
-                except AssertionError as exc:
-                    raise AssertionError(f"{name} did not report within {BOOT_SECONDS} s.\nserial:\n"
-                                         f"{serial_tail(tmp_path, name)}\n{exc}") from None
-            for name, (mac, fw, _nic, profile) in MACHINES.items():
-                view = json.loads(lab.run(lab.server_ns, ["curl", "-sf",
-                                                          f"http://192.0.2.1:8080/api/v1/machines/{mac}"]).stdout)
-                stages = [s["stage"] for s in view["stages"]]
-                expected = ["dhcp", "tftp", "boot-script", "boot-config", "kernel", "initrd", "lease", "ignition",
-                            "report"] if fw == "uefi" else ["dhcp", "boot-script", "boot-config", "kernel", "initrd",
-                                                            "lease", "ignition", "report"]
-                assert stages == expected, (name, stages, view["events"])
-                times = [s["time"] for s in view["stages"]]
-                assert times == sorted(times), (name, view["stages"])
-                served = (tmp_path / f"data/ignition/{profile}.ign").read_bytes()
-                ignition = json.loads(served)
-                expected_sha = hashlib.sha256(json.dumps(ignition, separators=(",", ":")).encode()).hexdigest()
-                report = view["report"]
-                assert report["ignition_sha256"] == expected_sha, (name, report)
-                assert f"bootd.profile={profile}" in report["cmdline"], report
-                other = next(p for n, (*_, p) in MACHINES.items() if n != name)
-                assert f"bootd.profile={other}" not in report["cmdline"]  # the wrong-profile check
-                print(f"{name} ({fw}): " + ", ".join(f"{s['stage']} +{s['time'] - view['stages'][0]['time']:.1f}s"
-                                                     for s in view["stages"]))
+            boot_and_check(lab, bootd, tmp_path, MACHINES, lease=True)
         finally:
-            bootd.stop()
+            assert bootd.stop() == 0
+
+
+def test_proxy_mode_beside_a_plain_dhcp_server_and_unknown_machines_refused(qemu, tmp_path):
+    config = make_lab_config(tmp_path, PROXY_MACHINES, "  mode: proxy\n  only_known: true\n")
+    with NetLab("pe2e", bridge=True) as lab:
+        site = lab.add_client("192.0.2.2/24")  # the site's DHCP server: addresses only, no PXE, an IPv6 RA
+        lab.run(site.ns, ["ip", "addr", "add", "fd77::2/64", "dev", site.ifname, "nodad"])
+        lab.start(site.ns, ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
+                            f"--interface={site.ifname}", "--bind-interfaces", "--dhcp-range=192.0.2.100,192.0.2.150,1h",
+                            "--enable-ra", "--dhcp-range=fd77::,ra-only,64", "--no-ping", "--dhcp-leasefile=/dev/null",
+                            "--log-facility=-"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bootd = BootdProcess(config, lab=lab, ns=lab.server_ns).start()
+        try:
+            start_vm(lab, tmp_path, 9, "stranger", STRANGER)
+            boot_and_check(lab, bootd, tmp_path, PROXY_MACHINES, lease=False)
+            line = bootd.wait_for_log(lambda l: l.get("mac") == STRANGER[0] and l.get("stage") == "dhcp", timeout=60)
+            assert line["ok"] is False and "unknown-machine" in line["message"]
+        finally:
+            assert bootd.stop() == 0

@@ -112,3 +112,12 @@ async def test_a_failing_sink_does_not_reach_the_publisher_or_other_sinks():
     bus.publish(ev(EventKind.DHCP))
     await asyncio.sleep(0)
     assert len(seen) == 1 and bus.sink_errors == 1
+
+
+def test_a_late_event_takes_its_place_by_request_time_and_does_not_start_a_new_boot():
+    tracker = ProgressTracker()
+    tracker.record(ev(EventKind.DHCP, t=1.0))
+    tracker.record(ev(EventKind.BOOT_CONFIG, t=3.0))
+    tracker.record(ev(EventKind.BOOT_SCRIPT, t=2.0))  # its MAC came from the neighbour table, after /ipxe
+    view = tracker.get(A).as_json(known=False)
+    assert [s["stage"] for s in view["stages"]] == ["dhcp", "boot-script", "boot-config"] and view["boots"] == 1

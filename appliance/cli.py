@@ -43,7 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--dir", type=Path, help="install here instead")
     fetch.add_argument("--deb", type=Path, help="use this downloaded ipxe .deb instead of apt-get download")
 
+    lab = commands.add_parser("lab", help="a private boot network with QEMU machines booting through bootd")
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True)
+    lab_up = lab_commands.add_parser("up", help="make the lab, boot the machines, show their progress")
+    lab_up.add_argument("--machines", type=int, default=2)
+    lab_up.add_argument("--firmware", choices=("bios", "uefi"), default="bios")
+    lab_up.add_argument("--kernel", type=Path, help="boot this kernel (default: Debian's, fetched with apt)")
+    lab_up.add_argument("--initrd", type=Path, help="and this initrd (default: bootd's reporting payload)")
+    lab_up.add_argument("--dir", type=Path, default=Path("/var/tmp/bootd-lab"))
+    lab_up.add_argument("--timeout", type=float, default=600.0)
+    lab_down = lab_commands.add_parser("down", help="remove every namespace, tap and process `lab up` made")
+    lab_down.add_argument("--dir", type=Path, default=Path("/var/tmp/bootd-lab"))
+
     args = parser.parse_args(argv)
+    if args.command == "lab":
+        return cmd_lab(args)
     if args.command == "firmware":
         return cmd_firmware_fetch(Path(args.config), args.dir, args.deb)
     if args.command == "run":
@@ -123,6 +137,25 @@ def cmd_firmware_fetch(config_path: Path, directory: Path | None, deb: Path | No
         print(f"bootd firmware fetch: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from appliance import lab
+    from appliance.firmware import FirmwareError
+
+    try:
+        if args.lab_command == "down":
+            return lab.down(args.dir)
+        if (args.kernel is None) != (args.initrd is None):
+            print("bootd lab up: give both --kernel and --initrd, or neither", file=sys.stderr)
+            return 2
+        return lab.up(machines=args.machines, firmware=args.firmware, kernel=args.kernel, initrd=args.initrd,
+                      directory=args.dir, timeout=args.timeout)
+    except (lab.LabError, FirmwareError, OSError) as exc:
+        print(f"bootd lab: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_probe(interface: str, timeout: float, arch: int) -> int:

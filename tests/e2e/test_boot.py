@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.bootd_process import BootdProcess
-from tests.e2e.payload import build
+from appliance.lab.payload import build
 from tests.integration.test_http import write
 from tests.netns import NetLab
 

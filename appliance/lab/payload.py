@@ -1,4 +1,5 @@
-"""The test payload, made at test time and cached (never committed): Debian's kernel and a busybox initrd.
+"""A test payload for `bootd lab` and the end-to-end tests, made when needed and cached (never committed):
+Debian's kernel and a busybox initrd.
 
 The initrd's /init loads the NIC driver, gets an address with udhcpc, fetches its Ignition config from the
 URL in `bootd.ignition=` on its kernel command line, and POSTs to `bootd.report=` the sha256 of that config
@@ -16,7 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-CACHE = Path(os.environ.get("BOOTD_E2E_CACHE", "/var/tmp/bootd-e2e/payload"))
+CACHE = Path(os.environ.get("BOOTD_PAYLOAD_CACHE", "/var/tmp/bootd-payload"))
 MODULES = ["virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "failover",
            "net_failover", "virtio_net", "e1000"]
 

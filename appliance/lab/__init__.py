@@ -1,0 +1,237 @@
+"""`bootd lab up` / `bootd lab down`: a private boot network on this Linux box, with QEMU machines that
+PXE-boot through bootd and report back, shown live in the terminal.
+
+What `up` makes (all inside one network namespace, `bootd-lab`; nothing touches the host's interfaces):
+a bridge br0 with 10.77.0.1/24 (and fd77::1/64, so bootd's router advertisement has an address to come
+from), one tap per machine, bootd as the only DHCP (authoritative), TFTP and HTTP server, and the machines
+(QEMU, TCG; SeaBIOS with its iPXE NIC ROM, or OVMF with EDK2's own PXE). The default profile boots the test
+payload (Debian's kernel and a busybox initrd, or the --kernel/--initrd given), which fetches its Ignition
+config and reports. `up` returns when every machine has reported (or at --timeout) and leaves bootd
+running; `down` ends every process it started, by PID, and deletes the namespace, which removes the bridge
+and the taps. State: <dir>/lab.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+NAMESPACE = "bootd-lab"
+SERVER = "10.77.0.1"
+HTTP = f"http://{SERVER}:8080"
+DEFAULT_DIR = Path("/var/tmp/bootd-lab")
+
+
+@dataclass(frozen=True, slots=True)
+class LabMachine:
+    name: str
+    mac: str
+    tap: str
+
+
+class LabError(Exception):
+    pass
+
+
+def up(*, machines: int, firmware: str, kernel: Path | None, initrd: Path | None, directory: Path,
+       timeout: float, out=sys.stdout) -> int:
+    if os.geteuid() != 0:
+        raise LabError("bootd lab needs root (network namespaces, taps)")
+    for tool in ("qemu-system-x86_64", "ip"):
+        if shutil.which(tool) is None:
+            raise LabError(f"{tool} is missing (apt-get install qemu-system-x86 ovmf ipxe-qemu iproute2)")
+    if (directory / "lab.json").exists():
+        raise LabError(f"a lab is already up ({directory / 'lab.json'}): bootd lab down first")
+    directory.mkdir(parents=True, exist_ok=True)
+    print("bootd lab: preparing the payload and the firmware (cached after the first run)", file=out, flush=True)
+    if kernel is None or initrd is None:
+        from appliance.lab.payload import build
+
+        kernel, initrd = build()
+    firmware_dir = directory / "firmware"
+    if not (firmware_dir / "ipxe.efi").is_file():
+        from appliance.firmware import fetch
+
+        fetch(firmware_dir)
+    lab = [LabMachine(f"node{i + 1}", f"52:54:00:1a:b0:{i + 1:02x}", f"labtap{i}") for i in range(machines)]
+    config = _write_config(directory, lab, kernel, initrd, firmware_dir)
+    state: dict = {"namespace": NAMESPACE, "pids": [], "directory": str(directory)}
+    _save(directory, state)
+    try:
+        _network(lab)
+        bootd = _start(["ip", "netns", "exec", NAMESPACE, sys.executable, "-m", "appliance", "run", "-c", str(config),
+                        "--log-format", "json"], directory / "bootd.log")
+        state["pids"].append(bootd.pid)
+        _save(directory, state)
+        _wait_http(timeout=30)
+        for machine in lab:
+            vm = _start(_qemu(machine, firmware, directory), directory / f"{machine.name}.qemu.log")
+            state["pids"].append(vm.pid)
+        _save(directory, state)
+        print(f"bootd lab: {machines} {firmware.upper()} machines powered on; bootd at {HTTP} in netns {NAMESPACE}",
+              file=out, flush=True)
+        return _watch(lab, timeout, out)
+    except BaseException:
+        down(directory, out=out)
+        raise
+
+
+def down(directory: Path = DEFAULT_DIR, *, out=sys.stdout) -> int:
+    state_file = directory / "lab.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"pids": []}
+    for pid in state.get("pids", []):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + 10
+    for pid in state.get("pids", []):
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    leftover = subprocess.run(["ip", "netns", "pids", NAMESPACE], capture_output=True, text=True).stdout.split()
+    for pid in map(int, leftover):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["ip", "netns", "del", NAMESPACE], capture_output=True)
+    state_file.unlink(missing_ok=True)
+    print(f"bootd lab: down ({len(state.get('pids', []))} processes ended, namespace {NAMESPACE} removed)", file=out)
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+
+def _save(directory: Path, state: dict) -> None:
+    (directory / "lab.json").write_text(json.dumps(state))
+
+
+def _write_config(directory: Path, lab: list[LabMachine], kernel: Path, initrd: Path, firmware_dir: Path) -> Path:
+    data = directory / "data"
+    for sub in ("profiles", "groups", "ignition", "assets"):
+        (data / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy(kernel, data / "assets/vmlinuz")
+    shutil.copy(initrd, data / "assets/initrd.img")
+    (data / "profiles/lab.json").write_text(json.dumps({"id": "lab", "ignition_id": "lab.ign", "boot": {
+        "kernel": "${bootd}/assets/vmlinuz", "initrd": ["${bootd}/assets/initrd.img"],
+        "args": ["initrd=initrd.img", "console=ttyS0", "quiet", "bootd.ignition=${bootd}/ignition?mac=${mac:hexhyp}",
+                 "bootd.report=${bootd}/api/v1/machines/${mac:hexhyp}/report"]}}, indent=2))
+    (data / "groups/default.json").write_text(json.dumps({"id": "default", "profile": "lab"}))
+    (data / "ignition/lab.ign").write_text(json.dumps({"ignition": {"version": "3.4.0"}}))
+    listed = "".join(f'  - {{name: {m.name}, mac: "{m.mac}", ip: 10.77.0.{21 + i}, profile: lab}}\n'
+                     for i, m in enumerate(lab))
+    path = directory / "bootd.yaml"
+    path.write_text(
+        f"# written by bootd lab up\nstate_dir: {directory / 'state'}\ndomain: lab.test\n"
+        f"listen: {{address: {SERVER}}}\nnames: {{provisioner: bootd}}\n"
+        f"http: {{address: {SERVER}, port: 8080, data_dir: {data}}}\n"
+        f"dhcp:\n  mode: authoritative\n  firmware_dir: {firmware_dir}\n  subnet: 10.77.0.0/24\n"
+        f"  range: [10.77.0.100, 10.77.0.199]\n  router: {SERVER}\n  dns_servers: [{SERVER}]\n"
+        f"tftp: {{address: {SERVER}}}\ndns: {{address: {SERVER}}}\nmachines:\n{listed}")
+    return path
+
+
+def _network(lab: list[LabMachine]) -> None:
+    commands = [["ip", "netns", "add", NAMESPACE]]
+    inside = [["ip", "link", "set", "lo", "up"], ["ip", "link", "add", "br0", "type", "bridge"],
+              ["ip", "addr", "add", f"{SERVER}/24", "dev", "br0"],
+              ["ip", "addr", "add", "fd77::1/64", "dev", "br0", "nodad"], ["ip", "link", "set", "br0", "up"]]
+    for machine in lab:
+        inside += [["ip", "tuntap", "add", "dev", machine.tap, "mode", "tap"],
+                   ["ip", "link", "set", machine.tap, "master", "br0", "up"]]
+    commands += [["ip", "netns", "exec", NAMESPACE, *c] for c in inside]
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise LabError(f"{' '.join(command)}: {result.stderr.strip()}")
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as output:
+        return subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def _qemu(machine: LabMachine, firmware: str, directory: Path) -> list[str]:
+    nic = "e1000" if firmware == "bios" else "virtio-net-pci,romfile="
+    argv = ["ip", "netns", "exec", NAMESPACE, "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1",
+            "-nodefaults", "-display", "none", "-no-reboot", "-serial", f"file:{directory / machine.name}.serial.log",
+            "-netdev", f"tap,id=n0,ifname={machine.tap},script=no,downscript=no",
+            "-device", f"{nic.split(',')[0]},netdev=n0,mac={machine.mac},bootindex=1" + (
+                ",romfile=" if "romfile=" in nic else "")]
+    if firmware == "uefi":
+        variables = directory / f"{machine.name}.vars.fd"
+        shutil.copy("/usr/share/OVMF/OVMF_VARS.fd", variables)
+        argv += ["-M", "q35", "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={variables}"]
+    else:
+        argv += ["-M", "pc"]
+    return argv
+
+
+def _get(path: str) -> dict:
+    command = ["ip", "netns", "exec", NAMESPACE, "curl", "-sf", "--max-time", "5", HTTP + path]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise urllib.error.URLError(f"curl exit {result.returncode}")
+    return json.loads(result.stdout)
+
+
+def _wait_http(timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _get("/api/v1/stats")
+            return
+        except (urllib.error.URLError, json.JSONDecodeError):
+            if time.monotonic() > deadline:
+                raise LabError("bootd did not come up; see its log") from None
+            time.sleep(0.2)
+
+
+def _watch(lab: list[LabMachine], timeout: float, out) -> int:
+    """Show each machine's stage until all reported; 0 when they did, 1 at the timeout."""
+    started = time.monotonic()
+    last = ""
+    while True:
+        views = {m.mac: _get(f"/api/v1/machines/{m.mac}") for m in lab}
+        lines = []
+        for machine in lab:
+            view = views[machine.mac]
+            stages = view.get("stages") or []
+            first = stages[0]["time"] if stages else None
+            trail = " > ".join(f"{s['stage']}{'' if s['ok'] else '!'} {s['time'] - first:.1f}s" for s in stages)
+            lines.append(f"  {machine.name} {machine.mac}: {trail or 'powered on, waiting for DHCP'}")
+        text = "\n".join(lines)
+        if text != last:
+            print(f"[{time.monotonic() - started:5.1f}s]\n{text}", file=out, flush=True)
+            last = text
+        if all(views[m.mac].get("stage") == "report" for m in lab):
+            print(f"bootd lab: every machine reported in {time.monotonic() - started:.1f} s. bootd keeps running; "
+                  f"`bootd lab down` removes the lab.", file=out, flush=True)
+            return 0
+        if time.monotonic() - started > timeout:
+            print(f"bootd lab: not every machine reported within {timeout:.0f} s; see the serial logs in the lab dir",
+                  file=out, flush=True)
+            return 1
+        time.sleep(1.0)  # a display refresh, not a wait for an outcome

@@ -94,8 +94,8 @@ class Daemon:
         return out
 
     async def run(self) -> int:
-        await self.start()
         try:
+            await self.start()  # a StartupError part-way still closes what was opened
             await self._stopping.wait()
         finally:
             await self.stop()

@@ -50,6 +50,11 @@ async def asset(request: web.Request) -> web.StreamResponse:
             return web.Response(text=directory_listing(path), content_type="text/html")
         path = index
     elif not path.is_file():
+        # A profile naming an asset that is not there: the machine stops here; say so in its progress.
+        mac = ctx.tracker.mac_for_ip(request.remote or "")
+        name = "/".join(part for part in tail.split("/") if part not in ("", "."))
+        publish(ctx, request, None, kind=ctx.tracker.asset_kind(mac, name), ok=False,
+                detail=f"/assets/{name}: not found under {root}")
         return not_found()
     relative = str(path.relative_to(root)) if path.is_relative_to(root) else tail
 

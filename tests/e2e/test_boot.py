@@ -39,6 +39,7 @@ PROXY_MACHINES = {
     "puefi": ("52:54:00:e3:00:02", "uefi", "virtio-net-pci,romfile=", "profile-b"),
 }
 STRANGER = ("52:54:00:e3:00:99", "bios", "e1000", "profile-a")  # not in bootd.yaml
+BROKEN = {"broken1": ("52:54:00:e2:00:09", "bios", "e1000", "broken")}
 
 
 def firmware() -> Path:
@@ -54,6 +55,8 @@ def make_lab_config(tmp: Path, machines: dict = MACHINES, dhcp: str | None = Non
     for name in ("vmlinuz", "initrd.gz"):
         (data / "assets").mkdir(parents=True, exist_ok=True)
         shutil.copy(kernel if name == "vmlinuz" else initrd, data / "assets" / name)
+    write(data / "profiles/broken.json", {"id": "broken", "boot": {  # its kernel is missing
+        "kernel": "${bootd}/assets/no-such-kernel", "initrd": ["${bootd}/assets/initrd.gz"], "args": []}})
     for profile in ("profile-a", "profile-b"):
         write(data / f"profiles/{profile}.json", {"id": profile, "ignition_id": f"{profile}.ign", "boot": {
             "kernel": "${bootd}/assets/vmlinuz", "initrd": ["${bootd}/assets/initrd.gz"],
@@ -136,9 +139,17 @@ def qemu():
 
 def test_authoritative_bios_and_uefi_machines_boot_their_own_profiles(qemu, tmp_path):
     with NetLab("be2e", bridge=True) as lab:
-        bootd = BootdProcess(make_lab_config(tmp_path), lab=lab, ns=lab.server_ns).start()
+        bootd = BootdProcess(make_lab_config(tmp_path, {**MACHINES, **BROKEN}), lab=lab, ns=lab.server_ns).start()
         try:
+            (name, machine), = BROKEN.items()
+            start_vm(lab, tmp_path, 8, name, machine)
             boot_and_check(lab, bootd, tmp_path, MACHINES, lease=True)
+            # the broken machine stops at its kernel, and its progress says why
+            line = bootd.wait_for_log(lambda l: l.get("mac") == machine[0] and l.get("ok") is False, timeout=120)
+            assert line["stage"] == "kernel" and "no-such-kernel: not found" in line["message"], line
+            view = json.loads(lab.run(lab.server_ns, ["curl", "-sf",
+                                                      f"http://192.0.2.1:8080/api/v1/machines/{machine[0]}"]).stdout)
+            assert view["stage"] == "kernel" and view["ok"] is False
         finally:
             assert bootd.stop() == 0
 

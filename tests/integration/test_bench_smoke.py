@@ -44,3 +44,11 @@ def test_dns_benchmark_smoke(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "answers identical: yes" in result.stdout and "cap 40%" in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the benchmarks run in namespaces of their own: root")
+def test_bootstorm_benchmark_smoke(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.bootstorm", "--smoke", "--work", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every machine reported: yes" in result.stdout

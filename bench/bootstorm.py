@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from appliance.lab import qemu_argv
 from appliance.lab.payload import build
 from bench.common import median, wait_quiet, write_results
 from tests.netns import NetLab, _end_group
@@ -90,24 +91,11 @@ def prepare(work: Path, machines: list[tuple[str, str]], firmware_dir: Path) -> 
     return work / "bootd.yaml", dnsmasq
 
 
-def qemu(work: Path, name: str, mac: str, tap: str, firmware: str) -> list[str]:
-    nic = ["-device", f"e1000,netdev=n0,mac={mac},bootindex=1"] if firmware == "bios" else [
-        "-device", f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1,romfile="]
-    argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults", "-display", "none",
-            "-no-reboot", "-serial", f"file:{work / name}.serial.log",
-            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no", *nic]
-    if firmware == "uefi":
-        shutil.copy("/usr/share/OVMF/OVMF_VARS.fd", work / f"{name}.vars.fd")
-        argv += ["-M", "q35", "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
-                 "-drive", f"if=pflash,format=raw,unit=1,file={work / name}.vars.fd"]
-    return argv
-
-
 def storm(lab: NetLab, work: Path, machines: list[tuple[str, str]], taps: list[str], firmware: str,
           reported, timeout: float) -> tuple[float, int]:
     """Power every machine on; (seconds until all reported, how many did)."""
     started = time.time()
-    vms = [lab.start(lab.server_ns, qemu(work, name, mac, tap, firmware), stdout=subprocess.DEVNULL,
+    vms = [lab.start(lab.server_ns, qemu_argv(name, mac, tap, firmware, work), stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL) for (name, mac), tap in zip(machines, taps)]
     try:
         while time.time() - started < timeout:
@@ -149,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 lab.run(lab.server_ns, ["ip", "addr", "add", "fd77::1/64", "dev", "br0", "nodad"])
                 taps = [lab.add_tap(f"bstap{i}") for i in range(count)]
                 if name == "bootd":
-                    server = lab.start(lab.server_ns, [sys.executable, "-m", "appliance", "run", "-c", str(config),
+                    lab.start(lab.server_ns, [sys.executable, "-m", "appliance", "run", "-c", str(config),
                                                        "--log-level", "warning"], cwd=ROOT,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

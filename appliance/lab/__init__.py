@@ -73,7 +73,8 @@ def up(*, machines: int, firmware: str, kernel: Path | None, initrd: Path | None
         _save(directory, state)
         _wait_http(timeout=30)
         for machine in lab:
-            vm = _start(_qemu(machine, firmware, directory), directory / f"{machine.name}.qemu.log")
+            vm = _start(["ip", "netns", "exec", NAMESPACE, *qemu_argv(machine.name, machine.mac, machine.tap, firmware,
+                                                                       directory)], directory / f"{machine.name}.qemu.log")
             state["pids"].append(vm.pid)
         _save(directory, state)
         print(f"bootd lab: {machines} {firmware.upper()} machines powered on; bootd at {HTTP} in netns {NAMESPACE}",
@@ -172,15 +173,20 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def _qemu(machine: LabMachine, firmware: str, directory: Path) -> list[str]:
-    nic = "e1000" if firmware == "bios" else "virtio-net-pci,romfile="
-    argv = ["ip", "netns", "exec", NAMESPACE, "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1",
-            "-nodefaults", "-display", "none", "-no-reboot", "-serial", f"file:{directory / machine.name}.serial.log",
-            "-netdev", f"tap,id=n0,ifname={machine.tap},script=no,downscript=no",
-            "-device", f"{nic.split(',')[0]},netdev=n0,mac={machine.mac},bootindex=1" + (
-                ",romfile=" if "romfile=" in nic else "")]
+def qemu_argv(name: str, mac: str, tap: str, firmware: str, directory: Path, nic: str | None = None) -> list[str]:
+    """A QEMU machine (TCG: this box's KVM cannot run unmodified guests) on `tap`, serial log in `directory`.
+
+    BIOS: SeaBIOS with the e1000's iPXE ROM. UEFI: OVMF with virtio-net and no ROM (`romfile=`), so EDK2's
+    own PXE client boots. `nic` overrides the device ("e1000" under OVMF runs the ROM's iPXE EFI driver).
+    """
+    nic = nic or ("e1000" if firmware == "bios" else "virtio-net-pci,romfile=")
+    model, _, options = nic.partition(",")
+    argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults", "-display", "none",
+            "-no-reboot", "-serial", f"file:{directory / name}.serial.log",
+            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+            "-device", f"{model},netdev=n0,mac={mac},bootindex=1" + (f",{options}" if options else "")]
     if firmware == "uefi":
-        variables = directory / f"{machine.name}.vars.fd"
+        variables = directory / f"{name}.vars.fd"
         shutil.copy("/usr/share/OVMF/OVMF_VARS.fd", variables)
         argv += ["-M", "q35", "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
                  "-drive", f"if=pflash,format=raw,unit=1,file={variables}"]

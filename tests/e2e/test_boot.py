@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.bootd_process import BootdProcess
+from appliance.lab import qemu_argv
 from appliance.lab.payload import build
 from tests.integration.test_http import write
 from tests.netns import NetLab
@@ -82,17 +83,7 @@ def make_lab_config(tmp: Path, machines: dict = MACHINES, dhcp: str | None = Non
 
 def start_vm(lab: NetLab, tmp: Path, index: int, name: str, machine: tuple) -> subprocess.Popen:
     mac, fw, nic, _ = machine
-    tap = lab.add_tap(f"tap{index}")
-    log = tmp / f"{name}.serial.log"
-    argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults", "-display", "none",
-            "-no-reboot", "-serial", f"file:{log}", "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-            "-device", f"{nic.split(',')[0]},netdev=n0,mac={mac},bootindex=1" + (",romfile=" if "romfile=" in nic else "")]
-    if fw == "uefi":
-        shutil.copy("/usr/share/OVMF/OVMF_VARS.fd", tmp / f"{name}.vars.fd")
-        argv += ["-M", "q35", "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
-                 "-drive", f"if=pflash,format=raw,unit=1,file={tmp / f'{name}.vars.fd'}"]
-    else:
-        argv += ["-M", "pc"]
+    argv = qemu_argv(name, mac, lab.add_tap(f"tap{index}"), fw, tmp, nic)
     return lab.start(lab.server_ns, argv, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.qemu.log", "wb"))
 
 

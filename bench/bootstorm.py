@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 taps = [lab.add_tap(f"bstap{i}") for i in range(count)]
                 if name == "bootd":
                     lab.start(lab.server_ns, [sys.executable, "-m", "appliance", "run", "-c", str(config),
-                                                       "--log-level", "warning"], cwd=ROOT,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                              "--log-level", "warning"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
                     def reported() -> dict[str, float]:
                         out = lab.run(lab.server_ns, ["curl", "-sf", f"http://{SERVER}:8080/api/v1/machines"]).stdout

@@ -22,6 +22,8 @@ LogLine = dict[str, Any]
 
 
 class BootdProcess:
+    live: set[BootdProcess] = set()  # started and not yet stopped: the session's safety net ends them
+
     def __init__(self, config: Path, *, lab: NetLab | None = None, ns: str | None = None,
                  log_level: str = "info") -> None:
         self.config = config
@@ -40,6 +42,7 @@ class BootdProcess:
             self.proc = self.lab.start(self.ns, self.argv, **kw)
         else:
             self.proc = subprocess.Popen(self.argv, start_new_session=True, **kw)
+        BootdProcess.live.add(self)
         threading.Thread(target=self._read, daemon=True).start()
         ready = self.wait_for_log(lambda line: line.get("message", "").startswith("bootd ready"), timeout)
         self.addresses = ready["addresses"].split(",")
@@ -82,6 +85,13 @@ class BootdProcess:
         return "\n".join(f"{line.get('level')} {line.get('message')}" + (f"\n{line['exception']}" if "exception" in line
                                                                         else "") for line in self.lines[-60:])
 
+    def kill(self) -> None:
+        """End the process group at once (the safety net for a test that did not get to stop it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        BootdProcess.live.discard(self)
+
     def send(self, sig: signal.Signals) -> None:
         assert self.proc is not None
         # Inside a namespace the PID is `ip netns exec`, which execs the daemon: the same process.
@@ -99,6 +109,7 @@ class BootdProcess:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+            BootdProcess.live.discard(self)
         with self._changed:
             tracebacks = [line for line in self.lines if "exception" in line]
         assert not tracebacks, f"bootd logged tracebacks:\n{self.log_text()}"

@@ -2,7 +2,16 @@ import os
 
 import pytest
 
+from tests.bootd_process import BootdProcess
 from tests.netns import NetLab
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_daemon_outlives_the_session():
+    """Every test stops the daemons it starts; this ends any that a failing test left behind, by PID."""
+    yield
+    for bootd in list(BootdProcess.live):
+        bootd.kill()
 
 
 @pytest.fixture

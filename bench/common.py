@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pyroute2 import NetNS, netns
 
+from appliance.lab import kill_namespace_processes
+
 RESULTS = Path(__file__).parent / "results"
 SERVER_CPU, LOAD_CPU = "1", "0"
 
@@ -43,12 +45,7 @@ class LoopbackNamespace:
         netns.remove(self.name)
 
     def _kill_all(self) -> None:
-        pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True).stdout.split()
-        for pid in map(int, pids):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_namespace_processes(self.name)
 
     def argv(self, argv: list[str], cpu: str | None = None) -> list[str]:
         pin = ["taskset", "-c", cpu] if cpu is not None else []

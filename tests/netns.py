@@ -16,10 +16,11 @@ import ipaddress
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, NetNS, netns
+
+from appliance.lab import kill_namespace_processes
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class NetLab:
         for proc in self.processes:
             _end_group(proc)
         for ns in [self.server_ns, *(c.ns for c in self.clients)]:
-            _kill_namespace_pids(ns)
+            kill_namespace_processes(ns)
             if ns in netns.listnetns():
                 netns.remove(ns)
         self.processes.clear()
@@ -133,7 +134,7 @@ class NetLab:
     def _remove_stale(self) -> None:
         for ns in netns.listnetns():
             if ns == self.server_ns or ns.startswith(f"{self.name}-c"):
-                _kill_namespace_pids(ns)
+                kill_namespace_processes(ns)
                 netns.remove(ns)
 
 
@@ -148,17 +149,3 @@ def _end_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
         proc.wait(grace)
     except ProcessLookupError:
         pass
-
-
-def _kill_namespace_pids(ns: str) -> None:
-    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-    for pid in map(int, out):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 5
-    while out and time.monotonic() < deadline:
-        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-        if out:
-            time.sleep(0.05)  # the kernel reaps SIGKILLed processes asynchronously

@@ -99,16 +99,30 @@ def down(directory: Path = DEFAULT_DIR, *, out=sys.stdout) -> int:
             time.sleep(0.1)
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
-    leftover = subprocess.run(["ip", "netns", "pids", NAMESPACE], capture_output=True, text=True).stdout.split()
-    for pid in map(int, leftover):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_namespace_processes(NAMESPACE)
     subprocess.run(["ip", "netns", "del", NAMESPACE], capture_output=True)
     state_file.unlink(missing_ok=True)
     print(f"bootd lab: down ({len(state.get('pids', []))} processes ended, namespace {NAMESPACE} removed)", file=out)
     return 0
+
+
+def kill_namespace_processes(namespace: str, wait: float = 5.0) -> None:
+    """SIGKILL whatever still runs in `namespace`, and wait (bounded) until the kernel has reaped it, so
+    the namespace can be deleted. Shared by `lab down`, the tests' NetLab and the benchmarks."""
+    def pids() -> list[int]:
+        out = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    remaining = pids()
+    for pid in remaining:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + wait
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.05)  # the kernel reaps SIGKILLed processes asynchronously
+        remaining = pids()
 
 
 def _alive(pid: int) -> bool:

@@ -49,6 +49,13 @@ class DhcpMode(StrEnum):
     AUTHORITATIVE = "authoritative"  # the only DHCP server: addresses too
 
 
+class IpxeDetection(StrEnum):
+    ANY = "any"  # option 77 `iPXE` or option 175: every iPXE gets the HTTP script (no TFTP round at all)
+    # only option 77 `iPXE`, as dnsmasq's `dhcp-userclass=set:ipxe,iPXE` recipes do: an iPXE ROM that sends
+    # another user class is chained to bootd's iPXE over TFTP (an old NIC ROM replaced by a current build)
+    USER_CLASS = "user-class"
+
+
 class UefiStrategy(StrEnum):
     BINL = "binl"  # no option 43 on 67; the client asks again on 4011 (dnsmasq, pixiecore)
     DIRECT = "direct"  # option 43 {6: 0x08}: boot the file straight away (smee)
@@ -114,6 +121,7 @@ class DhcpConfig:
     port: int = 67
     pxe_port: int = 4011
     uefi: UefiStrategy = UefiStrategy.BINL
+    ipxe_detection: IpxeDetection = IpxeDetection.ANY
     uefi_arch: Mapping[int, UefiStrategy] = field(default_factory=lambda: MappingProxyType({}))
     firmware_dir: Path | None = None  # None: <state_dir>/firmware
     # authoritative mode
@@ -499,7 +507,7 @@ class _Reader:
 
     def dhcp(self, node: Node) -> DhcpConfig | None:
         nodes = self.fields(node, "dhcp", {
-            "mode", "only_known", "port", "pxe_port", "uefi", "uefi_arch", "firmware_dir", "subnet", "range",
+            "mode", "only_known", "port", "pxe_port", "uefi", "uefi_arch", "ipxe_detection", "firmware_dir", "subnet", "range",
             "router", "dns_servers", "lease", "options", "router_advertisement"})
         if nodes is None:
             return None
@@ -507,6 +515,7 @@ class _Reader:
         port = lambda n, w: self.integer(n, w, 1, 65535)  # noqa: E731
         for key, read in (("mode", lambda n, w: self.choice(n, w, DhcpMode)), ("only_known", self.boolean),
                           ("port", port), ("pxe_port", port), ("uefi", lambda n, w: self.choice(n, w, UefiStrategy)),
+                          ("ipxe_detection", lambda n, w: self.choice(n, w, IpxeDetection)),
                           ("firmware_dir", self.path), ("router", self.ipv4),
                           ("router_advertisement", self.boolean), ("lease", self.duration)):
             if (value := self.optional(nodes, key, "dhcp", read)) is not None:

@@ -30,6 +30,7 @@ def build_policies(config: Config, available: frozenset[Firmware], *, http_port:
         available=available,
         uefi=MappingProxyType(dict(dhcp.uefi_arch)),
         default_uefi=dhcp.uefi,
+        ipxe_detection=dhcp.ipxe_detection,
         only_known=dhcp.only_known,
         machines=MappingProxyType({m.mac: MachinePolicy(ignore=m.ignore, boot_file=m.boot_file)
                                    for m in config.machines}),

@@ -5,9 +5,9 @@ Rules (research/pxe.md, tools.md §6-7):
    not trusted for that: an iPXE chained from a PXE ROM may send a bare `PXEClient`. Option 97 (GUID) may be
    absent (Intel ROMs omit it) but, when present, is 17 bytes starting with 0.
 2. The architecture table below is the only one; ports 67 and 4011 and both DHCP modes use it.
-3. iPXE is recognised by option 77 = `iPXE` (bare, or RFC 3004 length-prefixed) or by option 175. An iPXE
-   client is always handed bootd's HTTP script, on 67 and on 4011, whatever boot item (43.71) it asks for:
-   never an iPXE binary again, so it cannot loop.
+3. iPXE is recognised by option 77 = `iPXE` (bare, or RFC 3004 length-prefixed) or by option 175 (with
+   `ipxe_detection: user-class`, by option 77 only). An iPXE client is always handed bootd's HTTP script, on
+   67 and on 4011, whatever boot item (43.71) it asks for: never an iPXE binary again, so it cannot loop.
 4. UEFI PXE (not iPXE, not HTTP boot) gets one of two strategies, per architecture: `binl` (no option 43;
    EDK2 then asks again on UDP 4011, as dnsmasq and pixiecore arrange it) or `direct` (option 43 {6: 0x08}:
    skip discovery and boot the file, as smee does). BIOS always gets `direct`.
@@ -28,7 +28,7 @@ from appliance.dhcp.packet import (
     BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, ZERO_IP, DhcpPacket, MalformedPacket, MessageType, Option, encode_packet,
     parse_options,
 )
-from appliance.config import UefiStrategy
+from appliance.config import IpxeDetection, UefiStrategy
 from appliance.mac import MacAddress
 
 PXE_DISCOVERY_CONTROL = 6  # option 43 sub-option; bit 3 (0x08): boot the file, no discovery/menu
@@ -100,7 +100,8 @@ class PxeRequest:
     mac: MacAddress
     message_type: int
     arch: ArchEntry
-    ipxe: bool
+    ipxe: bool  # option 77 `iPXE` or option 175
+    ipxe_user_class: bool  # option 77 `iPXE`
     http_client: bool  # option 60 starts with HTTPClient
     guid: bytes | None
     boot_item: bytes | None  # option 43.71, echoed on 4011
@@ -121,6 +122,7 @@ class PxePolicy:
     available: frozenset[Firmware] = frozenset()
     uefi: Mapping[int, UefiStrategy] = field(default_factory=lambda: MappingProxyType({}))
     default_uefi: UefiStrategy = UefiStrategy.BINL
+    ipxe_detection: IpxeDetection = IpxeDetection.ANY
     only_known: bool = False
     machines: Mapping[MacAddress, MachinePolicy] = field(default_factory=lambda: MappingProxyType({}))
     http_port: int = 8080
@@ -128,6 +130,9 @@ class PxePolicy:
 
     def strategy(self, arch: Arch) -> UefiStrategy:
         return self.uefi.get(arch, self.default_uefi)
+
+    def is_ipxe(self, request: PxeRequest) -> bool:
+        return request.ipxe_user_class if self.ipxe_detection is IpxeDetection.USER_CLASS else request.ipxe
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,14 +190,13 @@ def classify_client(packet: DhcpPacket) -> PxeRequest | Ignore:
             boot_item = parse_options(vendor_options).get(PXE_BOOT_ITEM)
         except MalformedPacket:
             return Ignore("bad-option-43", mac=mac)
+    user_class = ipxe_user_class(packet)
     return PxeRequest(packet=packet, mac=mac, message_type=message_type, arch=entry,
-                      ipxe=is_ipxe(packet), http_client=vendor.startswith(b"HTTPClient"), guid=guid,
-                      boot_item=boot_item)
+                      ipxe=user_class or Option.IPXE in packet.options, ipxe_user_class=user_class,
+                      http_client=vendor.startswith(b"HTTPClient"), guid=guid, boot_item=boot_item)
 
 
-def is_ipxe(packet: DhcpPacket) -> bool:
-    if Option.IPXE in packet.options:
-        return True
+def ipxe_user_class(packet: DhcpPacket) -> bool:
     user_class = packet.options.get(Option.USER_CLASS)
     if not user_class:
         return False
@@ -219,7 +223,8 @@ def decide_boot(request: PxeRequest, policy: PxePolicy, server_ip: IPv4Address, 
     entry = request.arch
     vendor_class = b"PXEClient"
     vendor_options: bytes | None = _DIRECT
-    if request.ipxe:
+    ipxe = policy.is_ipxe(request)
+    if ipxe:
         boot_file = f"http://{server_ip}:{policy.http_port}{policy.script_path}"
         decision = "ipxe-script"
     elif machine is not None and machine.boot_file:
@@ -241,7 +246,7 @@ def decide_boot(request: PxeRequest, policy: PxePolicy, server_ip: IPv4Address, 
         boot_file=boot_file,
         vendor_class=vendor_class,
         vendor_options=vendor_options,
-        ipxe_options=_NO_PXEDHCP if authoritative and request.ipxe else None,
+        ipxe_options=_NO_PXEDHCP if authoritative and ipxe else None,
         guid=request.guid,
         decision=decision,
     )

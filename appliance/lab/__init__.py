@@ -187,16 +187,23 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def qemu_argv(name: str, mac: str, tap: str, firmware: str, directory: Path, nic: str | None = None) -> list[str]:
+def qemu_argv(name: str, mac: str, tap: str, firmware: str, directory: Path, nic: str | None = None,
+              serial_socket: Path | None = None) -> list[str]:
     """A QEMU machine (TCG: this box's KVM cannot run unmodified guests) on `tap`, serial log in `directory`.
 
-    BIOS: SeaBIOS with the e1000's iPXE ROM. UEFI: OVMF with virtio-net and no ROM (`romfile=`), so EDK2's
-    own PXE client boots. `nic` overrides the device ("e1000" under OVMF runs the ROM's iPXE EFI driver).
+    BIOS: SeaBIOS with the e1000's iPXE ROM, its console on the serial line (`graphics=off`: SeaBIOS's sercon).
+    UEFI: OVMF with virtio-net and no ROM (`romfile=`), so EDK2's own PXE client boots. `nic` overrides the
+    device ("e1000" under OVMF runs the ROM's iPXE EFI driver). `serial_socket`: the serial line is also a
+    unix socket there, so a test can type into the firmware (the log is still written).
     """
     nic = nic or ("e1000" if firmware == "bios" else "virtio-net-pci,romfile=")
     model, _, options = nic.partition(",")
+    log = directory / f"{name}.serial.log"
+    serial = ["-serial", f"file:{log}"] if serial_socket is None else [
+        "-chardev", f"socket,id=serial0,path={serial_socket},server=on,wait=off,logfile={log}",
+        "-serial", "chardev:serial0"]
     argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults", "-display", "none",
-            "-no-reboot", "-serial", f"file:{directory / name}.serial.log",
+            "-no-reboot", *serial,
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
             "-device", f"{model},netdev=n0,mac={mac},bootindex=1" + (f",{options}" if options else "")]
     if firmware == "uefi":
@@ -205,7 +212,7 @@ def qemu_argv(name: str, mac: str, tap: str, firmware: str, directory: Path, nic
         argv += ["-M", "q35", "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
                  "-drive", f"if=pflash,format=raw,unit=1,file={variables}"]
     else:
-        argv += ["-M", "pc"]
+        argv += ["-M", "pc,graphics=off"]
     return argv
 
 

@@ -2,15 +2,17 @@
 makes, bootd as the only DHCP, TFTP and HTTP server there, a payload that reports back what it got.
 
 Cases here: a BIOS VM whose e1000 NIC ROM is iPXE (DHCP -> bootd's script -> profile -> kernel, initrd ->
-Ignition -> report), and a UEFI VM running OVMF with `virtio-net-pci,romfile=` so EDK2's own PXE client
-runs and chainloads Debian's ipxe.efi over TFTP; each machine has its own profile, and each must get its
-own Ignition config and kernel arguments and not the other's.
+Ignition -> report); a BIOS VM whose ROM is made to act as a plain PXE ROM (tests/e2e/ipxe_shell.py), so it
+chainloads Debian's undionly.kpxe over TFTP; a UEFI VM running OVMF with `virtio-net-pci,romfile=` so EDK2's
+own PXE client runs and chainloads Debian's ipxe.efi over TFTP; each machine has its own profile, and each
+must get its own Ignition config and kernel arguments and not the other's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import pytest
 from tests.bootd_process import BootdProcess
 from appliance.lab import qemu_argv
 from appliance.lab.payload import build
+from tests.e2e.ipxe_shell import PlainPxeRom
 from tests.integration.test_http import write
 from tests.netns import NetLab
 
@@ -34,6 +37,7 @@ MACHINES = {  # name: (mac, firmware, nic, profile)
     "bios1": ("52:54:00:e2:00:01", "bios", "e1000", "profile-a"),
     "uefi1": ("52:54:00:e2:00:02", "uefi", "virtio-net-pci,romfile=", "profile-b"),
     "uefi2": ("52:54:00:e2:00:03", "uefi", "e1000", "profile-a"),  # OVMF runs the NIC ROM's iPXE: straight to HTTP
+    "undi1": ("52:54:00:e2:00:04", "bios-undi", "e1000", "profile-b"),  # plain PXE -> TFTP undionly.kpxe -> iPXE
 }
 PROXY_MACHINES = {
     "pbios": ("52:54:00:e3:00:01", "bios", "e1000", "profile-a"),
@@ -70,8 +74,9 @@ def make_lab_config(tmp: Path, machines: dict = MACHINES, dhcp: str | None = Non
     (tmp / "state").mkdir(exist_ok=True)
     listed = "".join(f'  - {{name: {name}, mac: "{mac}", profile: {profile}}}\n'
                      for name, (mac, _fw, _nic, profile) in machines.items())
+    # user-class detection: the ROM that hides its user class is chained to undionly.kpxe despite its 175
     dhcp = dhcp or ("  mode: authoritative\n  subnet: 192.0.2.0/24\n  range: [192.0.2.100, 192.0.2.150]\n"
-                    "  router: 192.0.2.1\n")
+                    "  router: 192.0.2.1\n  ipxe_detection: user-class\n")
     (tmp / "bootd.yaml").write_text(
         f"state_dir: {tmp / 'state'}\ndomain: lab.test\nlisten: {{address: 192.0.2.1}}\n"
         f"http: {{address: 192.0.2.1, port: 8080, data_dir: {data}}}\n"
@@ -81,10 +86,18 @@ def make_lab_config(tmp: Path, machines: dict = MACHINES, dhcp: str | None = Non
     return tmp / "bootd.yaml"
 
 
-def start_vm(lab: NetLab, tmp: Path, index: int, name: str, machine: tuple) -> subprocess.Popen:
+def start_vm(lab: NetLab, tmp: Path, index: int, name: str, machine: tuple) -> PlainPxeRom | None:
+    """Start the VM; for `bios-undi`, also the thread that types into its ROM's shell."""
     mac, fw, nic, _ = machine
-    argv = qemu_argv(name, mac, lab.add_tap(f"tap{index}"), fw, tmp, nic)
-    return lab.start(lab.server_ns, argv, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.qemu.log", "wb"))
+    serial_socket = Path(f"/tmp/bootd-e2e-{os.getpid()}-{name}.sock") if fw == "bios-undi" else None  # < 108 bytes
+    argv = qemu_argv(name, mac, lab.add_tap(f"tap{index}"), "bios" if fw == "bios-undi" else fw, tmp, nic,
+                     serial_socket=serial_socket)
+    lab.start(lab.server_ns, argv, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.qemu.log", "wb"))
+    if serial_socket is None:
+        return None
+    rom = PlainPxeRom(serial_socket, tmp / f"{name}.serial.log")
+    rom.start()
+    return rom
 
 
 def serial_tail(tmp: Path, name: str) -> str:
@@ -94,21 +107,25 @@ def serial_tail(tmp: Path, name: str) -> str:
 
 def boot_and_check(lab: NetLab, bootd: BootdProcess, tmp: Path, machines: dict, *, lease: bool) -> None:
     started = time.time()
-    for index, (name, machine) in enumerate(machines.items()):
-        start_vm(lab, tmp, index, name, machine)
+    roms = {name: start_vm(lab, tmp, index, name, machine) for index, (name, machine) in enumerate(machines.items())}
     for name, (mac, *_rest) in machines.items():
         try:
             bootd.wait_for_log(lambda l, mac=mac: l.get("stage") == "report" and l.get("mac") == mac,
                                timeout=BOOT_SECONDS - (time.time() - started))
         except AssertionError as exc:
-            raise AssertionError(f"{name} did not report within {BOOT_SECONDS} s.\nserial:\n"
+            typing = f" (typing into its ROM: {roms[name].error})" if roms[name] and roms[name].error else ""
+            raise AssertionError(f"{name} did not report within {BOOT_SECONDS} s{typing}.\nserial:\n"
                                  f"{serial_tail(tmp, name)}\n{exc}") from None
     for name, (mac, fw, nic, profile) in machines.items():
         view = json.loads(lab.run(lab.server_ns, ["curl", "-sf", f"http://192.0.2.1:8080/api/v1/machines/{mac}"]).stdout)
         stages = [s["stage"] for s in view["stages"]]
-        expected = ["dhcp", *(["tftp"] if "romfile=" in nic else []), "boot-script", "boot-config", "kernel",
+        firmware_file = "undionly.kpxe" if fw == "bios-undi" else "ipxe.efi" if "romfile=" in nic else None  # TFTP
+        expected = ["dhcp", *(["tftp"] if firmware_file else []), "boot-script", "boot-config", "kernel",
                     "initrd", *(["lease"] if lease else []), "ignition", "report"]
         assert stages == expected, (name, stages, view["events"])
+        if firmware_file:
+            tftp = next(s for s in view["stages"] if s["stage"] == "tftp")
+            assert firmware_file in tftp["detail"], (name, tftp)
         times = [s["time"] for s in view["stages"]]
         assert times == sorted(times), (name, view["stages"])
         ignition = json.loads((tmp / f"data/ignition/{profile}.ign").read_bytes())

@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 import pytest
 
-from appliance.config import UefiStrategy
+from appliance.config import IpxeDetection, UefiStrategy
 from appliance.dhcp.authoritative import AddressPolicy, DhcpAnswer, Reservation, decide_dhcp
 from appliance.dhcp.leases import Bind, Decline, HoldOffer, Lease, LeaseTable, Release
 from appliance.dhcp.packet import (
@@ -81,6 +81,21 @@ def test_boot_decision_per_client(p, file, decision, has_43, vendor_class):
     assert isinstance(offer, BootOffer), offer
     assert (offer.boot_file, offer.decision, offer.vendor_options is not None, offer.vendor_class) == (
         file, decision, has_43, vendor_class)
+
+
+def test_user_class_detection_chains_an_ipxe_rom_that_hides_its_user_class():
+    user_class_only = PxePolicy(available=ALL, ipxe_detection=IpxeDetection.USER_CLASS)
+    # the QEMU ROM after `set user-class FirmwarePXE`: option 175 still there (tools.md §6.2)
+    rom = pxe(0, MessageType.DISCOVER, IPXE_175, (77, b"FirmwarePXE"))
+    assert boot(rom).decision == "ipxe-script"  # the default: 175 is iPXE
+    offer = boot(rom, user_class_only)
+    assert (offer.decision, offer.boot_file) == ("tftp:undionly.kpxe", "undionly.kpxe")
+    # the chained undionly.kpxe says iPXE again: the script, on 67 and on 4011 with a boot item, so no loop
+    chained = pxe(0, MessageType.DISCOVER, IPXE_175, IPXE_77)
+    assert boot(chained, user_class_only).decision == "ipxe-script"
+    at_4011 = pxe(0, MessageType.REQUEST, IPXE_175, IPXE_77, (43, bytes((71, 4, 0x80, 0, 0, 0, 255))),
+                  ciaddr="10.77.0.145")
+    assert boot(at_4011, user_class_only, port=4011).decision == "ipxe-script"
 
 
 def test_uefi_direct_strategy_sends_option_43_per_arch():

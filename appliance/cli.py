@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--dir", type=Path, help="install here instead")
     fetch.add_argument("--deb", type=Path, help="use this downloaded ipxe .deb instead of apt-get download")
 
+    render = commands.add_parser("render", help="print what a machine would get, and which group chose it")
+    render.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    render.add_argument("--mac", help="the machine's MAC (the `mac` label iPXE sends)")
+    render.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="another label (uuid, hostname, serial, or any selector key); repeatable")
+    render.add_argument("what", choices=("ignition", "generic", "cloud", "ipxe", "grub", "metadata"))
+
     lab = commands.add_parser("lab", help="a private boot network with QEMU machines booting through bootd")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True)
     lab_up = lab_commands.add_parser("up", help="make the lab, boot the machines, show their progress")
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(Path(args.config), args.log_format, args.log_level)
     if args.command == "probe":
         return cmd_probe(args.interface, args.timeout, args.arch)
+    if args.command == "render":
+        return cmd_render(Path(args.config), args.mac, args.label, args.what)
     return cmd_check(Path(args.config))
 
 
@@ -100,13 +109,15 @@ def cmd_check(path: Path) -> int:
     if config is None:
         return 1
     errors = startup_problems(config)
-    for error in errors:
-        print(error)
     warnings: list[str] = []
     if config.http.enabled and config.http.data_dir.is_dir():
-        warnings += [f"data dir: {p}" for p in build_store(config).check()]
+        store = build_store(config)
+        errors += [f"data dir: {p}" for p in store.template_errors()]
+        warnings += [f"data dir: {p}" for p in store.check()]
         if not config.http.assets_root.is_dir():
             warnings.append(f"data dir: assets root {config.http.assets_root} does not exist (/assets/ answers 404)")
+    for error in errors:
+        print(error)
     for warning in warnings:
         print(f"warning: {warning}")
     available = available_firmware(*firmware_roots(config))
@@ -120,6 +131,71 @@ def cmd_check(path: Path) -> int:
     print("iPXE clients of every arch are served bootd's HTTP script; they need no firmware file")
     print(f"{path.name}: {len(errors)} errors, {len(warnings)} warnings, {len(config.machines)} machines")
     return 1 if errors else 0
+
+
+def cmd_render(path: Path, mac: str | None, labels: list[str], what: str) -> int:
+    """What `GET /<what>?mac=...&labels` serves, printed; the choice of group explained on stderr."""
+    from urllib.parse import urlencode
+
+    from appliance.http.boot import render_grub, render_ipxe
+    from appliance.http.common import choose
+    from appliance.http.configs import render_env_file
+    from appliance.render import Refusal, generic_for, ignition_for
+    from appliance.store import labels_from_query
+    from appliance.templates.data import template_data
+
+    config = _load(path)
+    if config is None:
+        return 2
+    pairs = [("mac", mac)] if mac else []
+    for label in labels:
+        key, sep, value = label.partition("=")
+        if not sep or not key:
+            print(f"bootd render: --label {label!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        pairs.append((key, value))
+    raw_query = urlencode(pairs)
+    store = build_store(config)
+    request_labels = labels_from_query(raw_query)
+    for key, value in request_labels.rejected:
+        print(f"bootd render: label {key}={value!r} dropped: not a MAC address", file=sys.stderr)
+    chosen = choose(store, request_labels)
+    matching = [g for g in store.groups() if g.matches(request_labels.labels)]
+    print(f"labels: {dict(request_labels.labels)}", file=sys.stderr)
+    for rank, group in enumerate(matching):
+        selectors = group.selector_string or "(no selectors: a default group)"
+        verdict = "chosen" if rank == 0 else "loses to the first (fewer selectors, or a smaller selector string)"
+        print(f"  group {group.id!r} ({group.source or 'config'}): selectors {selectors}: {verdict}", file=sys.stderr)
+    if chosen.group is None or chosen.profile is None:
+        print(f"bootd render: 404: {chosen.reason}", file=sys.stderr)
+        return 1
+    print(f"profile {chosen.profile.id!r}", file=sys.stderr)
+    profile = chosen.profile
+    data = template_data(chosen.group, request_labels.labels, raw_query)
+    if what in ("ipxe", "grub"):
+        if profile.boot is None:
+            print(f"bootd render: 404: profile {profile.id!r} has no boot section", file=sys.stderr)
+            return 1
+        sys.stdout.write(render_ipxe(profile.boot) if what == "ipxe" else render_grub(profile.boot))
+        return 0
+    if what == "metadata":
+        sys.stdout.write(render_env_file(data))
+        return 0
+    if what == "ignition":
+        result = ignition_for(profile, store.ignition(profile.ignition_id), data) if profile.ignition_id \
+            else Refusal("the profile names no ignition_id")
+    else:
+        name = profile.cloud_id if what == "cloud" else profile.generic_id
+        source = (store.cloud(name) if what == "cloud" else store.generic(name)) if name else None
+        result = generic_for(profile, source, data, cloud=what == "cloud") if name \
+            else Refusal(f"the profile names no {what}_id")
+    if isinstance(result, Refusal):
+        print(f"bootd render: 404: {result.reason}", file=sys.stderr)
+        return 1
+    print(result.detail, file=sys.stderr)
+    sys.stdout.buffer.write(result.body)
+    sys.stdout.flush()
+    return 0
 
 
 def cmd_firmware_fetch(config_path: Path, directory: Path | None, deb: Path | None) -> int:

@@ -10,10 +10,11 @@ apt-get update -qq
 # upstream in tests; nginx-light, wrk: the HTTP benchmark; dnsperf: the DNS benchmark (the benchmarks'
 # smoke passes run with the tests); dpkg-dev tools come with Debian (bootd firmware fetch uses apt-get download).
 # qemu-system-x86, ovmf, ipxe-qemu: the end-to-end VMs (SeaBIOS with iPXE NIC ROMs, OVMF); busybox-static and
-# cpio build their payload (it also provides udhcpc for the DHCP tests).
+# cpio build their payload (it also provides udhcpc for the DHCP tests). golang-go: Go's own text/template, the
+# reference bootd's template engine is checked against (tests/reference/).
 apt-get install -y -qq --no-install-recommends \
   python3 python3-venv ca-certificates curl busybox-static cpio iproute2 dnsmasq-base nginx-light wrk tftp-hpa \
-  atftp bind9-dnsutils dnsperf qemu-system-x86 ovmf ipxe-qemu >/dev/null
+  atftp bind9-dnsutils dnsperf qemu-system-x86 ovmf ipxe-qemu golang-go >/dev/null
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

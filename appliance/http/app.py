@@ -35,6 +35,8 @@ def make_app(context: HttpContext) -> web.Application:
     get("/grub", boot.grub)
     get("/ignition", configs.ignition)
     get("/metadata", configs.metadata)
+    get("/generic", configs.generic)
+    get("/cloud", configs.cloud)
     get("/assets", assets_root)
     get("/assets/{tail:.*}", assets.asset)
     get("/api/v1/machines", machines.list_machines)

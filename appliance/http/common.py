@@ -71,12 +71,16 @@ class Selection:
 
 def select(ctx: HttpContext, request: web.Request) -> Selection:
     """The group and profile matchbox would choose for this request."""
-    labels = request_labels(request)
+    return choose(ctx.store, request_labels(request))
+
+
+def choose(store: DataDir, labels: RequestLabels) -> Selection:
+    """The group and profile matchbox would choose for these labels (also `bootd render`'s choice)."""
     mac = label_mac(labels)
-    group = select_group(ctx.store.groups(), labels.labels)
+    group = select_group(store.groups(), labels.labels)
     if group is None:
         return Selection(labels, mac, None, None, f"no group matches labels {dict(labels.labels)}")
-    profile = ctx.store.profile(group.profile) if group.profile else None
+    profile = store.profile(group.profile) if group.profile else None
     if profile is None:
         return Selection(labels, mac, group, None,
                          f"group {group.id!r} ({group.source}): profile {group.profile!r} not found")

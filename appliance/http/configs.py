@@ -1,4 +1,4 @@
-"""Per-machine configs: /ignition (raw Ignition 3.x) and /metadata."""
+"""Per-machine configs: /ignition (raw Ignition 3.x or a Butane template), /generic, /cloud and /metadata."""
 
 from __future__ import annotations
 
@@ -9,40 +9,54 @@ from typing import Any
 from aiohttp import web
 
 from appliance.events import EventKind
-from appliance.http.common import CONTEXT, failed, publish, select, text_response
-from appliance.ignition import InvalidIgnition, check_raw_ignition
+from appliance.http.common import CONTEXT, Selection, failed, publish, select
+from appliance.render import Refusal, Rendered, generic_for, ignition_for
 from appliance.templates import format_value
 from appliance.templates.data import template_data
 
 logger = logging.getLogger(__name__)
 
-RAW_IGNITION_SUFFIXES = (".ign", ".ignition")
-
-
 async def ignition(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     chosen = select(ctx, request)
-    mac = chosen.mac
-    if chosen.profile is None:
-        return failed(ctx, request, mac, EventKind.IGNITION, chosen.reason)
-    name = chosen.profile.ignition_id
+    if chosen.profile is None or chosen.group is None:
+        return failed(ctx, request, chosen.mac, EventKind.IGNITION, chosen.reason)
+    if not chosen.profile.ignition_id:
+        return failed(ctx, request, chosen.mac, EventKind.IGNITION, f"{chosen.reason}: profile names no ignition_id")
+    data = template_data(chosen.group, chosen.labels.labels, request.rel_url.raw_query_string)
+    result = ignition_for(chosen.profile, ctx.store.ignition(chosen.profile.ignition_id), data)
+    return _serve(ctx, request, chosen, EventKind.IGNITION, result)
+
+
+async def generic(request: web.Request) -> web.Response:
+    return _generic(request, cloud=False)
+
+
+async def cloud(request: web.Request) -> web.Response:
+    """Deprecated in matchbox, kept for old data dirs: a generic config that must be cloud-config or a script."""
+    return _generic(request, cloud=True)
+
+
+def _generic(request: web.Request, *, cloud: bool) -> web.Response:
+    ctx = request.app[CONTEXT]
+    chosen = select(ctx, request)
+    if chosen.profile is None or chosen.group is None:
+        return failed(ctx, request, chosen.mac, EventKind.GENERIC, chosen.reason)
+    name = chosen.profile.cloud_id if cloud else chosen.profile.generic_id
     if not name:
-        return failed(ctx, request, mac, EventKind.IGNITION, f"{chosen.reason}: profile names no ignition_id")
-    data = ctx.store.ignition(name)
-    if data is None:
-        return failed(ctx, request, mac, EventKind.IGNITION, f"{chosen.reason}: ignition/{name} is missing")
-    if not name.endswith(RAW_IGNITION_SUFFIXES):
-        return failed(ctx, request, mac, EventKind.IGNITION,
-                      f"{chosen.reason}: ignition/{name} is a Butane/template config, which this bootd "
-                      "version does not render; serve raw Ignition (.ign) instead")
-    try:
-        config = check_raw_ignition(data)
-    except InvalidIgnition as exc:
-        logger.warning("ignition/%s is invalid: %s", name, exc)
-        return failed(ctx, request, mac, EventKind.IGNITION, f"{chosen.reason}: ignition/{name} is invalid: {exc}")
-    publish(ctx, request, mac, kind=EventKind.IGNITION,
-            detail=f"{chosen.reason}: ignition/{name} (spec {config.version}, served as {config.served_version})")
-    return text_response(config.body, "application/json")
+        return failed(ctx, request, chosen.mac, EventKind.GENERIC,
+                      f"{chosen.reason}: profile names no {'cloud_id' if cloud else 'generic_id'}")
+    data = template_data(chosen.group, chosen.labels.labels, request.rel_url.raw_query_string)
+    source = ctx.store.cloud(name) if cloud else ctx.store.generic(name)
+    return _serve(ctx, request, chosen, EventKind.GENERIC, generic_for(chosen.profile, source, data, cloud=cloud))
+
+
+def _serve(ctx, request: web.Request, chosen: Selection, kind: EventKind, result: Rendered | Refusal) -> web.Response:
+    if isinstance(result, Refusal):  # the event is logged as a warning: the file, line and reason
+        return failed(ctx, request, chosen.mac, kind, f"{chosen.reason}: {result.reason}")
+    publish(ctx, request, chosen.mac, kind=kind, detail=f"{chosen.reason}: {result.detail}")
+    content_type, _, charset = result.content_type.partition("; charset=")
+    return web.Response(body=result.body, content_type=content_type, charset=charset or None)
 
 
 async def metadata(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""Ignition configs: validation of raw Ignition (Butane translation comes with the templates)."""
+"""Ignition configs: raw Ignition checks (validate.py) and Butane -> Ignition (butane.py)."""
 
 from appliance.ignition.validate import SUPPORTED_VERSIONS, InvalidIgnition, RawIgnition, check_raw_ignition
 

@@ -140,6 +140,7 @@ class DataDir:
         self.groups_dir = root / "groups"
         self.ignition_dir = root / "ignition"
         self.generic_dir = root / "generic"
+        self.cloud_dir = root / "cloud"
         self.extra_groups = tuple(extra_groups)
         self._profiles: _ParsedFiles[Profile] = _ParsedFiles(lambda data, _p: parse_profile(data))
         self._groups: _ParsedFiles[Group] = _ParsedFiles(lambda data, p: parse_group(data, source=f"groups/{p.name}"))
@@ -196,6 +197,9 @@ class DataDir:
 
     def generic(self, name: str) -> bytes | None:
         return self._read(self.generic_dir, name)
+
+    def cloud(self, name: str) -> bytes | None:
+        return self._read(self.cloud_dir, name)
 
     def _read(self, root: Path, name: str) -> bytes | None:
         found = self._locate(root, name)
@@ -267,7 +271,24 @@ class DataDir:
     def _check_profile(self, profile: Profile, where: str) -> list[str]:
         problems = []
         for kind, name, reader in (("ignition", profile.ignition_id, self.ignition),
-                                   ("generic", profile.generic_id, self.generic)):
+                                   ("generic", profile.generic_id, self.generic), ("cloud", profile.cloud_id, self.cloud)):
             if name and reader(name) is None:
                 problems.append(f"{where}: profile {profile.id!r}: {kind}/{name} is missing or refused")
         return problems
+
+    def template_errors(self) -> list[str]:
+        """Every template in ignition/ (not raw .ign), generic/ and cloud/ that does not parse: file, line,
+        construct. These are errors for `bootd check`: a machine would get a 404."""
+        from appliance.render import RAW_IGNITION_SUFFIXES, check_template
+
+        errors = []
+        for directory in (self.ignition_dir, self.generic_dir, self.cloud_dir):
+            if not directory.is_dir():
+                continue
+            for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+                if not entry.is_file() or entry.name.endswith(RAW_IGNITION_SUFFIXES):
+                    continue
+                source = self._read(directory, entry.name)
+                if source is not None and (error := check_template(source, f"{directory.name}/{entry.name}")):
+                    errors.append(error)
+        return errors

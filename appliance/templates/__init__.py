@@ -1,4 +1,4 @@
-"""Templates: bootd's own scripts (jinja2) and Go's value printing for matchbox-style templates."""
+"""Templates: Go's text/template (the subset matchbox data dirs use) and Go's printing; bootd's own iPXE script (jinja2)."""
 
 from appliance.templates.gofmt import format_value
 

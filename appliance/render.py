@@ -1,0 +1,118 @@
+"""What a machine gets from its profile: Ignition (raw, or a Butane template), generic and cloud configs.
+
+Pure functions of the data dir's bytes and the template data (matchbox's collectVariables), shared by the
+HTTP handlers and `bootd render`, so the command prints exactly what the routes serve. A failure is a
+`Refusal` whose reason names the file, and for a template or Butane problem its line: the HTTP layer turns
+it into a 404 and an event on the machine's progress.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from appliance.ignition import InvalidIgnition, check_raw_ignition
+from appliance.ignition.butane import ButaneError, translate_butane
+from appliance.store import Profile
+from appliance.templates.gotemplate import GoTemplate, TemplateError, go_data, parse_template
+
+RAW_IGNITION_SUFFIXES = (".ign", ".ignition")
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    body: bytes
+    content_type: str
+    detail: str  # for the event: which file, which spec
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str
+
+
+@lru_cache(maxsize=256)
+def compile_template(source: str) -> GoTemplate:
+    """Parsed once per distinct text: the data dir re-reads a file only when it changes."""
+    return parse_template(source)
+
+
+def render_template(source: bytes, data: dict[str, Any], where: str) -> str | Refusal:
+    try:
+        text = source.decode()
+    except UnicodeDecodeError as exc:
+        return Refusal(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+    try:
+        return compile_template(text).render(go_data(data))
+    except TemplateError as exc:
+        return Refusal(f"{where}:{exc.line}: {exc.construct}: {exc.message}")
+
+
+def ignition_for(profile: Profile, source: bytes | None, data: dict[str, Any]) -> Rendered | Refusal:
+    name = profile.ignition_id
+    where = f"ignition/{name}"
+    if source is None:
+        return Refusal(f"{where} is missing")
+    if name.endswith(RAW_IGNITION_SUFFIXES):  # raw Ignition is never a template (matchbox's isIgnition)
+        try:
+            raw = check_raw_ignition(source)
+        except InvalidIgnition as exc:
+            return Refusal(f"{where} is invalid: {exc}")
+        return Rendered(raw.body, "application/json", f"{where} (spec {raw.version}, served as {raw.served_version})")
+    text = render_template(source, data, where)
+    if isinstance(text, Refusal):
+        return text
+    try:
+        translated = translate_butane(text)
+    except ButaneError as exc:
+        return Refusal(f"{where}: Butane (as rendered) {exc}")
+    try:
+        raw = check_raw_ignition(json.dumps(translated.config).encode())
+    except InvalidIgnition as exc:  # a translation that is not valid Ignition: say so, serve nothing
+        return Refusal(f"{where}: the translated Ignition is invalid: {exc}")
+    warned = f", {len(translated.warnings)} warnings: {'; '.join(translated.warnings)[:300]}" \
+        if translated.warnings else ""
+    return Rendered(raw.body, "application/json",
+                    f"{where} (Butane {translated.variant} {translated.version} -> spec {raw.served_version}{warned})")
+
+
+def generic_for(profile: Profile, source: bytes | None, data: dict[str, Any], *, cloud: bool = False) \
+        -> Rendered | Refusal:
+    name = profile.cloud_id if cloud else profile.generic_id
+    where = f"{'cloud' if cloud else 'generic'}/{name}"
+    if source is None:
+        return Refusal(f"{where} is missing")
+    text = render_template(source, data, where)
+    if isinstance(text, Refusal):
+        return text
+    if cloud and not text.startswith(("#cloud-config", "#!")):
+        return Refusal(f"{where}: rendered text is neither a #cloud-config document nor a script")
+    return Rendered(text.encode(), sniff_text_type(text), where)
+
+
+_HTML_TAGS = ("<!doctype html", "<html", "<head", "<script", "<iframe", "<h1", "<div", "<font", "<table", "<a",
+              "<style", "<title", "<b", "<body", "<br", "<p", "<!--")
+
+
+def sniff_text_type(text: str) -> str:
+    """Go's http.DetectContentType for the text that templates produce (matchbox serves with ServeContent)."""
+    head = text[:512].lstrip("\t\n\x0c\r ").lower()
+    for tag in _HTML_TAGS:  # a tag counts when a space or `>` follows it
+        if head.startswith(tag) and head[len(tag) : len(tag) + 1] in (" ", ">"):
+            return "text/html; charset=utf-8"
+    if head.startswith("<?xml"):
+        return "text/xml; charset=utf-8"
+    return "text/plain; charset=utf-8"
+
+
+def check_template(source: bytes, where: str) -> str | None:
+    """For `bootd check`: the parse error of a template file, or None."""
+    try:
+        compile_template(source.decode())
+    except UnicodeDecodeError as exc:
+        return f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except TemplateError as exc:
+        return f"{where}:{exc.line}: {exc.construct}: {exc.message}"
+    return None

@@ -7,12 +7,15 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """temp file in the same directory, fsync, rename over `path`, fsync the directory."""
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """temp file in the same directory, fsync, rename over `path`, fsync the directory. The file gets `mode`
+    (0600 unless asked: mkstemp's, safe for secrets)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode != 0o600:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

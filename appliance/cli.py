@@ -50,6 +50,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="another label (uuid, hostname, serial, or any selector key); repeatable")
     render.add_argument("what", choices=("ignition", "generic", "cloud", "ipxe", "grub", "metadata"))
 
+    certs = commands.add_parser("certs", help="certificates for the read-write API (a CA, server, clients)")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True)
+    certs_init = certs_commands.add_parser("init", help="make ca, server and client certificates")
+    certs_init.add_argument("--san", required=True, help="the server's names: DNS:matchbox.example.com,IP:10.77.0.1")
+    certs_init.add_argument("--out", type=Path, default=Path("/etc/bootd/tls"))
+    certs_init.add_argument("--force", action="store_true", help="overwrite existing files")
+    certs_client = certs_commands.add_parser("client", help="issue another client certificate from the CA")
+    certs_client.add_argument("name")
+    certs_client.add_argument("--dir", type=Path, default=Path("/etc/bootd/tls"), help="where ca.crt/ca.key are")
+    certs_client.add_argument("--days", type=int, default=365)
+    certs_client.add_argument("--force", action="store_true")
+
+    api_client = argparse.ArgumentParser(add_help=False)
+    api_client.add_argument("--endpoint", default="127.0.0.1:8081", help="host:port of bootd's api")
+    api_client.add_argument("--ca-file", default="/etc/matchbox/ca.crt")
+    api_client.add_argument("--cert-file", default="/etc/matchbox/client.crt")
+    api_client.add_argument("--key-file", default="/etc/matchbox/client.key")
+    apply = commands.add_parser("apply", parents=[api_client], help="push profiles, groups, Ignition and generic "
+                                                                   "configs (files, or a data dir) to the api")
+    apply.add_argument("-f", "--file", action="append", required=True, help="a file or a data dir; repeatable")
+    kinds = ("profile", "profiles", "group", "groups", "ignition", "generic")
+    get = commands.add_parser("get", parents=[api_client], help="list profiles or groups, or print one object")
+    get.add_argument("kind", choices=kinds)
+    get.add_argument("name", nargs="?")
+    delete = commands.add_parser("delete", parents=[api_client], help="delete one object through the api")
+    delete.add_argument("kind", choices=kinds)
+    delete.add_argument("name")
+
     lab = commands.add_parser("lab", help="a private boot network with QEMU machines booting through bootd")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True)
     lab_up = lab_commands.add_parser("up", help="make the lab, boot the machines, show their progress")
@@ -71,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(Path(args.config), args.log_format, args.log_level)
     if args.command == "probe":
         return cmd_probe(args.interface, args.timeout, args.arch)
+    if args.command == "certs":
+        return cmd_certs(args)
+    if args.command in ("apply", "get", "delete"):
+        from appliance.api.client import run as run_client
+
+        return run_client(args.command, args)
     if args.command == "render":
         return cmd_render(Path(args.config), args.mac, args.label, args.what)
     return cmd_check(Path(args.config))
@@ -131,6 +165,20 @@ def cmd_check(path: Path) -> int:
     print("iPXE clients of every arch are served bootd's HTTP script; they need no firmware file")
     print(f"{path.name}: {len(errors)} errors, {len(warnings)} warnings, {len(config.machines)} machines")
     return 1 if errors else 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from appliance.api.certs import CertError, client, init
+
+    try:
+        lines = init(args.out, args.san, force=args.force) if args.certs_command == "init" \
+            else client(args.dir, args.name, days=args.days, force=args.force)
+    except CertError as exc:
+        print(f"bootd certs: {exc}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    return 0
 
 
 def cmd_render(path: Path, mac: str | None, labels: list[str], what: str) -> int:

@@ -115,6 +115,19 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApiConfig:
+    """The read-write API: matchbox's gRPC protocol over TLS with required client certificates."""
+
+    enabled: bool = False  # on when the section is given (and not `enabled: false`), as matchbox's -rpc-address
+    address: IPAddress | None = None
+    port: int = 8081
+    cert_file: Path = Path("/etc/bootd/tls/server.crt")
+    key_file: Path = Path("/etc/bootd/tls/server.key")
+    ca_file: Path = Path("/etc/bootd/tls/ca.crt")  # client certificates must chain to it
+    max_message_bytes: int = 4 * 1024 * 1024  # grpc-go's default, matchbox's limit
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DhcpConfig:
     mode: DhcpMode = DhcpMode.OFF
     only_known: bool = False  # True: machines not listed under `machines` get no boot offer
@@ -190,6 +203,7 @@ class Config:
     dhcp: DhcpConfig = DhcpConfig()
     tftp: TftpConfig = TftpConfig()
     dns: DnsConfig = DnsConfig()
+    api: ApiConfig = ApiConfig()
     machines: tuple[Machine, ...] = ()
 
     @property
@@ -395,7 +409,7 @@ class _Reader:
 
     def config(self, root: Node) -> Config | None:
         top = self.fields(root, "", {"state_dir", "listen", "domain", "names", "http", "dhcp", "tftp", "dns",
-                                     "machines"})
+                                     "api", "machines"})
         if top is None:
             return None
         kw: dict[str, Any] = {"source": self.file}
@@ -417,6 +431,8 @@ class _Reader:
             kw["dns"] = dns
             if dns.enabled and "domain" not in top:
                 self.error(top["dns"], "domain", "required when dns is on: the zone bootd answers for")
+        if "api" in top and (api := self.api(top["api"])) is not None:
+            kw["api"] = api
         if "machines" in top:
             kw["machines"] = self.machines(top["machines"], kw.get("names", NamesConfig()))
         dhcp = kw.get("dhcp", DhcpConfig())
@@ -487,6 +503,20 @@ class _Reader:
                     self.error(item, f"dns.forward[{i}]", f"{text!r} is not an IP address (with an optional :port)")
             kw["forward"] = tuple(upstreams)
         return DnsConfig(**kw)
+
+    def api(self, node: Node) -> ApiConfig | None:
+        nodes = self.fields(node, "api", {"enabled", "address", "port", "cert_file", "key_file", "ca_file",
+                                          "max_message_bytes"})
+        if nodes is None:
+            return None
+        kw: dict[str, Any] = {"enabled": True}
+        for key, read in (("enabled", self.boolean), ("address", self.ip),
+                          ("port", lambda n, w: self.integer(n, w, 0, 65535)),
+                          ("max_message_bytes", lambda n, w: self.integer(n, w, 1024, 1 << 30)),
+                          ("cert_file", self.path), ("key_file", self.path), ("ca_file", self.path)):
+            if (value := self.optional(nodes, key, "api", read)) is not None:
+                kw[key] = value
+        return ApiConfig(**kw)
 
     def tftp(self, node: Node) -> TftpConfig | None:
         nodes = self.fields(node, "tftp", {"enabled", "address", "port", "root", "max_transfers", "max_per_client",

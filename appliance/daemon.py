@@ -46,6 +46,15 @@ def startup_problems(config: Config) -> list[str]:
     problems = []
     if config.http.enabled and not config.http.data_dir.is_dir():
         problems.append(f"{config.source.name}: http.data_dir: {config.http.data_dir} is not a directory")
+    if config.api.enabled:
+        if not config.http.data_dir.is_dir():
+            problems.append(f"{config.source.name}: api: writes go to http.data_dir, and {config.http.data_dir} "
+                            "is not a directory")
+        for key in ("cert_file", "key_file", "ca_file"):
+            path = getattr(config.api, key)
+            if not path.is_file():
+                problems.append(f"{config.source.name}: api.{key}: {path} does not exist (bootd certs init makes "
+                                "a CA, a server and a client certificate)")
     return problems
 
 
@@ -79,6 +88,7 @@ class Daemon:
         self.advertiser: RouterAdvertiser | None = None
         self.tftp: TftpServer | None = None
         self.dns: DnsServer | None = None
+        self.api = None  # grpc.aio.Server, imported only when the api section is on
         self._zone_serial = int(time.time())
         self._interface_addresses: list[IPAddress] = []
 
@@ -114,6 +124,8 @@ class Daemon:
             self._start_tftp()
         if self.config.dns.enabled:
             await self._start_dns()
+        if self.config.api.enabled:
+            await self._start_api()
         logger.info("bootd ready: %s", ", ".join(self.addresses) or "no service enabled",
                     extra={"addresses": ",".join(self.addresses)})
 
@@ -134,6 +146,16 @@ class Daemon:
         for sockname in runner.addresses:
             host, port = sockname[0], sockname[1]
             self.addresses.append(f"http://{'[' + host + ']' if ':' in host else host}:{port}")
+
+    async def _start_api(self) -> None:
+        from appliance.api.service import ApiError, Backend, start_api
+
+        api = self.config.api
+        try:
+            self.api, port = await start_api(api, Backend(store=lambda: self.http_context.store, bus=self.bus))
+        except ApiError as exc:
+            raise StartupError(str(exc)) from None
+        self.addresses.append(f"grpcs://{api.address or '*'}:{port}")
 
     def _dhcp_policies(self, config: Config):
         return build_policies(config, available_firmware(*firmware_roots(config)), http_port=self.http_port)
@@ -226,6 +248,8 @@ class Daemon:
 
     async def stop(self) -> None:
         logger.info("bootd stopping: draining requests in flight")
+        if self.api is not None:
+            await self.api.stop(grace=DRAIN_SECONDS)  # calls in flight finish; their writes are atomic anyway
         if self.dns is not None:
             await self.dns.close()
         if self.dhcp is not None:

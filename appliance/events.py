@@ -41,6 +41,7 @@ class EventKind(StrEnum):
     GENERIC = "generic"
     METADATA = "metadata"
     REPORT = "report"
+    DATA = "data"  # a write through the read-write API (no machine: `mac` is None)
 
 
 _RANK = {kind: rank for rank, kind in enumerate(EventKind)}

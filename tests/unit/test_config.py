@@ -91,6 +91,7 @@ def test_good_config_reads_into_dataclasses():
     pytest.param("listen:\n  interface: eth0\n  interfaces: [eth1]\n",
                  "bootd.yaml:3: listen.interfaces: give either interface or interfaces, not both", id="listen-both"),
     pytest.param("", "bootd.yaml:1: (file): the config file is empty", id="empty"),
+    pytest.param("api:\n  port: 8081\n  cert: /x\n", "bootd.yaml:3: api.cert: unknown key", id="api-key"),
     pytest.param("dhcp:\n  mode: proxy\n  ipxe_detection: option-175\n",
                  "bootd.yaml:3: dhcp.ipxe_detection: 'option-175' is not one of: any, user-class", id="bad-choice"),
 ])

@@ -123,7 +123,8 @@ class Backend:
                                detail=f"{what} (client {caller.name!r})"))
 
 
-Handler = Callable[[Backend, Any, "Caller"], tuple[Any, str | None]]  # -> (response, what changed)
+Reply = tuple[Any, str | None]  # (the response, what changed: for the `data` event)
+Handler = Callable[[Backend, Any, "Caller"], Reply]
 
 
 def _call(name: str, handler: Handler):
@@ -160,69 +161,66 @@ class _Servicer:
         self.backend = backend
 
 
-def _group_put(b: Backend, r: messages.GroupPutRequest, c: Caller) -> messages.GroupPutResponse:
+def _group_put(b: Backend, r: messages.GroupPutRequest, c: Caller) -> Reply:
     group = group_from_proto(r.group)
     b.writer.put_group(group)
     return messages.GroupPutResponse(), f"group {group.id!r} written (profile {group.profile!r})"
 
 
-def _group_get(b: Backend, r: messages.GroupGetRequest, c: Caller) -> messages.GroupGetResponse:
+def _group_get(b: Backend, r: messages.GroupGetRequest, c: Caller) -> Reply:
     return messages.GroupGetResponse(group=group_to_proto(b.writer.get_group(r.id))), None
 
 
-def _group_delete(b: Backend, r: messages.GroupDeleteRequest, c: Caller) -> messages.GroupDeleteResponse:
+def _group_delete(b: Backend, r: messages.GroupDeleteRequest, c: Caller) -> Reply:
     b.writer.delete(Kind.GROUP, r.id)
     return messages.GroupDeleteResponse(), f"group {r.id!r} deleted"
 
 
-def _group_list(b: Backend, r: messages.GroupListRequest, c: Caller) -> messages.GroupListResponse:
-    writer = b.writer
-    groups = []
-    for group_id in writer.list(Kind.GROUP):
+def _stored(b: Backend, kind: Kind, read: Callable[[str], Any], to_proto: Callable[[Any], Any]) -> list[Any]:
+    """Every stored profile or group; one broken file does not hide the others (matchbox skips them too)."""
+    items = []
+    for name in b.writer.list(kind):
         try:
-            groups.append(group_to_proto(writer.get_group(group_id)))
-        except WriteRefused as exc:  # one broken file does not hide the others (matchbox skips them too)
-            logger.info("api: GroupList skips %s", exc)
-    return messages.GroupListResponse(groups=groups), None
+            items.append(to_proto(read(name)))
+        except WriteRefused as exc:
+            logger.info("api: listing %s skips %s", kind.value, exc)
+    return items
 
 
-def _profile_put(b: Backend, r: messages.ProfilePutRequest, c: Caller) -> messages.ProfilePutResponse:
+def _group_list(b: Backend, r: messages.GroupListRequest, c: Caller) -> Reply:
+    return messages.GroupListResponse(groups=_stored(b, Kind.GROUP, b.writer.get_group, group_to_proto)), None
+
+
+def _profile_put(b: Backend, r: messages.ProfilePutRequest, c: Caller) -> Reply:
     profile = profile_from_proto(r.profile)
     b.writer.put_profile(profile)
     return messages.ProfilePutResponse(), f"profile {profile.id!r} written"
 
 
-def _profile_get(b: Backend, r: messages.ProfileGetRequest, c: Caller) -> messages.ProfileGetResponse:
+def _profile_get(b: Backend, r: messages.ProfileGetRequest, c: Caller) -> Reply:
     return messages.ProfileGetResponse(profile=profile_to_proto(b.writer.get_profile(r.id))), None
 
 
-def _profile_delete(b: Backend, r: messages.ProfileDeleteRequest, c: Caller) -> messages.ProfileDeleteResponse:
+def _profile_delete(b: Backend, r: messages.ProfileDeleteRequest, c: Caller) -> Reply:
     b.writer.delete(Kind.PROFILE, r.id)
     return messages.ProfileDeleteResponse(), f"profile {r.id!r} deleted"
 
 
-def _profile_list(b: Backend, r: messages.ProfileListRequest, c: Caller) -> messages.ProfileListResponse:
-    writer = b.writer
-    profiles = []
-    for profile_id in writer.list(Kind.PROFILE):
-        try:
-            profiles.append(profile_to_proto(writer.get_profile(profile_id)))
-        except WriteRefused as exc:
-            logger.info("api: ProfileList skips %s", exc)
-    return messages.ProfileListResponse(profiles=profiles), None
+def _profile_list(b: Backend, r: messages.ProfileListRequest, c: Caller) -> Reply:
+    return messages.ProfileListResponse(profiles=_stored(b, Kind.PROFILE, b.writer.get_profile, profile_to_proto)), None
 
 
 def _file_calls(kind: Kind, put: type, get: type, delete: type) -> tuple[Callable, Callable, Callable]:
     label = "Ignition config" if kind is Kind.IGNITION else "generic config"
 
-    def do_put(b: Backend, r: Any, c: Caller) -> Any:
+    def do_put(b: Backend, r: Any, c: Caller) -> Reply:
         b.writer.put(kind, r.name, r.config)
         return put(), f"{label} {r.name!r} written ({len(r.config)} bytes)"
 
-    def do_get(b: Backend, r: Any, c: Caller) -> Any:
+    def do_get(b: Backend, r: Any, c: Caller) -> Reply:
         return get(config=b.writer.read(kind, r.name)), None
 
-    def do_delete(b: Backend, r: Any, c: Caller) -> Any:
+    def do_delete(b: Backend, r: Any, c: Caller) -> Reply:
         b.writer.delete(kind, r.name)
         return delete(), f"{label} {r.name!r} deleted"
 
@@ -250,11 +248,11 @@ def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
-def _select_group(b: Backend, r: messages.SelectGroupRequest, c: Caller) -> messages.SelectGroupResponse:
+def _select_group(b: Backend, r: messages.SelectGroupRequest, c: Caller) -> Reply:
     return messages.SelectGroupResponse(group=group_to_proto(_selected(b, r.labels))), None
 
 
-def _select_profile(b: Backend, r: messages.SelectProfileRequest, c: Caller) -> messages.SelectProfileResponse:
+def _select_profile(b: Backend, r: messages.SelectProfileRequest, c: Caller) -> Reply:
     group = _selected(b, r.labels)
     profile = b.store().profile(group.profile) if group.profile else None
     if profile is None:

@@ -671,15 +671,9 @@ class _FunctionError(Exception):
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    return "other"
+    """The basic kind Go's comparison functions compare; "other" cannot be compared."""
+    kind = go_type(value)
+    return kind if kind in ("bool", "int", "float64", "string") else "other"
 
 
 def _eq(first: Any, *others: Any) -> bool:

@@ -12,13 +12,20 @@ import time
 from pathlib import Path
 
 # The ROM still sends option 175 with this user class: only `ipxe_detection: user-class` tells it apart.
-COMMANDS = ("set user-class FirmwarePXE", "dhcp", "clear user-class", "chain tftp://${next-server}/${filename}")
+# With a DHCP server that gives the boot file (authoritative bootd):
+DHCP_AND_CHAIN = ("set user-class FirmwarePXE", "dhcp", "clear user-class", "chain tftp://${next-server}/${filename}")
+# Beside a plain DHCP server (proxy bootd): only `autoboot` does the PXE boot-server step on 4011. The user
+# class leaks into the first undionly.kpxe through the PXE API's cached packets (tools.md §6.2), so it is
+# handed undionly.kpxe once more before a second round says `iPXE`.
+AUTOBOOT = ("set user-class FirmwarePXE", "autoboot")
 
 
 class PlainPxeRom(threading.Thread):
-    def __init__(self, serial_socket: Path, serial_log: Path, timeout: float = 180) -> None:
+    def __init__(self, serial_socket: Path, serial_log: Path, commands: tuple[str, ...] = DHCP_AND_CHAIN,
+                 timeout: float = 180) -> None:
         super().__init__(daemon=True)
         self.socket_path, self.log, self.timeout = serial_socket, serial_log, timeout
+        self.commands = commands
         self.error: str | None = None
         self.typed = False
 
@@ -62,12 +69,12 @@ class PlainPxeRom(threading.Thread):
                     raise TimeoutError("Ctrl-B did not open the iPXE shell")
                 sock.send(b"\x02")
                 time.sleep(0.1)
-            for command in COMMANDS:
+            for command in self.commands:
                 prompts = self._text().count(b"iPXE>")
                 for char in command:  # SeaBIOS's sercon polls the UART: one character at a time
                     sock.send(char.encode())
                     time.sleep(0.06)
                 sock.send(b"\r")
-                if not command.startswith("chain"):
+                if not command.startswith(("chain", "autoboot")):
                     self._wait(lambda t, n=prompts: t.count(b"iPXE>") > n, f"prompt after {command!r}", 90)
             time.sleep(1)  # let the last characters reach the guest before the socket closes

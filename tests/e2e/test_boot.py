@@ -24,7 +24,7 @@ import pytest
 from tests.bootd_process import BootdProcess
 from appliance.lab import qemu_argv
 from appliance.lab.payload import build
-from tests.e2e.ipxe_shell import PlainPxeRom
+from tests.e2e.ipxe_shell import AUTOBOOT, DHCP_AND_CHAIN, PlainPxeRom
 from tests.integration.test_http import write
 from tests.netns import NetLab
 
@@ -42,6 +42,7 @@ MACHINES = {  # name: (mac, firmware, nic, profile)
 PROXY_MACHINES = {
     "pbios": ("52:54:00:e3:00:01", "bios", "e1000", "profile-a"),
     "puefi": ("52:54:00:e3:00:02", "uefi", "virtio-net-pci,romfile=", "profile-b"),
+    "pundi": ("52:54:00:e3:00:03", "bios-undi-autoboot", "e1000", "profile-b"),  # plain PXE, 4011, undionly
 }
 STRANGER = ("52:54:00:e3:00:99", "bios", "e1000", "profile-a")  # not in bootd.yaml
 BROKEN = {"broken1": ("52:54:00:e2:00:09", "bios", "e1000", "broken")}
@@ -89,13 +90,15 @@ def make_lab_config(tmp: Path, machines: dict = MACHINES, dhcp: str | None = Non
 def start_vm(lab: NetLab, tmp: Path, index: int, name: str, machine: tuple) -> PlainPxeRom | None:
     """Start the VM; for `bios-undi`, also the thread that types into its ROM's shell."""
     mac, fw, nic, _ = machine
-    serial_socket = Path(f"/tmp/bootd-e2e-{os.getpid()}-{name}.sock") if fw == "bios-undi" else None  # < 108 bytes
-    argv = qemu_argv(name, mac, lab.add_tap(f"tap{index}"), "bios" if fw == "bios-undi" else fw, tmp, nic,
+    undi = fw.startswith("bios-undi")  # a plain PXE ROM: typed into (see ipxe_shell.py)
+    serial_socket = Path(f"/tmp/bootd-e2e-{os.getpid()}-{name}.sock") if undi else None  # < 108 bytes
+    argv = qemu_argv(name, mac, lab.add_tap(f"tap{index}"), "bios" if undi else fw, tmp, nic,
                      serial_socket=serial_socket)
     lab.start(lab.server_ns, argv, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.qemu.log", "wb"))
     if serial_socket is None:
         return None
-    rom = PlainPxeRom(serial_socket, tmp / f"{name}.serial.log")
+    rom = PlainPxeRom(serial_socket, tmp / f"{name}.serial.log",
+                      AUTOBOOT if fw.endswith("autoboot") else DHCP_AND_CHAIN)
     rom.start()
     return rom
 
@@ -119,7 +122,7 @@ def boot_and_check(lab: NetLab, bootd: BootdProcess, tmp: Path, machines: dict, 
     for name, (mac, fw, nic, profile) in machines.items():
         view = json.loads(lab.run(lab.server_ns, ["curl", "-sf", f"http://192.0.2.1:8080/api/v1/machines/{mac}"]).stdout)
         stages = [s["stage"] for s in view["stages"]]
-        firmware_file = "undionly.kpxe" if fw == "bios-undi" else "ipxe.efi" if "romfile=" in nic else None  # TFTP
+        firmware_file = "undionly.kpxe" if fw.startswith("bios-undi") else "ipxe.efi" if "romfile=" in nic else None  # TFTP
         expected = ["dhcp", *(["tftp"] if firmware_file else []), "boot-script", "boot-config", "kernel",
                     "initrd", *(["lease"] if lease else []), "ignition", "report"]
         assert stages == expected, (name, stages, view["events"])
@@ -135,8 +138,9 @@ def boot_and_check(lab: NetLab, bootd: BootdProcess, tmp: Path, machines: dict, 
         assert f"bootd.profile={profile}" in report["cmdline"], report
         other = "profile-b" if profile == "profile-a" else "profile-a"
         assert f"bootd.profile={other}" not in report["cmdline"]  # the wrong-profile check
-        print(f"{name} ({fw}, {nic}): " + ", ".join(f"{s['stage']} +{s['time'] - view['stages'][0]['time']:.1f}s"
-                                                    for s in view["stages"]))
+        print(f"{name} ({fw}, {nic}): " + ", ".join(
+            f"{s['stage']}{' x%d' % s['count'] if s['count'] > 1 else ''} +{s['time'] - view['stages'][0]['time']:.1f}s"
+            for s in view["stages"]))
 
 
 @pytest.fixture
@@ -163,7 +167,8 @@ def test_authoritative_bios_and_uefi_machines_boot_their_own_profiles(qemu, tmp_
 
 
 def test_proxy_mode_beside_a_plain_dhcp_server_and_unknown_machines_refused(qemu, tmp_path):
-    config = make_lab_config(tmp_path, PROXY_MACHINES, "  mode: proxy\n  only_known: true\n")
+    config = make_lab_config(tmp_path, PROXY_MACHINES, "  mode: proxy\n  only_known: true\n"
+                                                       "  ipxe_detection: user-class\n")
     with NetLab("pe2e", bridge=True) as lab:
         site = lab.add_client("192.0.2.2/24")  # the site's DHCP server: addresses only, no PXE, an IPv6 RA
         lab.run(site.ns, ["ip", "addr", "add", "fd77::2/64", "dev", site.ifname, "nodad"])

@@ -201,10 +201,9 @@ def _tokens(action: str, line: int, construct: str) -> list[_Token]:
         if kind == "number" and pos < len(action) and (action[pos].isalnum() or action[pos] == "_"):
             tail = re.match(r"\w*", action[pos:]).group()
             raise TemplateSyntaxError(line, construct, f'bad number syntax: "{m.group()}{tail}"')
-        if kind in ("variable", "punct") and (kind == "variable" or token.text == ")"):
-            if (chain := _FIELDS_AFTER.match(action, pos)) is not None:
-                token.fields = tuple(chain.group().split(".")[1:])
-                pos = chain.end()
+        if (kind == "variable" or token.text == ")") and (chain := _FIELDS_AFTER.match(action, pos)) is not None:
+            token.fields = tuple(chain.group().split(".")[1:])  # `$x.a.b`, `(pipeline).a`
+            pos = chain.end()
         out.append(token)
     return out
 

@@ -229,14 +229,8 @@ def cmd_render(path: Path, mac: str | None, labels: list[str], what: str) -> int
     if what == "metadata":
         sys.stdout.write(render_env_file(data))
         return 0
-    if what == "ignition":
-        result = ignition_for(profile, store.ignition(profile.ignition_id), data) if profile.ignition_id \
-            else Refusal("the profile names no ignition_id")
-    else:
-        name = profile.cloud_id if what == "cloud" else profile.generic_id
-        source = (store.cloud(name) if what == "cloud" else store.generic(name)) if name else None
-        result = generic_for(profile, source, data, cloud=what == "cloud") if name \
-            else Refusal(f"the profile names no {what}_id")
+    result = ignition_for(profile, store, data) if what == "ignition" \
+        else generic_for(profile, store, data, cloud=what == "cloud")
     if isinstance(result, Refusal):
         print(f"bootd render: 404: {result.reason}", file=sys.stderr)
         return 1

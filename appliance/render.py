@@ -8,14 +8,13 @@ it into a 404 and an event on the machine's progress.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from appliance.ignition import InvalidIgnition, check_raw_ignition
+from appliance.ignition import InvalidIgnition, check_ignition, check_raw_ignition
 from appliance.ignition.butane import ButaneError, translate_butane
-from appliance.store import Profile
+from appliance.store import DataDir, Profile
 from appliance.templates.gotemplate import GoTemplate, TemplateError, go_data, parse_template
 
 RAW_IGNITION_SUFFIXES = (".ign", ".ignition")
@@ -25,6 +24,7 @@ RAW_IGNITION_SUFFIXES = (".ign", ".ignition")
 class Rendered:
     body: bytes
     content_type: str
+    charset: str | None  # None for JSON, as matchbox sends it
     detail: str  # for the event: which file, which spec
 
 
@@ -50,9 +50,12 @@ def render_template(source: bytes, data: dict[str, Any], where: str) -> str | Re
         return Refusal(f"{where}:{exc.line}: {exc.construct}: {exc.message}")
 
 
-def ignition_for(profile: Profile, source: bytes | None, data: dict[str, Any]) -> Rendered | Refusal:
+def ignition_for(profile: Profile, store: DataDir, data: dict[str, Any]) -> Rendered | Refusal:
     name = profile.ignition_id
+    if not name:
+        return Refusal("profile names no ignition_id")
     where = f"ignition/{name}"
+    source = store.ignition(name)
     if source is None:
         return Refusal(f"{where} is missing")
     if name.endswith(RAW_IGNITION_SUFFIXES):  # raw Ignition is never a template (matchbox's isIgnition)
@@ -60,7 +63,7 @@ def ignition_for(profile: Profile, source: bytes | None, data: dict[str, Any]) -
             raw = check_raw_ignition(source)
         except InvalidIgnition as exc:
             return Refusal(f"{where} is invalid: {exc}")
-        return Rendered(raw.body, "application/json", f"{where} (spec {raw.version}, served as {raw.served_version})")
+        return Rendered(raw.body, "application/json", None, f"{where} (spec {raw.version}, served as {raw.served_version})")
     text = render_template(source, data, where)
     if isinstance(text, Refusal):
         return text
@@ -69,19 +72,22 @@ def ignition_for(profile: Profile, source: bytes | None, data: dict[str, Any]) -
     except ButaneError as exc:
         return Refusal(f"{where}: Butane (as rendered) {exc}")
     try:
-        raw = check_raw_ignition(json.dumps(translated.config).encode())
+        raw = check_ignition(translated.config)
     except InvalidIgnition as exc:  # a translation that is not valid Ignition: say so, serve nothing
         return Refusal(f"{where}: the translated Ignition is invalid: {exc}")
     warned = f", {len(translated.warnings)} warnings: {'; '.join(translated.warnings)[:300]}" \
         if translated.warnings else ""
-    return Rendered(raw.body, "application/json",
+    return Rendered(raw.body, "application/json", None,
                     f"{where} (Butane {translated.variant} {translated.version} -> spec {raw.served_version}{warned})")
 
 
-def generic_for(profile: Profile, source: bytes | None, data: dict[str, Any], *, cloud: bool = False) \
+def generic_for(profile: Profile, store: DataDir, data: dict[str, Any], *, cloud: bool = False) \
         -> Rendered | Refusal:
     name = profile.cloud_id if cloud else profile.generic_id
+    if not name:
+        return Refusal(f"profile names no {'cloud_id' if cloud else 'generic_id'}")
     where = f"{'cloud' if cloud else 'generic'}/{name}"
+    source = store.cloud(name) if cloud else store.generic(name)
     if source is None:
         return Refusal(f"{where} is missing")
     text = render_template(source, data, where)
@@ -89,7 +95,7 @@ def generic_for(profile: Profile, source: bytes | None, data: dict[str, Any], *,
         return text
     if cloud and not text.startswith(("#cloud-config", "#!")):
         return Refusal(f"{where}: rendered text is neither a #cloud-config document nor a script")
-    return Rendered(text.encode(), sniff_text_type(text), where)
+    return Rendered(text.encode(), sniff_text_type(text), "utf-8", where)
 
 
 _HTML_TAGS = ("<!doctype html", "<html", "<head", "<script", "<iframe", "<h1", "<div", "<font", "<table", "<a",
@@ -101,10 +107,10 @@ def sniff_text_type(text: str) -> str:
     head = text[:512].lstrip("\t\n\x0c\r ").lower()
     for tag in _HTML_TAGS:  # a tag counts when a space or `>` follows it
         if head.startswith(tag) and head[len(tag) : len(tag) + 1] in (" ", ">"):
-            return "text/html; charset=utf-8"
+            return "text/html"
     if head.startswith("<?xml"):
-        return "text/xml; charset=utf-8"
-    return "text/plain; charset=utf-8"
+        return "text/xml"
+    return "text/plain"
 
 
 def check_template(source: bytes, where: str) -> str | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from cryptography import x509
@@ -31,7 +32,7 @@ from appliance.api.pb import rpc_pb2_grpc as rpc
 from appliance.api.pb import storage_pb2 as storage
 from appliance.config import ApiConfig
 from appliance.events import Event, EventBus, EventKind
-from appliance.store import DataDir, Group, NetBoot, Profile, labels_from_query, select_group
+from appliance.store import DataDir, Group, NetBoot, Profile, labels_from_pairs, select_group
 from appliance.store.writes import DataWriter, Kind, WriteRefused, metadata_object
 
 logger = logging.getLogger(__name__)
@@ -80,8 +81,6 @@ class Caller:
 
     @property
     def address(self) -> str:
-        from urllib.parse import unquote
-
         host = unquote(self.peer.split(":", 1)[-1]).rpartition(":")[0]
         return host.strip("[]") or self.peer
 
@@ -234,18 +233,10 @@ _gen_put, _gen_get, _gen_delete = _file_calls(Kind.GENERIC, messages.GenericPutR
 
 
 def _selected(b: Backend, labels: Any) -> Group:
-    # labels as the HTTP side reads them from a query (MAC values normalised)
-    parsed = labels_from_query("&".join(f"{_quote(k)}={_quote(v)}" for k, v in labels.items()))
-    group = select_group(b.store().groups(), parsed.labels)
+    group = select_group(b.store().groups(), labels_from_pairs(labels).labels)  # as the HTTP side reads them
     if group is None:
         raise _NoMatch(NO_MATCHING_GROUP)
     return group
-
-
-def _quote(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe="")
 
 
 def _select_group(b: Backend, r: messages.SelectGroupRequest, c: Caller) -> Reply:

@@ -100,11 +100,15 @@ class PxeRequest:
     mac: MacAddress
     message_type: int
     arch: ArchEntry
-    ipxe: bool  # option 77 `iPXE` or option 175
     ipxe_user_class: bool  # option 77 `iPXE`
+    ipxe_encapsulated: bool  # option 175 (iPXE's own options)
     http_client: bool  # option 60 starts with HTTPClient
     guid: bytes | None
     boot_item: bytes | None  # option 43.71, echoed on 4011
+
+    @property
+    def ipxe(self) -> bool:
+        return self.ipxe_user_class or self.ipxe_encapsulated
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,9 +194,8 @@ def classify_client(packet: DhcpPacket) -> PxeRequest | Ignore:
             boot_item = parse_options(vendor_options).get(PXE_BOOT_ITEM)
         except MalformedPacket:
             return Ignore("bad-option-43", mac=mac)
-    user_class = ipxe_user_class(packet)
     return PxeRequest(packet=packet, mac=mac, message_type=message_type, arch=entry,
-                      ipxe=user_class or Option.IPXE in packet.options, ipxe_user_class=user_class,
+                      ipxe_user_class=ipxe_user_class(packet), ipxe_encapsulated=Option.IPXE in packet.options,
                       http_client=vendor.startswith(b"HTTPClient"), guid=guid, boot_item=boot_item)
 
 

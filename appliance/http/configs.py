@@ -21,11 +21,8 @@ async def ignition(request: web.Request) -> web.Response:
     chosen = select(ctx, request)
     if chosen.profile is None or chosen.group is None:
         return failed(ctx, request, chosen.mac, EventKind.IGNITION, chosen.reason)
-    if not chosen.profile.ignition_id:
-        return failed(ctx, request, chosen.mac, EventKind.IGNITION, f"{chosen.reason}: profile names no ignition_id")
     data = template_data(chosen.group, chosen.labels.labels, request.rel_url.raw_query_string)
-    result = ignition_for(chosen.profile, ctx.store.ignition(chosen.profile.ignition_id), data)
-    return _serve(ctx, request, chosen, EventKind.IGNITION, result)
+    return _serve(ctx, request, chosen, EventKind.IGNITION, ignition_for(chosen.profile, ctx.store, data))
 
 
 async def generic(request: web.Request) -> web.Response:
@@ -42,21 +39,15 @@ def _generic(request: web.Request, *, cloud: bool) -> web.Response:
     chosen = select(ctx, request)
     if chosen.profile is None or chosen.group is None:
         return failed(ctx, request, chosen.mac, EventKind.GENERIC, chosen.reason)
-    name = chosen.profile.cloud_id if cloud else chosen.profile.generic_id
-    if not name:
-        return failed(ctx, request, chosen.mac, EventKind.GENERIC,
-                      f"{chosen.reason}: profile names no {'cloud_id' if cloud else 'generic_id'}")
     data = template_data(chosen.group, chosen.labels.labels, request.rel_url.raw_query_string)
-    source = ctx.store.cloud(name) if cloud else ctx.store.generic(name)
-    return _serve(ctx, request, chosen, EventKind.GENERIC, generic_for(chosen.profile, source, data, cloud=cloud))
+    return _serve(ctx, request, chosen, EventKind.GENERIC, generic_for(chosen.profile, ctx.store, data, cloud=cloud))
 
 
 def _serve(ctx, request: web.Request, chosen: Selection, kind: EventKind, result: Rendered | Refusal) -> web.Response:
     if isinstance(result, Refusal):  # the event is logged as a warning: the file, line and reason
         return failed(ctx, request, chosen.mac, kind, f"{chosen.reason}: {result.reason}")
     publish(ctx, request, chosen.mac, kind=kind, detail=f"{chosen.reason}: {result.detail}")
-    content_type, _, charset = result.content_type.partition("; charset=")
-    return web.Response(body=result.body, content_type=content_type, charset=charset or None)
+    return web.Response(body=result.body, content_type=result.content_type, charset=result.charset)
 
 
 async def metadata(request: web.Request) -> web.Response:

@@ -169,8 +169,7 @@ def translate_butane(text: str) -> Translated:
         raise ButaneError(pairs["version"][1].start_mark.line + 1, "version",
                           f"unsupported variant/version {variant} {version} (supported: {known})")
     walker = _Walker(spec, f"{variant} {version}")
-    body = MappingWithout(root, {"variant", "version"})
-    config = walker.object(body, ROOT, "")
+    config = walker.object(root, ROOT, "", skip=frozenset(("variant", "version")))
     ignition = config.setdefault("ignition", {})
     ignition["version"] = spec
     config = {"ignition": config.pop("ignition"), **config}
@@ -182,12 +181,6 @@ def _scalar_text(node: yaml.Node, where: str) -> str:
     if not isinstance(node, yaml.ScalarNode):
         raise ButaneError(node.start_mark.line + 1, where, "expected a string")
     return node.value
-
-
-@dataclass(slots=True)
-class MappingWithout:
-    node: yaml.MappingNode
-    skip: set[str]
 
 
 _LOADER = yaml.SafeLoader("")
@@ -203,10 +196,7 @@ class _Walker:
     def fail(self, node: yaml.Node, where: str, message: str) -> ButaneError:
         return ButaneError(node.start_mark.line + 1, where, message)
 
-    def object(self, node: yaml.Node | MappingWithout, schema: Obj, where: str) -> dict[str, Any]:
-        skip: set[str] = set()
-        if isinstance(node, MappingWithout):
-            node, skip = node.node, node.skip
+    def object(self, node: yaml.Node, schema: Obj, where: str, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, where or "(top)", "expected a mapping")
         out: dict[str, Any] = {}

@@ -53,6 +53,11 @@ def check_raw_ignition(data: bytes) -> RawIgnition:
         config = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidIgnition(f"not valid JSON: {exc}") from None
+    return check_ignition(config)
+
+
+def check_ignition(config: Any) -> RawIgnition:
+    """The checks and the served form of a config already parsed (a raw file's, or Butane's translation)."""
     if not isinstance(config, dict):
         raise InvalidIgnition("not a JSON object")
     ignition = config.get("ignition")

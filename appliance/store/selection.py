@@ -41,9 +41,15 @@ class RequestLabels:
 
 
 def labels_from_query(raw_query: str) -> RequestLabels:
+    return labels_from_pairs(parse_query(raw_query))
+
+
+def labels_from_pairs(pairs: Mapping[str, str]) -> RequestLabels:
+    """Labels as given (a query's first values, or the gRPC Select call's map): MAC values normalised, a
+    bad MAC dropped."""
     labels: dict[str, str] = {}
     rejected: list[tuple[str, str]] = []
-    for key, value in parse_query(raw_query).items():
+    for key, value in pairs.items():
         if key.lower() == "mac":
             mac = try_parse_mac(value)
             if mac is None:

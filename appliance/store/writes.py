@@ -24,7 +24,7 @@ from typing import Any
 
 from appliance.atomic import write_atomically
 from appliance.store.datadir import OutsideRoot, confine
-from appliance.store.model import Group, InvalidDocument, NetBoot, Profile, parse_group, parse_profile
+from appliance.store.model import Group, InvalidDocument, Profile, parse_group, parse_profile
 
 MAX_NAME = 255
 _TEMP_FILE = re.compile(r"\..+\.[a-z0-9_]{8}")  # tempfile.mkstemp(prefix=".<name>.") in write_atomically
@@ -207,5 +207,5 @@ def metadata_object(data: bytes, group_id: str) -> dict[str, Any]:
     return value
 
 
-__all__ = ["DataWriter", "Kind", "NetBoot", "NotStored", "WriteRefused", "check_name", "group_json",
+__all__ = ["DataWriter", "Kind", "NotStored", "WriteRefused", "check_name", "group_json",
            "metadata_object", "profile_json"]

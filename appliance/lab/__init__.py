@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -41,6 +42,29 @@ class LabError(Exception):
     pass
 
 
+def own_directory(path: Path, mode: int = 0o700) -> Path:
+    """`path` as a directory only this user can write, made if missing.
+
+    The lab writes as root into it and later trusts what it finds there (lab.json's process ids, which
+    `down` signals; a cached kernel it serves). A directory another local user made first (the default
+    lives in world-writable /var/tmp), or a symlink planted in its place, is refused rather than used.
+    """
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise LabError(f"{path}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise LabError(f"{path} is not a directory (a symlink?): refusing to use it; remove it or pass --dir")
+    if info.st_uid != os.geteuid():
+        raise LabError(f"{path} belongs to uid {info.st_uid}, not to this user: refusing to trust what is in it; "
+                       "remove it or pass --dir")
+    if info.st_mode & 0o022:
+        raise LabError(f"{path} is writable by others (mode {stat.S_IMODE(info.st_mode):o}): refusing to trust "
+                       "what is in it; remove it or pass --dir")
+    return path
+
+
 def up(*, machines: int, firmware: str, kernel: Path | None, initrd: Path | None, directory: Path,
        timeout: float, out=sys.stdout) -> int:
     if os.geteuid() != 0:
@@ -48,9 +72,9 @@ def up(*, machines: int, firmware: str, kernel: Path | None, initrd: Path | None
     for tool in ("qemu-system-x86_64", "ip"):
         if shutil.which(tool) is None:
             raise LabError(f"{tool} is missing (apt-get install qemu-system-x86 ovmf ipxe-qemu iproute2)")
+    own_directory(directory)
     if (directory / "lab.json").exists():
         raise LabError(f"a lab is already up ({directory / 'lab.json'}): bootd lab down first")
-    directory.mkdir(parents=True, exist_ok=True)
     print("bootd lab: preparing the payload and the firmware (cached after the first run)", file=out, flush=True)
     if kernel is None or initrd is None:
         from appliance.lab.payload import build
@@ -86,7 +110,7 @@ def up(*, machines: int, firmware: str, kernel: Path | None, initrd: Path | None
 
 
 def down(directory: Path = DEFAULT_DIR, *, out=sys.stdout) -> int:
-    state_file = directory / "lab.json"
+    state_file = own_directory(directory) / "lab.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"pids": []}
     for pid in state.get("pids", []):
         try:

@@ -17,6 +17,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from appliance.lab import own_directory
+
 CACHE = Path(os.environ.get("BOOTD_PAYLOAD_CACHE", "/var/tmp/bootd-payload"))
 MODULES = ["virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "failover",
            "net_failover", "virtio_net", "e1000"]
@@ -68,11 +70,10 @@ exit 0
 def build(cache: Path = CACHE) -> tuple[Path, Path]:
     """(vmlinuz, initrd.gz), built once per cache directory."""
     kernel, initrd = cache / "vmlinuz", cache / "initrd.gz"
+    own_directory(cache, 0o755)  # root serves what it finds here: nobody else may have made or filled it
     if kernel.is_file() and initrd.is_file():
         return kernel, initrd
-    work = cache / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    os.chmod(work, 0o755)  # apt's download user writes here
+    work = own_directory(cache / "work", 0o755)  # 0755: apt's download user reads here
     debs = sorted(work.glob("linux-image-*.deb"))
     if not debs:
         depends = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True,

@@ -1,4 +1,5 @@
-"""The iPXE binaries: fetched from Debian's `ipxe` package and checked against firmware/SHA256SUMS.
+"""The iPXE binaries: fetched from Debian's `ipxe` package and checked against the sums bootd ships
+(appliance/data/ipxe-SHA256SUMS, package data).
 
 `bootd firmware fetch` downloads the package by name with apt (`apt-get download ipxe`), extracts it with
 dpkg-deb, checks each file's sha256 against the sums shipped with bootd, and writes the files atomically
@@ -14,6 +15,7 @@ import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from appliance.atomic import write_atomically
@@ -43,14 +45,15 @@ def known_files(text: str | None = None) -> list[KnownFile]:
     return files
 
 
-SUMS = Path(__file__).parent.parent / "firmware" / "SHA256SUMS"  # bootd runs from its checkout (pip install -e)
+SUMS = "ipxe-SHA256SUMS"  # in appliance.data: package data, so a wheel installed anywhere has it
 
 
 def _sums_text() -> str:
     try:
-        return SUMS.read_text()
+        return resources.files("appliance.data").joinpath(SUMS).read_text(encoding="utf-8")
     except OSError as exc:
-        raise FirmwareError(f"cannot read the known sums {SUMS}: {exc.strerror}") from None
+        raise FirmwareError(f"cannot read the known sums appliance/data/{SUMS} (a broken install?): "
+                            f"{exc.strerror}") from None
 
 
 def sha256_of(path: Path) -> str:

@@ -125,6 +125,10 @@ class Limits:
     max_blksize: int = 1468
     max_windowsize: int = 64
     default_timeout: float = 1.0
+    # A client may ask for up to 255 s (RFC 2349); with the retries and backoff that holds a transfer slot for
+    # 25 minutes, so ~100 spoofed requests would fill the server. Larger requests are left out of the OACK
+    # (RFC 2347 lets a server ignore an option) and the default applies.
+    max_timeout: int = 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,8 +173,9 @@ def negotiate(request: Request, size: int, limits: Limits) -> Accept | Refuse:
         elif name == "timeout":
             if not TIMEOUT_MIN <= value <= TIMEOUT_MAX:
                 return Refuse(ErrorCode.OPTION_REFUSED, f"timeout {value} is out of range", "bad-timeout")
-            timeout = float(value)
-            oack[name] = str(value)
+            if value <= limits.max_timeout:
+                timeout = float(value)
+                oack[name] = str(value)
         else:  # tsize: the client sends 0 in a read request, the OACK carries the size
             oack[name] = str(size)
     return Accept(blksize=blksize, windowsize=windowsize, timeout=timeout, oack=oack or None)
@@ -189,6 +194,7 @@ class Outcome(IntEnum):
     ABORTED = 2  # the client sent ERROR (a tsize probe ends like this)
     TIMED_OUT = 3  # no progress after every retry
     REFUSED = 4  # the client refused the OACK
+    EVICTED = 5  # its slot went to a new request while the client had never answered
 
 
 MAX_BACKOFF = 8.0
@@ -227,6 +233,7 @@ class ReadTransfer:
         self._oack_pending = accept.oack is not None
         self.error: str = ""
         self.last_ack_missing = False
+        self.heard = False  # the client answered since its request: not a spoofed source
 
     # --- packets ----------------------------------------------------------------------------------
 
@@ -271,6 +278,7 @@ class ReadTransfer:
         if opcode != ACK:
             self.stats.stray += 1
             return []
+        self.heard = True
         if self._oack_pending:
             if number != 0:
                 self.stats.future_acks += 1
@@ -307,15 +315,21 @@ class ReadTransfer:
             return [encode_oack(self.oack or {})]
         return self._window(now)
 
+    def evict(self, reason: str) -> None:
+        self.error = reason
+        self.outcome = Outcome.EVICTED
+        self.deadline = None
+
     def peer_gone(self, reason: str) -> None:
         """The client's port is closed (ICMP port unreachable)."""
         self.error = reason
         self._end_without_last_ack(Outcome.ABORTED)
 
     def _end_without_last_ack(self, otherwise: Outcome) -> None:
-        # When every block went out and only the final ACK is missing, the file was delivered: many clients
-        # never send that ACK (dnsmasq says so too), or it was lost after the client finished.
-        delivered = self.sent >= self.blocks and self.acked >= self.blocks - self.windowsize
+        # When every block went out and only the final block's ACK is missing, the file was delivered: many
+        # clients never send that ACK (dnsmasq says so too), or it was lost after the client finished. A
+        # window of several unacknowledged blocks is not known to have arrived: that is not "delivered".
+        delivered = self.sent >= self.blocks and self.acked >= self.blocks - 1
         self.outcome = Outcome.DONE if delivered else otherwise
         self.last_ack_missing = delivered
         self.deadline = None

@@ -150,7 +150,7 @@ class TftpServer:
         if client in self.sessions:
             self.stats.dropped["duplicate-request"] += 1  # the client resent its RRQ: the transfer is under way
             return
-        if len(self.sessions) >= self.max_transfers or self._per_client[client[0]] >= self.max_per_client:
+        if self._per_client[client[0]] >= self.max_per_client or not self._make_room():
             self._refuse(client, request.filename, Refuse(ErrorCode.NOT_DEFINED, "server busy, try again", "busy"))
             return
         try:
@@ -172,6 +172,24 @@ class TftpServer:
             return
         assert content is not None
         self._begin(client, request.filename, content, decision, local_ip)
+
+    def _make_room(self) -> bool:
+        """Whether a new transfer fits; when every slot is taken, the oldest transfer whose client has not
+        answered within its first timeout gives its slot up. A spoofed source never answers, so requests
+        from spoofed sources cannot hold the server full against clients that are really there; a real
+        client answers within a round trip, far inside the first timeout, and is never pushed out."""
+        if len(self.sessions) < self.max_transfers:
+            return True
+        assert self._loop is not None
+        now = self._loop.time()
+        silent = [session for session in self.sessions.values()
+                  if not session.transfer.heard and now - session.started >= session.transfer.timeout]
+        if not silent:
+            return False
+        oldest = min(silent, key=lambda session: session.started)
+        oldest.transfer.evict("the server was full and the client had not answered since its request")
+        self._finish(oldest)
+        return True
 
     def _begin(self, client: tuple[str, int], filename: str, content: bytes, accept: Accept, local_ip: str) -> None:
         assert self._loop is not None
@@ -283,8 +301,10 @@ class TftpServer:
             self.stats.failed += 1
             why = {Outcome.TIMED_OUT: f"no answer after {self.retries} retries",
                    Outcome.REFUSED: f"the client refused the options ({transfer.error})",
-                   Outcome.ABORTED: f"aborted by the client ({transfer.error})"}.get(transfer.outcome, "failed")
-            detail, ok = f"{session.filename}: {why} after {transfer.bytes_sent} bytes, {figures}", False
+                   Outcome.ABORTED: f"aborted by the client ({transfer.error})",
+                   Outcome.EVICTED: f"dropped: {transfer.error}"}.get(transfer.outcome, "failed")
+            detail, ok = (f"{session.filename}: {why}; {transfer.acked} of {transfer.blocks} blocks acknowledged "
+                          f"({transfer.bytes_sent} bytes), {figures}"), False
         self._close(session)
         self.publisher.publish(session.client[0], None, kind=EventKind.TFTP, detail=detail, ok=ok)
 

@@ -272,3 +272,40 @@ def test_rrq_flood_past_the_bounds(tmp_path):
         assert all(t["sha256"] == sha(FILES["ipxe.efi"]) for t in summary["transfers"] if t["ok"])
     finally:
         assert bootd.stop() == 0
+
+
+def parse_oack(packet: bytes) -> dict[str, str]:
+    assert packet[:2] == b"\x00\x06", packet[:4]
+    fields = packet[2:].rstrip(b"\0").split(b"\0")
+    return {k.decode(): v.decode() for k, v in zip(fields[::2], fields[1::2])}
+
+
+def test_requests_that_are_never_answered_cannot_hold_the_server_full(tmp_path):
+    """Spoofed sources never acknowledge: four of them (each asking for a 255 s timeout) fill max_transfers;
+    once each has gone unanswered through its first timeout, a real client still gets its file."""
+    bootd = BootdProcess(make_config(tmp_path, "  max_transfers: 4\n")).start()
+    port = int(next(a for a in bootd.addresses if a.startswith("tftp://")).rsplit(":", 1)[1])
+    silent = []
+    try:
+        for i in range(4):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((f"127.0.0.{10 + i}", 0))  # four "clients", so max_per_client does not decide
+            sock.settimeout(15)
+            sock.sendto(b"\x00\x01ipxe.efi\x00octet\x00timeout\x00255\x00blksize\x001024\x00", ("127.0.0.1", port))
+            silent.append(sock)
+        for sock in silent:
+            first, _ = sock.recvfrom(2048)
+            assert parse_oack(first) == {"blksize": "1024"}  # 255 s is over bootd's cap: left out
+        for sock in silent:  # the OACK again: the first timeout passed with no answer (not 255 s: bootd's own)
+            again, _ = sock.recvfrom(2048)
+            assert again == first
+        got = tmp_path / "got.efi"
+        result = run(["curl", "-sS", "--max-time", "30", "-o", str(got), f"tftp://127.0.0.1:{port}/ipxe.efi"])
+        assert result.returncode == 0, result.stderr
+        assert sha(got.read_bytes()) == sha(FILES["ipxe.efi"])
+        dropped = bootd.wait_for_log(lambda l: "dropped: the server was full" in l.get("message", ""), timeout=10)
+        assert "0 of 831 blocks acknowledged" in dropped["message"], dropped
+    finally:
+        for sock in silent:
+            sock.close()
+        assert bootd.stop() == 0

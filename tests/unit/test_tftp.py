@@ -50,6 +50,9 @@ def test_malformed_requests(data, reason):
                  id="edk2-windowsize"),
     pytest.param({"windowsize": "64"}, 512, 16, 1.0, {"windowsize": "16"}, id="windowsize-clamped"),
     pytest.param({"timeout": "3"}, 512, 1, 3.0, {"timeout": "3"}, id="timeout-echoed"),
+    pytest.param({"timeout": "10"}, 512, 1, 10.0, {"timeout": "10"}, id="timeout-at-the-cap"),
+    # 255 s x 5 retries would hold a slot 25 minutes: left out of the OACK, the server's own timeout applies
+    pytest.param({"timeout": "255", "blksize": "1024"}, 1024, 1, 1.0, {"blksize": "1024"}, id="timeout-over-the-cap"),
     pytest.param({"multicast": "", "foo": "1"}, 512, 1, 1.0, None, id="unknown-options-left-out"),
 ])
 def test_negotiation(options, blksize, windowsize, timeout, oack):
@@ -206,3 +209,41 @@ def test_client_gone_mid_transfer_is_an_abort_but_after_the_last_block_is_delive
     t.receive(encode_ack(1), 0.1)
     t.peer_gone("Connection refused")
     assert t.outcome is Outcome.DONE and t.last_ack_missing
+
+
+def test_a_window_never_acknowledged_is_not_delivered():
+    # 101 blocks in windows of 64: the client acknowledged the first window, the second (37 blocks) never
+    t, _ = transfer(512 * 100 + 1, windowsize=64)
+    t.start(0.0)
+    assert blocks_of(t.receive(encode_ack(64), 0.1)) == list(range(65, 102))
+    now = 0.1
+    while t.outcome is Outcome.RUNNING:
+        now = t.deadline
+        t.on_timeout(now)
+    assert t.outcome is Outcome.TIMED_OUT and not t.last_ack_missing and t.acked == 64
+    t, _ = transfer(512 * 100 + 1, windowsize=64)
+    t.start(0.0)
+    t.receive(encode_ack(64), 0.1)
+    t.peer_gone("Connection refused")
+    assert t.outcome is Outcome.ABORTED
+
+
+def test_only_the_final_blocks_ack_may_be_missing_in_a_window_too():
+    t, _ = transfer(512 * 7 + 1, windowsize=4)  # 8 blocks: windows 1-4, 5-8
+    t.start(0.0)
+    t.receive(encode_ack(4), 0.1)
+    t.receive(encode_ack(7), 0.2)  # the client saw 5-7; 8 goes again, its ACK never comes
+    t.peer_gone("Connection refused")
+    assert t.outcome is Outcome.DONE and t.last_ack_missing
+
+
+def test_a_client_is_heard_from_its_first_ack_on():
+    t, _ = transfer(5000, oack={"blksize": "512"})
+    t.start(0.0)
+    assert not t.heard
+    t.receive(b"\x00\x05\x00\x00", 0.05)  # an ERROR ends the transfer; it is no answer to keep a slot for
+    assert not t.heard and t.outcome is Outcome.ABORTED
+    t, _ = transfer(5000, oack={"blksize": "512"})
+    t.start(0.0)
+    t.receive(encode_ack(0), 0.1)
+    assert t.heard

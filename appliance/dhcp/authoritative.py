@@ -7,7 +7,8 @@ Rules:
   declined recently, not reserved, not the server's or the router's.
 - REQUEST: ACK when the address is one this client may have; NAK when it is not (wrong subnet, another
   client's); silence when the client chose another server (option 54).
-- RELEASE frees the lease, DECLINE quarantines the address; neither is answered. INFORM gets options only.
+- RELEASE frees the lease, DECLINE quarantines the address, each only from the address's holder; neither is
+  answered. INFORM gets options only.
 - PXE clients get the same boot options as in proxy mode (pxe.py) in the same reply, and iPXE gets option
   175.176 (no-pxedhcp) so it does not wait for proxy offers that will never come.
 - `only_known: true` and `ignore: true` machines get no answer at all.
@@ -96,12 +97,18 @@ def decide_dhcp(packet: DhcpPacket, table: LeaseTable, policy: AddressPolicy, px
         return DhcpAnswer(reply=_nak(packet, server_ip), change=None, mac=mac, ip=None, boot=None,
                           summary=f"NAK: {wanted} is not this client's")
     if kind == MessageType.RELEASE:
+        if table.holder(packet.ciaddr, now) != mac:
+            return Ignore("release-not-holder", f"{packet.ciaddr} is not this client's to release", mac=mac)
         return DhcpAnswer(reply=None, change=Release(packet.ciaddr, mac), mac=mac, ip=packet.ciaddr, boot=None,
                           summary=f"released {packet.ciaddr}")
     if kind == MessageType.DECLINE:
         declined = packet.option_ip(Option.REQUESTED_IP)
         if declined is None:
             return Ignore("decline-without-address", mac=mac)
+        # A client declines the address it was just given (RFC 2131 §4.4.1, after an ARP check); from any
+        # other MAC a DECLINE would let anyone on the segment take away another client's lease.
+        if table.holder(declined, now) != mac:
+            return Ignore("decline-not-holder", f"{declined} is not this client's to decline", mac=mac)
         return DhcpAnswer(reply=None, change=Decline(declined, mac, now + QUARANTINE_SECONDS), mac=mac, ip=declined,
                           boot=None, summary=f"declined {declined}: quarantined for {QUARANTINE_SECONDS:.0f} s")
     if kind == MessageType.INFORM:

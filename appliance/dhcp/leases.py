@@ -70,6 +70,7 @@ class LeaseTable:
         self._offers: dict[IPv4Address, tuple[MacAddress, float]] = {}
         self._offer_by_mac: dict[MacAddress, IPv4Address] = {}
         self._quarantine: dict[IPv4Address, float] = {}
+        self._next_sweep = 0.0
 
     # --- reads (decisions) ------------------------------------------------------------------------
 
@@ -115,6 +116,7 @@ class LeaseTable:
                 self._offer_by_mac[mac] = ip
                 return False
             case Bind(lease):
+                self._drop_offer(lease.mac)
                 self._offers.pop(lease.ip, None)
                 old_ip = self._by_mac.get(lease.mac)
                 if old_ip is not None and old_ip != lease.ip:
@@ -126,7 +128,7 @@ class LeaseTable:
                 self._by_mac[lease.mac] = lease.ip
                 return True
             case Release(ip, mac):
-                self._offers.pop(ip, None)
+                self._drop_offer(mac)  # only this client's: a RELEASE never touches another client's offer
                 lease = self._bound.get(ip)
                 if lease is not None and lease.mac == mac:
                     del self._bound[ip]
@@ -139,12 +141,29 @@ class LeaseTable:
                 return changed
         raise AssertionError(f"unknown lease change {change!r}")
 
+    def _drop_offer(self, mac: MacAddress) -> None:
+        ip = self._offer_by_mac.pop(mac, None)
+        if ip is not None and self._offers.get(ip, (None, 0.0))[0] == mac:
+            del self._offers[ip]
+
     def expire(self, now: float) -> None:
         """Forget offers and quarantines that ran out (bound leases stay until replaced: their history
         lets a returning client get its address back)."""
         self._offers = {ip: o for ip, o in self._offers.items() if o[1] > now}
         self._offer_by_mac = {o[0]: ip for ip, o in self._offers.items()}
         self._quarantine = {ip: t for ip, t in self._quarantine.items() if t > now}
+
+    def sweep(self, now: float, every: float = 60.0) -> None:
+        """`expire`, at most once per `every` seconds: the server calls this per packet, so offers and
+        quarantines that clients made bootd remember are forgotten while traffic goes on."""
+        if now >= self._next_sweep:
+            self.expire(now)
+            self._next_sweep = now + every
+
+    def sizes(self) -> dict[str, int]:
+        """What the table holds, for the stats API (and to show it stays bounded)."""
+        return {"leases": len(self._bound), "offers": len(self._offers), "offers_by_mac": len(self._offer_by_mac),
+                "quarantined": len(self._quarantine)}
 
     # --- persistence ------------------------------------------------------------------------------
 

@@ -47,8 +47,13 @@ _MAX_DATAGRAM = 4096  # DHCP messages are at most 576 bytes unless option 57 all
 _DRAIN_BATCH = 64  # datagrams read per wakeup before other callbacks get a turn
 _TEMPLATE_CACHE = 4096  # reply kinds kept; mutated floods make new kinds, so the cache is bounded
 _GIADDR = slice(24, 28)
+# How often, at most, the server asks whether its policies need rebuilding (`refresh`: the groups, read from
+# the data dir, decide which MACs are answered). Asked only while packets come, never per packet.
+REFRESH_SECONDS = 1.0
 # Ignore reasons worth a progress event: the machine is real and the operator wants to know why it did not boot.
-_REPORTED = {"unknown-machine", "ignored-machine", "firmware-missing", "pool-exhausted", "unsupported-arch"}
+# (Each is one event per packet; the progress tracker's bound, not the number of MACs sent, caps the memory.)
+_REPORTED = {"unknown-machine", "ignored-machine", "no-profile", "firmware-missing", "pool-exhausted",
+             "unsupported-arch"}
 
 
 @dataclass(slots=True)
@@ -77,7 +82,8 @@ class DhcpServer:
                  server_address: IPv4Address | None = None, interfaces: tuple[str, ...] = (),
                  clock: Callable[[], float] = time.time,
                  on_new_interface: Callable[[int], None] | None = None,
-                 on_lease_change: Callable[[], None] | None = None) -> None:
+                 on_lease_change: Callable[[], None] | None = None,
+                 refresh: Callable[[], None] | None = None) -> None:
         self.policies = policies
         self.bus = bus
         self.leases = leases if leases is not None else LeaseTable()
@@ -94,6 +100,8 @@ class DhcpServer:
         self._sockets: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._templates: dict[tuple[object, ...], tuple[ReplyTemplate, str] | Ignore] = {}
+        self._refresh = refresh  # may call `update` with new policies
+        self._refresh_at = 0.0
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -124,6 +132,13 @@ class DhcpServer:
     # --- receiving --------------------------------------------------------------------------------
 
     def _drain(self, sock: socket.socket, port: int) -> None:
+        if self._refresh is not None and (now := time.monotonic()) >= self._refresh_at:
+            self._refresh_at = now + REFRESH_SECONDS
+            try:
+                self._refresh()
+            except Exception:  # our bug: serve with the policies we have
+                self.stats.internal_errors += 1
+                logger.exception("dhcp: refreshing the policies failed")
         for _ in range(_DRAIN_BATCH):
             try:
                 data, ancdata, _flags, source = sock.recvmsg(_MAX_DATAGRAM, _CMSG_SPACE)
@@ -153,6 +168,7 @@ class DhcpServer:
             except MalformedPacket as exc:
                 self._drop(Ignore(exc.reason), dgram)
                 return
+            self.leases.sweep(now)
             answer = decide_dhcp(packet, self.leases, policies.addresses, policies.pxe, server_ip, now)
             if isinstance(answer, Ignore):
                 self._drop(answer, dgram)
@@ -179,7 +195,8 @@ class DhcpServer:
         data = dgram.data
         mac = MacAddress(data[28:34].hex(":"))
         pxe_port = PXE_PORT if port == self.pxe_port else 67
-        key = template_key(data, options, pxe_port, server_ip, self.policies.pxe.machines.get(mac))
+        pxe = self.policies.pxe
+        key = template_key(data, options, pxe_port, server_ip, pxe.machines.get(mac), pxe.is_claimed(mac))
         cached = self._templates.get(key)
         if cached is None:
             try:

@@ -262,6 +262,22 @@ def test_decline_moves_the_client_to_another_address(bridged_netlab, tmp_path):
         assert bootd.stop() == 0
 
 
+def test_a_decline_from_another_mac_does_not_take_a_clients_lease(bridged_netlab, tmp_path):
+    netlab = bridged_netlab
+    holder = netlab.add_client(mac="52:54:00:dd:00:02")
+    stranger = netlab.add_client(mac="52:54:00:dd:00:03")
+    bootd = start_bootd(netlab, tmp_path, AUTHORITATIVE)
+    try:
+        assert udhcpc(netlab, holder).get("ip") == "192.0.2.100"
+        decline = pxe_packet(stranger.mac, "decline", 0, ("requested_addr", "192.0.2.100"),
+                             ("server_id", "192.0.2.1"))
+        assert probe(netlab, stranger.ns, decline, expect=0, wait=1.0, iface=stranger.ifname) == []  # never answered
+        assert udhcpc(netlab, holder, "-r", "192.0.2.100").get("ip") == "192.0.2.100"  # renewed, not NAKed
+        assert server_stats(netlab)["dhcp"]["dropped"].get("decline-not-holder") == 1
+    finally:
+        assert bootd.stop() == 0
+
+
 def test_authoritative_mode_advertises_no_ipv6_so_ipxe_does_not_wait(bridged_netlab, tmp_path):
     client = bridged_netlab.add_client(mac="52:54:00:ee:00:01")
     bootd = start_bootd(bridged_netlab, tmp_path, AUTHORITATIVE)

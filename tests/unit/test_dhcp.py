@@ -345,6 +345,42 @@ def test_release_frees_and_inform_gets_options_without_an_address():
     assert inform.reply.yiaddr == IPv4Address(0) and Option.LEASE_TIME not in inform.reply.options
 
 
+def test_a_decline_or_release_from_another_mac_changes_nothing():
+    table = LeaseTable()
+    table.apply(Bind(Lease(ip=IPv4Address("10.77.0.100"), mac=A, expires=5000.0)))
+    decline = dhcp(packet((53, b"\x04"), (50, IPv4Address("10.77.0.100").packed), chaddr=B_MAC), table)
+    assert isinstance(decline, Ignore) and decline.reason == "decline-not-holder"
+    release = dhcp(packet((53, b"\x07"), ciaddr="10.77.0.100", chaddr=B_MAC), table)
+    assert isinstance(release, Ignore) and release.reason == "release-not-holder"
+    renewal = dhcp(packet((53, b"\x03"), (50, IPv4Address("10.77.0.100").packed), (54, SERVER.packed)), table)
+    assert renewal.reply.message_type == MessageType.ACK  # A keeps its lease
+    # nor does a stranger's DECLINE of a free address quarantine it
+    free = dhcp(packet((53, b"\x04"), (50, IPv4Address("10.77.0.101").packed), chaddr=B_MAC), table)
+    assert isinstance(free, Ignore) and not table.quarantined(IPv4Address("10.77.0.101"), 1000.0)
+
+
+def test_release_and_decline_leave_no_offer_behind_and_the_sweep_forgets_what_ran_out():
+    table = LeaseTable()
+    offer = dhcp(packet((53, b"\x01")), table)
+    table.apply(offer.change)
+    table.apply(dhcp(packet((53, b"\x03"), (50, offer.ip.packed), (54, SERVER.packed)), table).change)
+    table.apply(dhcp(packet((53, b"\x04"), (50, offer.ip.packed)), table).change)  # A declines its address
+    other = dhcp(packet((53, b"\x01"), chaddr=B_MAC), table)
+    table.apply(other.change)  # B is offered another address, then releases before it is bound
+    table.apply(Release(other.ip, MacAddress(B_MAC.hex(":"))))
+    assert table.sizes() == {"leases": 0, "offers": 0, "offers_by_mac": 0, "quarantined": 1}
+    table.sweep(1000.0 + 601)  # the quarantine (600 s) ran out
+    assert table.sizes() == {"leases": 0, "offers": 0, "offers_by_mac": 0, "quarantined": 0}
+
+
+def test_a_release_of_an_offer_never_touches_another_clients_offer():
+    table = LeaseTable()
+    offer = dhcp(packet((53, b"\x01")), table)
+    table.apply(offer.change)
+    table.apply(Release(offer.ip, MacAddress(B_MAC.hex(":"))))  # B names A's offered address
+    assert table.offered_to(A, 1000.0) == offer.ip
+
+
 def test_only_known_and_ignored_machines_get_no_answer_in_authoritative_mode():
     only_known = PxePolicy(available=ALL, only_known=True)
     assert dhcp(pxe(0), LeaseTable(), policy=only_known).reason == "unknown-machine"
@@ -387,7 +423,7 @@ def test_template_renders_exactly_what_the_typed_path_encodes(first):
     second = DhcpPacket(op=1, xid=0xCAFEBABE, flags=first.flags ^ 0x8000, ciaddr=first.ciaddr, giaddr=first.giaddr,
                         chaddr=bytes.fromhex("5254009999aa").ljust(16, b"\0"), options=MappingProxyType(options))
     data = encode_packet(second)
-    assert template_key(data, parse_options(data, 240), port, SERVER, None) == template_key(
-        encode_packet(first), parse_options(encode_packet(first), 240), port, SERVER, None)
+    assert template_key(data, parse_options(data, 240), port, SERVER, None, True) == template_key(
+        encode_packet(first), parse_options(encode_packet(first), 240), port, SERVER, None, True)
     expected = encode_packet(proxy_reply(classify_client(second), boot(second, port=port), port=port))
     assert template.render(data, options.get(Option.GUID)) == expected

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -148,6 +148,38 @@ class StageMark:
                 "ok": self.ok, "count": self.count}
 
 
+# What clients can make bootd remember is bounded in bytes, not only in counts: a report or a request's
+# labels are chosen by the client. Sizes are estimated as the characters kept plus a fixed overhead per
+# event, which is what a Python object of that text costs within a small factor.
+MAX_DETAIL_CHARS = 1024  # an event's detail (a miss reason quotes the request's labels)
+MAX_REPORT_CHARS = 4096  # a report's keys and values together
+MACHINE_BUDGET = 64 * 1024  # one machine's events, stages and report
+TOTAL_BUDGET = 16 * 1024 * 1024  # every machine's, together
+EVENT_OVERHEAD = 200
+
+
+def bounded(event: Event) -> Event:
+    """`event` as the tracker keeps it: its detail and a report's fields cut to the budgets above."""
+    detail = event.detail
+    if len(detail) > MAX_DETAIL_CHARS:
+        detail = detail[: MAX_DETAIL_CHARS - 1] + "\u2026"
+    fields = getattr(event, "fields", ())
+    if fields and sum(len(k) + len(v) for k, v in fields) > MAX_REPORT_CHARS:
+        kept, left = [], MAX_REPORT_CHARS
+        for key, value in fields:
+            if left <= len(key):
+                break
+            value = value[: left - len(key)]
+            kept.append((key, value))
+            left -= len(key) + len(value)
+        return replace(event, detail=detail, fields=tuple(kept))
+    return replace(event, detail=detail) if detail is not event.detail else event
+
+
+def cost_of(event: Event) -> int:
+    return EVENT_OVERHEAD + len(event.detail) + sum(len(k) + len(v) for k, v in getattr(event, "fields", ()))
+
+
 @dataclass(slots=True)
 class MachineProgress:
     mac: MacAddress
@@ -157,9 +189,10 @@ class MachineProgress:
     ip: str | None = None
     boots: int = 1
     stages: list[StageMark] = field(default_factory=list)  # the current boot, in the order reached
-    history: deque[Event] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    history: deque[Event] = field(default_factory=deque)  # the last events: at most HISTORY, within the budget
     boot_assets: dict[str, EventKind] = field(default_factory=dict)  # asset path -> KERNEL/INITRD
     report: dict[str, str] | None = None  # the machine's last report
+    cost: int = 0  # estimated bytes kept for this machine: history, stage details, report
 
     def record(self, event: Event) -> bool:
         """Add `event`; True when it is news: a stage reached for the first time in this boot, or a stage
@@ -169,28 +202,36 @@ class MachineProgress:
         if event.peer:
             self.ip = event.peer
         self.history.append(event)
+        self.cost += cost_of(event)
+        while len(self.history) > HISTORY or (self.cost > MACHINE_BUDGET and len(self.history) > 1):
+            self.cost -= cost_of(self.history.popleft())
         # A DHCP or boot-script step after the machine got its boot config starts a new boot (the installed
         # system rebooting). Events carry the time of their request and may arrive late (a MAC found in the
         # neighbour table after the next request was answered), so "after" is by that time.
         configured_at = min((s.first for s in self.stages if _RANK[s.kind] >= _NEW_BOOT_AFTER), default=None)
         if (event.kind in (EventKind.DHCP, EventKind.BOOT_SCRIPT) and configured_at is not None
                 and event.time > configured_at):
+            self.cost -= sum(EVENT_OVERHEAD + len(mark.detail) for mark in self.stages)
             self.stages = []
             self.boots += 1
             self.boot_assets = {}
         if isinstance(event, BootConfigServed):
             self.boot_assets = _asset_kinds(event)
         if isinstance(event, MachineReport):
+            self.cost -= _report_cost(self.report)
             self.report = dict(event.fields)
+            self.cost += _report_cost(self.report)
         for mark in self.stages:
             if mark.kind is event.kind:
                 news = mark.ok != event.ok
                 mark.first, mark.last = min(mark.first, event.time), max(mark.last, event.time)
+                self.cost += len(event.detail) - len(mark.detail)
                 mark.detail, mark.ok = event.detail, event.ok
                 mark.count += 1
                 return news
         position = next((i for i, mark in enumerate(self.stages) if mark.first > event.time), len(self.stages))
         self.stages.insert(position, StageMark(event.kind, event.time, event.time, event.detail, event.ok))
+        self.cost += EVENT_OVERHEAD + len(event.detail)
         return True
 
     def as_json(self, *, known: bool, events: bool = False) -> dict[str, Any]:
@@ -214,6 +255,10 @@ class MachineProgress:
                 for e in self.history
             ]
         return out
+
+
+def _report_cost(report: dict[str, str] | None) -> int:
+    return 0 if report is None else sum(len(k) + len(v) for k, v in report.items())
 
 
 def _asset_kinds(event: BootConfigServed) -> dict[str, EventKind]:
@@ -245,8 +290,11 @@ HISTORY = 64  # events kept per machine, like pixiecore's savedEventsPerMachine
 class ProgressTracker:
     NEGATIVE_TTL = 10.0  # seconds an IP without a known MAC is not looked up again
 
-    def __init__(self, *, max_machines: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, max_machines: int = 4096, budget: int = TOTAL_BUDGET,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_machines = max_machines
+        self.budget = budget
+        self.cost = 0  # estimated bytes kept for every machine together
         self.evicted = 0
         self._clock = clock
         self._machines: OrderedDict[MacAddress, MachineProgress] = OrderedDict()
@@ -295,14 +343,19 @@ class ProgressTracker:
             return True
         if event.peer:
             self.learn(event.peer, event.mac)
+        event = bounded(event)
         progress = self._machines.get(event.mac)
         if progress is None:
             progress = MachineProgress(event.mac, self._known.get(event.mac), event.time, event.time)
             self._machines[event.mac] = progress
-            self._evict()
         else:
             self._machines.move_to_end(event.mac)
-        return progress.record(event)
+        before = progress.cost
+        news = progress.record(event)
+        self.cost += progress.cost - before
+        if len(self._machines) > self.max_machines or self.cost > self.budget:
+            self._evict()
+        return news
 
     def asset_kind(self, mac: MacAddress | None, path: str) -> EventKind:
         progress = self._machines.get(mac) if mac else None
@@ -312,14 +365,15 @@ class ProgressTracker:
 
     def _evict(self) -> None:
         # Runs for every new machine once full (a DISCOVER flood of new MACs): a plain loop, no generator.
+        # Over either bound, the longest-unseen machine that is not in the config goes first.
         known = self._known
-        while len(self._machines) > self.max_machines:
+        while len(self._machines) > self.max_machines or (self.cost > self.budget and len(self._machines) > 1):
             for victim in self._machines:
                 if victim not in known:
                     break
             else:
                 victim = next(iter(self._machines))
-            del self._machines[victim]
+            self.cost -= self._machines.pop(victim).cost
             self.evicted += 1
 
     # --- views ------------------------------------------------------------------------------------

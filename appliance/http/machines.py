@@ -27,6 +27,8 @@ async def list_machines(request: web.Request) -> web.Response:
         "machines": machines,
         "events_dropped": ctx.bus.dropped,
         "machines_evicted": tracker.evicted,
+        "bytes_kept": tracker.cost,  # an estimate; clients cannot make it pass bytes_budget
+        "bytes_budget": tracker.budget,
     })
 
 

@@ -2,7 +2,10 @@
 
 import asyncio
 
-from appliance.events import BootConfigServed, Event, EventBus, EventKind, ProgressTracker, asset_path
+from appliance.events import (
+    HISTORY, MACHINE_BUDGET, MAX_DETAIL_CHARS, MAX_REPORT_CHARS, BootConfigServed, Event, EventBus, EventKind,
+    MachineReport, ProgressTracker, asset_path,
+)
 from appliance.mac import MacAddress
 
 A = MacAddress("52:54:00:00:00:0a")
@@ -121,3 +124,44 @@ def test_a_late_event_takes_its_place_by_request_time_and_does_not_start_a_new_b
     tracker.record(ev(EventKind.BOOT_SCRIPT, t=2.0))  # its MAC came from the neighbour table, after /ipxe
     view = tracker.get(A).as_json(known=False)
     assert [s["stage"] for s in view["stages"]] == ["dhcp", "boot-script", "boot-config"] and view["boots"] == 1
+
+
+# --- what clients can make bootd remember is bounded in bytes (issue 13, finding 1) --------------------------
+
+def report(mac: str, t: float, size: int) -> MachineReport:
+    fields = tuple((f"k{i}", "x" * 4096) for i in range(size // 4096))
+    return MachineReport(kind=EventKind.REPORT, mac=MacAddress(mac), peer=None, detail="d" * 5000, time=t,
+                         fields=fields)
+
+
+def test_an_event_is_kept_cut_to_the_detail_and_report_budgets():
+    tracker = ProgressTracker()
+    tracker.record(report("52:54:00:00:00:01", 1.0, 128 * 1024))
+    progress = tracker.get(MacAddress("52:54:00:00:00:01"))
+    kept = progress.history[-1]
+    assert len(kept.detail) == MAX_DETAIL_CHARS and kept.detail.endswith("\u2026")
+    assert sum(len(k) + len(v) for k, v in kept.fields) == MAX_REPORT_CHARS
+    assert sum(len(k) + len(v) for k, v in progress.report.items()) == MAX_REPORT_CHARS
+
+
+def test_one_machine_keeps_at_most_its_budget_however_often_it_reports():
+    tracker = ProgressTracker()
+    for t in range(200):
+        tracker.record(report("52:54:00:00:00:02", float(t), 16 * 1024))
+    progress = tracker.get(MacAddress("52:54:00:00:00:02"))
+    assert progress.cost <= MACHINE_BUDGET and len(progress.history) < HISTORY
+    assert progress.history[-1].time == 199.0  # the newest stay
+    assert progress.cost == tracker.cost  # the sum the tracker keeps is the machines' own
+
+
+def test_invented_macs_cannot_grow_the_tracker_past_its_budget_and_configured_machines_stay():
+    tracker = ProgressTracker(budget=1024 * 1024)
+    tracker.set_known([(MacAddress("52:54:00:aa:00:01"), "node1")])
+    tracker.record(ev(EventKind.DHCP, mac="52:54:00:aa:00:01", t=0.0))
+    for i in range(4096):
+        for t in range(4):
+            tracker.record(report(f"02:00:00:00:{i >> 8:02x}:{i & 0xff:02x}", 1.0 + i + t / 10, 16 * 1024))
+        assert tracker.cost <= tracker.budget
+    assert tracker.get(MacAddress("52:54:00:aa:00:01")) is not None
+    assert tracker.evicted > 3000 and tracker.get(MacAddress("02:00:00:00:0f:ff")) is not None
+    assert tracker.cost == sum(m.cost for m in tracker.machines())

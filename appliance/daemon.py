@@ -29,7 +29,8 @@ from appliance.tftp.server import TftpServer
 from appliance.events import EventBus, PeerPublisher, ProgressTracker, track_and_log
 from appliance.http import HttpContext, make_app
 from appliance.net import NeighbourTable, RouterAdvertiser, interface_addresses
-from appliance.store import DataDir, machine_groups
+from appliance.http.boot import SCRIPT_LABELS
+from appliance.store import DataDir, Group, MatchScope, machine_groups, match_scope
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class Daemon:
         self.api = None  # grpc.aio.Server, imported only when the api section is on
         self._zone_serial = int(time.time())
         self._interface_addresses: list[IPAddress] = []
+        self._scope: MatchScope | None = None  # which MACs some group could select (DHCP answers only those)
+        self._scope_groups: list[Group] | None = None  # the groups it was computed from
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {"events_dropped": self.bus.dropped, "event_sink_errors": self.bus.sink_errors,
@@ -157,8 +160,21 @@ class Daemon:
             raise StartupError(str(exc)) from None
         self.addresses.append(f"grpcs://{api.address or '*'}:{port}")
 
-    def _dhcp_policies(self, config: Config):
-        return build_policies(config, available_firmware(*firmware_roots(config)), http_port=self.http_port)
+    def _dhcp_policies(self, config: Config, store: DataDir):
+        self._scope_groups = groups = store.groups()
+        scope = match_scope(groups, SCRIPT_LABELS)
+        if scope != self._scope:
+            self._scope = scope
+            logger.info("dhcp: PXE answered for %s", "any MAC (a group can select any machine)" if scope.any_mac
+                        else f"{len(scope.macs)} MACs some group selects; others are left to their next boot device")
+        return build_policies(config, available_firmware(*firmware_roots(config)), http_port=self.http_port,
+                              selectable=None if scope.any_mac else scope.macs)
+
+    def _refresh_dhcp(self) -> None:
+        """The groups decide which MACs DHCP answers; a data-dir edit or an API write changes them between
+        reloads. `DataDir.groups` gives back the same list until a group file changes."""
+        if self.dhcp is not None and self.http_context.store.groups() is not self._scope_groups:
+            self.dhcp.update(self._dhcp_policies(self.config, self.http_context.store))
 
     def _start_tftp(self) -> None:
         tftp = self.config.tftp
@@ -190,11 +206,11 @@ class Daemon:
                 raise StartupError(f"dhcp.router_advertisement: cannot open an ICMPv6 socket: {exc.strerror}") from None
             self.advertiser = advertiser
             on_new_interface = advertiser.add_interface
-        server = DhcpServer(policies=self._dhcp_policies(config), bus=self.bus, leases=leases,
+        server = DhcpServer(policies=self._dhcp_policies(config, self.http_context.store), bus=self.bus, leases=leases,
                             port=config.dhcp.port, pxe_port=config.dhcp.pxe_port,
                             server_address=address if address is not None and address.version == 4 else None,
                             interfaces=config.listen.interfaces, on_new_interface=on_new_interface,
-                            on_lease_change=self.lease_changed)
+                            on_lease_change=self.lease_changed, refresh=self._refresh_dhcp)
         try:
             server.start()
         except OSError as exc:
@@ -285,8 +301,9 @@ class Daemon:
         if (new.dhcp.mode, new.dhcp.port, new.dhcp.pxe_port, new.listen) != (
                 self.config.dhcp.mode, self.config.dhcp.port, self.config.dhcp.pxe_port, self.config.listen):
             logger.warning("reload: dhcp mode, port and listen changes take effect at the next restart")
+        store = build_store(new)
         if self.dhcp is not None:
-            self.dhcp.update(self._dhcp_policies(new))
+            self.dhcp.update(self._dhcp_policies(new, store))
         if self.tftp is not None:
             self.tftp.files = TftpFiles(firmware_roots(new))
         if self.dns is not None:
@@ -294,6 +311,6 @@ class Daemon:
         self.config = new
         self.tracker.set_known((m.mac, m.name) for m in new.machines)
         self.http_context.config = new
-        self.http_context.store = build_store(new)
+        self.http_context.store = store
         logger.info("reloaded %s: %d machines, data dir %s", self.config_path, len(new.machines),
                     new.http.data_dir)

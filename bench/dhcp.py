@@ -47,6 +47,11 @@ def dnsmasq(interface: str, authoritative: bool) -> list[str]:
 
 def bootd_config(work: Path, authoritative: bool) -> Path:
     (work / "data/groups").mkdir(parents=True, exist_ok=True)
+    (work / "data/profiles").mkdir(parents=True, exist_ok=True)
+    # A default group: every MAC is bootd's to boot, as every MAC is dnsmasq's (without one, bootd would
+    # leave the load's random MACs to their next boot device and answer nothing).
+    (work / "data/groups/default.json").write_text('{"id": "default", "profile": "p"}')
+    (work / "data/profiles/p.json").write_text('{"id": "p", "boot": {"kernel": "/assets/k"}}')
     (work / "state/firmware").mkdir(parents=True, exist_ok=True)
     for name in ("undionly.kpxe", "ipxe.efi"):
         (work / "state/firmware" / name).write_bytes(b"\0" * 1024)

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from appliance.config import Config, DhcpMode
 from appliance.dhcp.authoritative import AddressPolicy, Reservation
 from appliance.dhcp.pxe import Firmware, MachinePolicy, PxePolicy
+from appliance.mac import MacAddress
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -23,8 +24,18 @@ def available_firmware(*directories: Path) -> frozenset[Firmware]:
     return frozenset(f for f in Firmware if any((d / f.value).is_file() for d in directories))
 
 
-def build_policies(config: Config, available: frozenset[Firmware], *, http_port: int) -> DhcpPolicies:
-    """`http_port`: where bootd's HTTP server really listens (the config may say 0: any free port)."""
+def claimed_macs(config: Config, selectable: frozenset[MacAddress] | None) -> frozenset[MacAddress] | None:
+    """The MACs PXE is answered for: those some group could select (`selectable`; None: any MAC could be)
+    and the configured machines with a boot file of their own."""
+    if selectable is None:
+        return None
+    return selectable | frozenset(m.mac for m in config.machines if m.boot_file)
+
+
+def build_policies(config: Config, available: frozenset[Firmware], *, http_port: int,
+                   selectable: frozenset[MacAddress] | None = None) -> DhcpPolicies:
+    """`http_port`: where bootd's HTTP server really listens (the config may say 0: any free port).
+    `selectable`: the MACs some group could select (None: any MAC could be); see pxe.py rule 7."""
     dhcp = config.dhcp
     pxe = PxePolicy(
         available=available,
@@ -34,6 +45,7 @@ def build_policies(config: Config, available: frozenset[Firmware], *, http_port:
         only_known=dhcp.only_known,
         machines=MappingProxyType({m.mac: MachinePolicy(ignore=m.ignore, boot_file=m.boot_file)
                                    for m in config.machines}),
+        claimed=claimed_macs(config, selectable),
         http_port=http_port,
     )
     addresses = None

@@ -14,6 +14,12 @@ Rules (research/pxe.md, tools.md §6-7):
 5. UEFI HTTP boot (arch 15, 16, 18, 19) gets a URL to the firmware over HTTP and option 60 `HTTPClient`.
 6. A firmware file that is not present is a reasoned drop (the client may find another server), never an
    offer of a file that would fail over TFTP.
+7. Never hijack a machine: a client whose MAC no group could ever select (`PxePolicy.claimed`, computed
+   from the groups whenever they change) gets no boot offer at all, so its firmware goes on to its next
+   boot device as it would without bootd on the network. In proxy mode it is not answered; in
+   authoritative mode it still gets its address, with no boot file (as dnsmasq does for a client no
+   `dhcp-boot` matches). A machine a group could select but that bootd then has nothing for is told so by
+   bootd's script at /bootd/ipxe, which exits to the next boot device.
 """
 
 from __future__ import annotations
@@ -129,11 +135,16 @@ class PxePolicy:
     ipxe_detection: IpxeDetection = IpxeDetection.ANY
     only_known: bool = False
     machines: Mapping[MacAddress, MachinePolicy] = field(default_factory=lambda: MappingProxyType({}))
+    # The MACs some group could select or that have their own boot file; None: any MAC may be selected.
+    claimed: frozenset[MacAddress] | None = None
     http_port: int = 8080
     script_path: str = "/bootd.ipxe"
 
     def strategy(self, arch: Arch) -> UefiStrategy:
         return self.uefi.get(arch, self.default_uefi)
+
+    def is_claimed(self, mac: MacAddress) -> bool:
+        return self.claimed is None or mac in self.claimed
 
     def is_ipxe(self, request: PxeRequest) -> bool:
         return request.ipxe_user_class if self.ipxe_detection is IpxeDetection.USER_CLASS else request.ipxe
@@ -223,6 +234,10 @@ def decide_boot(request: PxeRequest, policy: PxePolicy, server_ip: IPv4Address, 
         return Ignore("ignored-machine", "ignore: true in the config", mac=request.mac)
     if machine is None and policy.only_known:
         return Ignore("unknown-machine", "only_known: true and the MAC is not in the config", mac=request.mac)
+    if not policy.is_claimed(request.mac):
+        return Ignore("no-profile", "no group can select this MAC, so bootd has nothing to boot for it; to claim "
+                      f'it, add under machines: in bootd.yaml: - {{name: NAME, mac: "{request.mac}", profile: '
+                      "PROFILE}} (or a group in the data dir's groups/ that selects it)", mac=request.mac)
     entry = request.arch
     vendor_class = b"PXEClient"
     vendor_options: bytes | None = _DIRECT
@@ -382,7 +397,7 @@ def compile_template(request: PxeRequest, offer: BootOffer, *, port: int) -> Rep
 
 
 def template_key(data: bytes, options: Mapping[int, bytes], port: int, server_ip: IPv4Address,
-                 machine: MachinePolicy | None) -> tuple[object, ...]:
+                 machine: MachinePolicy | None, claimed: bool) -> tuple[object, ...]:
     """Everything in a request that `classify_client`, `decide_boot` and `proxy_reply` read, except the
     fields a template copies. Two requests with the same key get the same reply but for those fields.
     (Option numbers as literals: this runs per packet.)"""
@@ -390,7 +405,7 @@ def template_key(data: bytes, options: Mapping[int, bytes], port: int, server_ip
     guid = get(97)
     vendor_class = get(60)
     return (
-        port, data[0:3], server_ip, machine, get(53), get(93), get(77), 175 in options, get(43),
+        port, data[0:3], server_ip, machine, claimed, get(53), get(93), get(77), 175 in options, get(43),
         vendor_class is not None and vendor_class.startswith(b"HTTPClient"),
         67 in get(55, b""),
         None if guid is None else (len(guid), guid[:1]),

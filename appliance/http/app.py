@@ -31,6 +31,7 @@ def make_app(context: HttpContext) -> web.Application:
     get("/boot.ipxe", boot.boot_ipxe)
     get("/boot.ipxe.0", boot.boot_ipxe)  # dnsmasq's pxe-service appends .0 to the boot file name
     get("/bootd.ipxe", boot.bootd_ipxe)
+    get(boot.BOOTD_CONFIG_PATH, boot.bootd_config)
     get("/ipxe", boot.ipxe)
     get("/grub", boot.grub)
     get("/ignition", configs.ignition)

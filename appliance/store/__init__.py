@@ -3,11 +3,12 @@
 from appliance.store.datadir import DataDir, OutsideRoot, confine, machine_groups
 from appliance.store.model import Group, InvalidDocument, NetBoot, Profile, parse_group, parse_profile
 from appliance.store.selection import (
-    RequestLabels, labels_from_pairs, labels_from_query, order_groups, parse_query, select_group,
+    MatchScope, RequestLabels, labels_from_pairs, labels_from_query, match_scope, order_groups, parse_query,
+    select_group,
 )
 
 __all__ = [
-    "DataDir", "Group", "InvalidDocument", "NetBoot", "OutsideRoot", "Profile", "RequestLabels", "confine",
-    "labels_from_pairs", "labels_from_query", "machine_groups", "order_groups", "parse_group", "parse_profile", "parse_query",
+    "DataDir", "Group", "InvalidDocument", "MatchScope", "NetBoot", "OutsideRoot", "Profile", "RequestLabels", "confine",
+    "labels_from_pairs", "labels_from_query", "machine_groups", "match_scope", "order_groups", "parse_group", "parse_profile", "parse_query",
     "select_group",
 ]

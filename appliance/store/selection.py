@@ -92,3 +92,37 @@ def _unescape(text: str) -> str | None:
             out.append(0x20 if c == 0x2B else c)
             i += 1
     return out.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class MatchScope:
+    """Which clients some group could ever select, judged from the MAC alone (for DHCP, before any label
+    is known). `any_mac`: some group could select a client whatever its MAC; else only `macs` can match."""
+
+    macs: frozenset[str]
+    any_mac: bool
+
+    def could_match(self, mac: str) -> bool:
+        return self.any_mac or mac in self.macs
+
+
+def match_scope(groups: Iterable[Group], sent_labels: Iterable[str]) -> MatchScope:
+    """The clients `groups` could select when a client sends only the label keys `sent_labels` (what bootd's
+    own script sends: uuid, mac, domain, ...), with any values.
+
+    A selector key the client never sends reads as "" (matchbox's rule), so a group selecting on such a key
+    with a non-empty value can never match and pins nothing. A group with a `mac` selector (any key case:
+    its value is a normalised MAC, as a `mac` label's is) can match that MAC only. Any other group could
+    match every MAC."""
+    sent = frozenset(sent_labels)
+    macs: set[str] = set()
+    any_mac = False
+    for group in groups:
+        if any(value != "" and key not in sent for key, value in group.selector.items()):
+            continue
+        pinned = [value for key, value in group.selector.items() if key.lower() == "mac"]
+        if pinned:
+            macs.update(pinned)
+        else:
+            any_mac = True
+    return MatchScope(frozenset(macs), any_mac)

@@ -41,7 +41,7 @@ def test_bootd_script_sets_bootd_and_chains_with_retry():
     script = render_bootd_script("10.77.0.1:8080")
     assert script.startswith("#!ipxe\n")
     assert "set bootd http://10.77.0.1:8080\n" in script
-    assert "chain --autofree ${bootd}/ipxe?uuid=${uuid}&mac=${mac:hexhyp}&" in script
+    assert "chain --autofree ${bootd}/bootd/ipxe?uuid=${uuid}&mac=${mac:hexhyp}&" in script
     assert "|| goto retry" in script and script.rstrip().endswith("goto chain")
 
 

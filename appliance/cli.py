@@ -90,9 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     lab_down = lab_commands.add_parser("down", help="remove every namespace, tap and process `lab up` made")
     lab_down.add_argument("--dir", type=Path, default=Path("/var/tmp/bootd-lab"))
 
+    service = commands.add_parser("install-service", help="install bootd.service (hardened, its own user) and "
+                                                          "create that user; --root for an image being built")
+    service.add_argument("-c", "--config", type=Path, default=Path(DEFAULT_CONFIG), help="the config the unit runs")
+    service.add_argument("--bin", type=Path, help="the bootd command (default: this environment's)")
+    service.add_argument("--root", type=Path, default=Path("/"), help="install under this root directory")
+    service.add_argument("--user", default="bootd", help="the system user bootd runs as (created if missing)")
+
     args = parser.parse_args(argv)
     if args.command == "lab":
         return cmd_lab(args)
+    if args.command == "install-service":
+        return cmd_install_service(args.root, args.config, args.bin, args.user)
     if args.command == "firmware":
         return cmd_firmware_fetch(Path(args.config), args.dir, args.deb)
     if args.command == "run":
@@ -254,6 +263,24 @@ def cmd_firmware_fetch(config_path: Path, directory: Path | None, deb: Path | No
     except FirmwareError as exc:
         print(f"bootd firmware fetch: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_install_service(root: Path, config: Path, binary: Path | None, user: str) -> int:
+    from appliance.service_install import InstallError, ServiceSettings, default_binary, install, writable_paths
+
+    try:
+        settings = ServiceSettings(binary=binary or default_binary(), config=config, user=user,
+                                   writable=writable_paths(config) if root == Path("/") else ())
+        lines = install(root, settings)
+    except (ValueError, InstallError) as exc:
+        print(f"bootd install-service: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"bootd install-service: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
     return 0
 
 

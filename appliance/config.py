@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import pwd
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -196,6 +197,7 @@ class Machine:
 class Config:
     source: Path
     state_dir: Path = DEFAULT_STATE_DIR
+    user: str | None = None  # started as root: the user bootd becomes once every socket is bound
     listen: ListenConfig = ListenConfig()
     domain: str | None = None
     names: NamesConfig = NamesConfig()
@@ -357,6 +359,18 @@ class _Reader:
             return None
         return text.lower()
 
+    def user(self, node: Node, where: str) -> str | None:
+        text = self.string(node, where)
+        if text is None:
+            return None
+        try:
+            pwd.getpwnam(text)
+        except KeyError:
+            self.error(node, where, f"no user {text!r} on this host (bootd install-service creates one; or "
+                                    "useradd --system)")
+            return None
+        return text
+
     def domain(self, node: Node, where: str) -> str | None:
         text = self.string(node, where)
         if text is None:
@@ -408,13 +422,15 @@ class _Reader:
     # --- sections ---------------------------------------------------------------------------------
 
     def config(self, root: Node) -> Config | None:
-        top = self.fields(root, "", {"state_dir", "listen", "domain", "names", "http", "dhcp", "tftp", "dns",
-                                     "api", "machines"})
+        top = self.fields(root, "", {"state_dir", "user", "listen", "domain", "names", "http", "dhcp", "tftp",
+                                     "dns", "api", "machines"})
         if top is None:
             return None
         kw: dict[str, Any] = {"source": self.file}
         if (state_dir := self.optional(top, "state_dir", "", self.path)) is not None:
             kw["state_dir"] = state_dir
+        if (user := self.optional(top, "user", "", self.user)) is not None:
+            kw["user"] = user
         if "listen" in top and (listen := self.listen(top["listen"])) is not None:
             kw["listen"] = listen
         if (domain := self.optional(top, "domain", "", self.domain)) is not None:

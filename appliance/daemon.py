@@ -1,17 +1,21 @@
 """The daemon: builds the services the config enables and runs them on one event loop.
 
-Lifecycle, in named phases: `start` (config already loaded and checked; bind every socket, then log
-"ready"), `serve` (wait for SIGTERM/SIGINT; SIGHUP reloads), `stop` (stop accepting, let requests in flight
-finish, exit 0).
+Lifecycle, in named phases: `start` (config already loaded and checked; bind every socket), `become_user`
+(started as root with `user:` set: drop to that user, keeping only the capabilities to bind), then "ready"
+(logged, and READY=1 to systemd), `serve` (wait for SIGTERM/SIGINT; SIGHUP reloads), `stop` (stop
+accepting, let requests in flight finish, exit 0).
 
 Reload (SIGHUP) re-reads bootd.yaml and the data dir. A config with errors is logged, error by error, and
-the running one is kept. A change of listening address or port is logged and needs a restart.
+the running one is kept. A new TFTP or DNS address or port is bound at reload (the old socket is kept if
+the new one cannot be bound); other listening changes are logged and need a restart. systemd is told
+RELOADING=1 before and READY=1 after, whatever the outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -31,6 +35,7 @@ from appliance.http import HttpContext, make_app
 from appliance.net import NeighbourTable, RouterAdvertiser, interface_addresses
 from appliance.http.boot import SCRIPT_LABELS
 from appliance.store import DataDir, Group, MatchScope, machine_groups, match_scope
+from appliance.systemd import Notifier, PrivilegeError, describe_user, drop_privileges, lookup_user
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,25 @@ def build_store(config: Config) -> DataDir:
     return DataDir(config.http.data_dir, machine_groups(config))
 
 
+def describe_serving(*, dhcp_mode: str | None, interfaces: tuple[str, ...], tftp_port: int | None,
+                     dns_port: int | None, domain: str | None, http_port: int | None, api_port: int | None,
+                     machines: int) -> str:
+    """One line for systemd's STATUS= (`systemctl status bootd`): what is served where."""
+    parts = []
+    if dhcp_mode is not None:
+        parts.append(f"{dhcp_mode}-DHCP on {', '.join(interfaces) or 'every interface'}")
+    if tftp_port is not None:
+        parts.append(f"TFTP :{tftp_port}")
+    if dns_port is not None:
+        parts.append(f"DNS :{dns_port} ({domain})")
+    if http_port is not None:
+        parts.append(f"HTTP :{http_port}")
+    if api_port is not None:
+        parts.append(f"API :{api_port}")
+    parts.append(f"{machines} machines")
+    return ", ".join(parts)
+
+
 class Daemon:
     def __init__(self, config_path: Path, config: Config) -> None:
         self.config_path = config_path
@@ -90,6 +114,13 @@ class Daemon:
         self.tftp: TftpServer | None = None
         self.dns: DnsServer | None = None
         self.api = None  # grpc.aio.Server, imported only when the api section is on
+        self.api_port: int | None = None
+        self.notifier = Notifier.from_environ()
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
+        # What the running TFTP and DNS sockets were bound for (a reload binds again when these change).
+        self._tftp_listen = (config.tftp.address, config.tftp.port)
+        self._dns_listen = (config.dns.address, config.dns.port)
         self._zone_serial = int(time.time())
         self._interface_addresses: list[IPAddress] = []
         self._scope: MatchScope | None = None  # which MACs some group could select (DHCP answers only those)
@@ -109,16 +140,67 @@ class Daemon:
     async def run(self) -> int:
         try:
             await self.start()  # a StartupError part-way still closes what was opened
+            self.become_user()
+            logger.info("bootd ready: %s", ", ".join(self.addresses) or "no service enabled",
+                        extra={"addresses": ",".join(self.addresses)})
+            self.notifier.ready(self.serving())
+            self.notifier.start_watchdog(asyncio.get_running_loop())
             await self._stopping.wait()
         finally:
             await self.stop()
+            self.notifier.close()
         return 0
+
+    def _on_stop_signal(self) -> None:
+        if not self._stopping.is_set():
+            self.notifier.stopping()
+        self._stopping.set()
+
+    def _on_sighup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    def serving(self) -> str:
+        return describe_serving(
+            dhcp_mode=self.config.dhcp.mode.value if self.dhcp is not None else None,
+            interfaces=self.config.listen.interfaces,
+            tftp_port=self.tftp.bound_port if self.tftp is not None else None,
+            dns_port=self.dns.port if self.dns is not None else None, domain=self.config.domain,
+            http_port=self.http_port if self._runner is not None else None, api_port=self.api_port,
+            machines=len(self.config.machines))
+
+    def become_user(self) -> None:
+        """Every socket is bound: started as root with `user:` set, become that user, keeping only
+        CAP_NET_BIND_SERVICE and CAP_NET_RAW (a reload may bind again), after giving it state_dir."""
+        wanted = self.config.user
+        if wanted is None:
+            if os.geteuid() == 0:
+                logger.warning("running as root with every capability: set `user:` in %s, or run bootd.service "
+                               "(bootd install-service), to keep only the two it needs", self.config.source.name)
+            return
+        user = lookup_user(wanted)
+        if user is None:
+            raise StartupError(f"{self.config.source.name}: user: no user {wanted!r} on this host")
+        if os.geteuid() != 0:
+            if os.geteuid() != user.uid:
+                logger.warning("user: %s ignored: bootd was not started as root (it runs as %s)", wanted,
+                               describe_user(os.getuid(), os.getgid()))
+            return
+        try:
+            drop_privileges(user, [self.config.state_dir])
+        except (PrivilegeError, OSError) as exc:
+            raise StartupError(f"user: cannot become {wanted}: {exc}") from None
+        logger.info("running as %s with cap_net_bind_service,cap_net_raw only", describe_user(user.uid, user.gid))
+        if self.config.api.enabled and not os.access(self.config.http.data_dir, os.W_OK):
+            logger.warning("api: user %s cannot write %s: api writes will fail (chown it to %s)", wanted,
+                           self.config.http.data_dir, wanted)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+            loop.add_signal_handler(sig, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         if self.config.http.enabled:
             await self._start_http()
         if self.config.dhcp.mode is not DhcpMode.OFF:
@@ -129,8 +211,6 @@ class Daemon:
             await self._start_dns()
         if self.config.api.enabled:
             await self._start_api()
-        logger.info("bootd ready: %s", ", ".join(self.addresses) or "no service enabled",
-                    extra={"addresses": ",".join(self.addresses)})
 
     async def _start_http(self) -> None:
         http = self.config.http
@@ -158,6 +238,7 @@ class Daemon:
             self.api, port = await start_api(api, Backend(store=lambda: self.http_context.store, bus=self.bus))
         except ApiError as exc:
             raise StartupError(str(exc)) from None
+        self.api_port = port
         self.addresses.append(f"grpcs://{api.address or '*'}:{port}")
 
     def _dhcp_policies(self, config: Config, store: DataDir):
@@ -176,20 +257,28 @@ class Daemon:
         if self.dhcp is not None and self.http_context.store.groups() is not self._scope_groups:
             self.dhcp.update(self._dhcp_policies(self.config, self.http_context.store))
 
-    def _start_tftp(self) -> None:
-        tftp = self.config.tftp
-        server = TftpServer(files=TftpFiles(firmware_roots(self.config)), publisher=self.publisher,
+    def _bind_tftp(self, config: Config) -> TftpServer:
+        """A started TFTP server for `config`; OSError if its socket cannot be bound."""
+        tftp = config.tftp
+        server = TftpServer(files=TftpFiles(firmware_roots(config)), publisher=self.publisher,
                             address=str(tftp.address) if tftp.address else "", port=tftp.port,
                             max_transfers=tftp.max_transfers, max_per_client=tftp.max_per_client,
                             retries=tftp.retries, timeout=float(tftp.timeout), max_blksize=tftp.max_blksize,
                             max_windowsize=tftp.max_windowsize)
         try:
             server.start()
-        except OSError as exc:
+        except OSError:
             server.close()
+            raise
+        return server
+
+    def _start_tftp(self) -> None:
+        tftp = self.config.tftp
+        try:
+            self.tftp = self._bind_tftp(self.config)
+        except OSError as exc:
             raise StartupError(f"tftp: cannot listen on UDP {tftp.port}: {exc.strerror or exc}") from None
-        self.tftp = server
-        self.addresses.append(f"tftp://{tftp.address or '*'}:{server.bound_port}")
+        self.addresses.append(f"tftp://{tftp.address or '*'}:{self.tftp.bound_port}")
 
     def _start_dhcp(self) -> None:
         config = self.config
@@ -242,19 +331,27 @@ class Daemon:
                 return [candidate]
         return list(self._interface_addresses)
 
+    async def _bind_dns(self, config: Config) -> DnsServer:
+        """A started DNS server (UDP and TCP) for `config`; OSError if a socket cannot be bound."""
+        dns = config.dns
+        server = DnsServer(zone=self._zone(config), address=str(dns.address) if dns.address else "",
+                           port=dns.port, forward=dns.forward)
+        try:
+            await server.start()
+        except OSError:
+            await server.close()
+            raise
+        return server
+
     async def _start_dns(self) -> None:
         dns = self.config.dns
         if self.config.listen.interfaces:
             self._interface_addresses = await interface_addresses(self.config.listen.interfaces)
-        server = DnsServer(zone=self._zone(self.config), address=str(dns.address) if dns.address else "",
-                           port=dns.port, forward=dns.forward)
         try:
-            await server.start()
+            self.dns = await self._bind_dns(self.config)
         except OSError as exc:
-            await server.close()
             raise StartupError(f"dns: cannot listen on port {dns.port}: {exc.strerror or exc}") from None
-        self.dns = server
-        self.addresses.append(f"dns://{dns.address or '*'}:{server.port}")
+        self.addresses.append(f"dns://{dns.address or '*'}:{self.dns.port}")
         if not self.server_addresses(self.config):
             logger.warning("dns: no address for names.provisioner: set listen.address (or listen.interfaces)")
 
@@ -280,7 +377,43 @@ class Daemon:
         await self.neighbours.close()
         logger.info("bootd stopped")
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
+        """SIGHUP: one reload at a time, between RELOADING=1 and READY=1."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                await self._reload()
+            finally:
+                self.notifier.ready(self.serving())
+
+    async def _rebind(self, new: Config) -> None:
+        """Bind TFTP and DNS again where their address or port changed; on failure keep the old socket."""
+        if self.tftp is not None and new.tftp.enabled and (new.tftp.address, new.tftp.port) != self._tftp_listen:
+            try:
+                server = self._bind_tftp(new)
+            except OSError as exc:
+                logger.error("reload: tftp: cannot listen on %s:%d: %s; still on :%d", new.tftp.address or "*",
+                             new.tftp.port, exc.strerror or exc, self.tftp.bound_port)
+            else:
+                self.tftp.close()  # transfers in flight end with it; their clients retry
+                self.tftp = server
+                self._tftp_listen = (new.tftp.address, new.tftp.port)
+                logger.info("reload: tftp now on %s:%d", new.tftp.address or "*", server.bound_port,
+                            extra={"tftp_port": server.bound_port})
+        if self.dns is not None and new.dns.enabled and (new.dns.address, new.dns.port) != self._dns_listen:
+            try:
+                dns = await self._bind_dns(new)
+            except OSError as exc:
+                logger.error("reload: dns: cannot listen on %s:%d: %s; still on :%d", new.dns.address or "*",
+                             new.dns.port, exc.strerror or exc, self.dns.port)
+            else:
+                await self.dns.close()
+                self.dns = dns
+                self._dns_listen = (new.dns.address, new.dns.port)
+                logger.info("reload: dns now on %s:%d", new.dns.address or "*", dns.port,
+                            extra={"dns_port": dns.port})
+
+    async def _reload(self) -> None:
         try:
             new = load_config(self.config_path)
         except ConfigInvalid as exc:
@@ -301,6 +434,9 @@ class Daemon:
         if (new.dhcp.mode, new.dhcp.port, new.dhcp.pxe_port, new.listen) != (
                 self.config.dhcp.mode, self.config.dhcp.port, self.config.dhcp.pxe_port, self.config.listen):
             logger.warning("reload: dhcp mode, port and listen changes take effect at the next restart")
+        if new.user != self.config.user:
+            logger.warning("reload: a change of user takes effect at the next restart")
+        await self._rebind(new)
         store = build_store(new)
         if self.dhcp is not None:
             self.dhcp.update(self._dhcp_policies(new, store))

@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 
 MAX_FILE = 256 * 1024 * 1024  # past this a file is refused: TFTP is for boot loaders, not disk images
 CACHE_BYTES = 512 * 1024 * 1024
+# Files up to this size are read whole and kept (the iPXE binaries are ~1 MB: a boot storm reads each once);
+# larger ones are read block by block as the transfer goes, so a request never stalls the event loop on a
+# read of hundreds of MB.
+WHOLE_FILE = 8 * 1024 * 1024
 
 
 class FileRefused(Exception):
@@ -29,14 +33,42 @@ class _Entry:
     content: bytes
 
 
+class FileBlocks:
+    """A large file read block by block (os.pread) while it is served: sliceable and sized like bytes.
+
+    Not mmap: a file truncated in place while mapped would kill bootd with SIGBUS; pread only reads short.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, part: slice) -> bytes:
+        start, stop, _ = part.indices(self._size)
+        try:
+            return os.pread(self._fd, max(0, stop - start), start)
+        except OSError as exc:
+            logger.warning("tftp: reading block at %d failed: %s", start, exc)
+            return b""
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class TftpFiles:
     def __init__(self, roots: list[Path]) -> None:
         self.roots = roots
         self._cache: OrderedDict[Path, _Entry] = OrderedDict()
         self._cached_bytes = 0
 
-    def read(self, name: str) -> bytes | None:
-        """The file's content, None when no root has it; FileRefused for a name that is not allowed."""
+    def read(self, name: str) -> bytes | FileBlocks | None:
+        """The file's content (a FileBlocks past WHOLE_FILE: the caller closes it), None when no root has it;
+        FileRefused for a name that is not allowed."""
         for root in self.roots:
             try:
                 path = confine(root, name)
@@ -50,6 +82,8 @@ class TftpFiles:
                 raise FileRefused(f"{name!r} is not a file")
             if st.st_size > MAX_FILE:
                 raise FileRefused(f"{name!r} is larger than {MAX_FILE} bytes")
+            if st.st_size > WHOLE_FILE:
+                return FileBlocks(path, st.st_size)
             return self._content(path, st)
         return None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
+from typing import Protocol
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -209,6 +210,14 @@ class TransferStats:
     stray: int = 0
 
 
+class Blocks(Protocol):
+    """What a transfer reads from besides bytes: sized, sliced to bytes (files.FileBlocks reads a large
+    file block by block as the transfer goes)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, part: slice) -> bytes: ...
+
+
 class ReadTransfer:
     """Serves `content` to one client: feed it packets and timer ticks, send what it returns.
 
@@ -216,8 +225,8 @@ class ReadTransfer:
     `deadline` says when `on_timeout` is due (None when finished).
     """
 
-    def __init__(self, content: bytes | memoryview, accept: Accept, *, retries: int = 5) -> None:
-        self.content = memoryview(content)
+    def __init__(self, content: bytes | memoryview | Blocks, accept: Accept, *, retries: int = 5) -> None:
+        self.content = memoryview(content) if isinstance(content, (bytes, bytearray, memoryview)) else content
         self.blksize = accept.blksize
         self.windowsize = accept.windowsize
         self.timeout = accept.timeout

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.events import EventKind, PeerPublisher
-from appliance.tftp.files import FileRefused, TftpFiles
+from appliance.tftp.files import FileBlocks, FileRefused, TftpFiles
 from appliance.tftp.protocol import (
     WRQ, Accept, ErrorCode, Limits, MalformedPacket, Outcome, ReadTransfer, Refuse, encode_error, negotiate,
     parse_request, to_netascii,
@@ -162,12 +162,19 @@ class TftpServer:
         if content is None and request.opcode != WRQ:  # a write is refused by negotiate, whatever the name
             self._refuse(client, request.filename, Refuse(ErrorCode.FILE_NOT_FOUND, "file not found", "not-found"))
             return
-        if request.mode == "netascii" and content is not None:
+        if isinstance(content, FileBlocks) and request.mode == "netascii":
+            content.close()
+            self._refuse(client, request.filename, Refuse(ErrorCode.ILLEGAL_OPERATION, "netascii is served for "
+                                                          "files up to 8 MiB only", "bad-mode"))
+            return
+        if request.mode == "netascii" and isinstance(content, bytes):
             content = to_netascii(content)
         decision = negotiate(request, len(content or b""), Limits(
             max_blksize=min(self.max_blksize, self._mtu_of(ifindex) - 32),  # RFC 2348 + no IP fragments
             max_windowsize=self.max_windowsize, default_timeout=self.timeout))
         if isinstance(decision, Refuse):
+            if isinstance(content, FileBlocks):
+                content.close()
             self._refuse(client, request.filename, decision)
             return
         assert content is not None
@@ -191,7 +198,8 @@ class TftpServer:
         self._finish(oldest)
         return True
 
-    def _begin(self, client: tuple[str, int], filename: str, content: bytes, accept: Accept, local_ip: str) -> None:
+    def _begin(self, client: tuple[str, int], filename: str, content: bytes | FileBlocks, accept: Accept,
+               local_ip: str) -> None:
         assert self._loop is not None
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -200,6 +208,8 @@ class TftpServer:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
+            if isinstance(content, FileBlocks):
+                content.close()
             self.stats.failed += 1
             logger.warning("tftp: cannot open a transfer socket for %s: %s", client, exc)
             return
@@ -240,6 +250,8 @@ class TftpServer:
 
     def _sweep(self) -> None:
         assert self._loop is not None
+        # One timer drives every retransmission: it must outlive any bug in one transfer's handling.
+        self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
         now = self._loop.time()
         for session in list(self.sessions.values()):
             transfer = session.transfer
@@ -252,7 +264,6 @@ class TftpServer:
                     transfer.outcome = Outcome.ABORTED
                 if transfer.outcome is not Outcome.RUNNING:
                     self._finish(session)
-        self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
 
     def _send(self, session: Session, packets: list[bytes]) -> None:
         session.backlog.extend(packets)
@@ -319,6 +330,8 @@ class TftpServer:
             if session.writing:
                 self._loop.remove_writer(session.sock.fileno())
         session.sock.close()
+        if isinstance(session.transfer.content, FileBlocks):
+            session.transfer.content.close()
 
     # --- helpers ----------------------------------------------------------------------------------
 

@@ -309,3 +309,37 @@ def test_requests_that_are_never_answered_cannot_hold_the_server_full(tmp_path):
         for sock in silent:
             sock.close()
         assert bootd.stop() == 0
+
+
+def rss_kib(pid: int) -> int:
+    line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmRSS"))
+    return int(line.split()[1])
+
+
+def test_a_large_file_is_read_as_it_is_sent_not_whole(tmp_path):
+    """A file past 8 MiB is read block by block: the event loop never stalls on reading it whole, the
+    daemon's memory does not grow by its size, and its descriptor is closed when the transfer ends."""
+    config = make_config(tmp_path)
+    big = os.urandom(1 << 20) * 40  # 40 MiB
+    (tmp_path / "tftproot/big.img").write_bytes(big)
+    bootd = BootdProcess(config).start()
+    port = int(next(a for a in bootd.addresses if a.startswith("tftp://")).rsplit(":", 1)[1])
+    try:
+        fds_before = len(os.listdir(f"/proc/{bootd.proc.pid}/fd"))
+        rss_before = rss_kib(bootd.proc.pid)
+        got = tmp_path / "got.img"
+        result = run(["curl", "-sS", "--max-time", "120", "--tftp-blksize", "1468", "-o", str(got),
+                      f"tftp://127.0.0.1:{port}/big.img"], timeout=150)
+        assert result.returncode == 0, result.stderr
+        assert sha(got.read_bytes()) == sha(big)
+        assert rss_kib(bootd.proc.pid) - rss_before < 20 * 1024  # not the 40 MiB of the file
+        bootd.wait_for_log(lambda l: "sent big.img" in l.get("message", ""), timeout=30)
+        assert len(os.listdir(f"/proc/{bootd.proc.pid}/fd")) == fds_before
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(5)
+        sock.sendto(b"\x00\x01big.img\x00netascii\x00", ("127.0.0.1", port))
+        error = sock.recvfrom(2048)[0]
+        sock.close()
+        assert error[:4] == b"\x00\x05\x00\x04" and b"netascii" in error  # illegal operation, said why
+    finally:
+        assert bootd.stop() == 0

@@ -11,8 +11,10 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -60,6 +62,56 @@ class Decline:
 
 
 LeaseChange = HoldOffer | Bind | Release | Decline
+
+
+class LeaseWriter:
+    """Writes the lease table off the event loop (a temp file, fsync and rename took milliseconds per ACK
+    on the loop), one write at a time, group-committed: what waits for a change to be on disk (an ACK that
+    binds an address) is called when a write that includes that change has finished, with whether it
+    succeeded. A failed write (a full disk) is logged as an error and retried with the next change; the
+    table in memory stays right, so serving goes on.
+    """
+
+    def __init__(self, table: LeaseTable, loop: asyncio.AbstractEventLoop) -> None:
+        self.table = table
+        self.loop = loop
+        self.failures = 0
+        self._writing = False
+        self._pending: list[Callable[[bool], None]] = []
+        self._dirty = False
+
+    def commit(self, then: Callable[[bool], None]) -> None:
+        """Persist the table as it is now, then call `then(ok)`."""
+        self._pending.append(then)
+        self._dirty = True
+        if not self._writing:
+            self._write()
+
+    def _write(self) -> None:
+        waiting, self._pending, self._dirty = self._pending, [], False
+        if self.table.path is None:
+            for then in waiting:
+                then(True)
+            return
+        self._writing = True
+        future = self.loop.run_in_executor(None, write_atomically, self.table.path, self.table.encoded())
+        future.add_done_callback(lambda done: self._written(done, waiting))
+
+    def _written(self, done: asyncio.Future, waiting: list[Callable[[bool], None]]) -> None:
+        self._writing = False
+        error = done.exception()
+        if error is not None:
+            self.failures += 1
+            self._dirty = True  # written again with the next change
+            logger.error("leases: cannot write %s: %s (leases are kept in memory; bootd keeps serving)",
+                         self.table.path, error)
+        for then in waiting:
+            try:
+                then(error is None)
+            except Exception:  # one caller's bug must not strand the others' replies
+                logger.exception("leases: after a write")
+        if self._pending:
+            self._write()
 
 
 class LeaseTable:
@@ -167,13 +219,16 @@ class LeaseTable:
 
     # --- persistence ------------------------------------------------------------------------------
 
+    def encoded(self) -> bytes:
+        """The table as the lease file holds it: a snapshot, taken on the event loop, written elsewhere."""
+        records = [{"ip": str(l.ip), "mac": l.mac, "expires": l.expires, "hostname": l.hostname}
+                   for l in sorted(self._bound.values(), key=lambda l: l.ip)]
+        return json.dumps({"version": 1, "leases": records}, indent=1).encode()
+
     def save(self) -> None:
         if self.path is None:
             return
-        records = [{"ip": str(l.ip), "mac": l.mac, "expires": l.expires, "hostname": l.hostname}
-                   for l in sorted(self._bound.values(), key=lambda l: l.ip)]
-        data = json.dumps({"version": 1, "leases": records}, indent=1).encode()
-        write_atomically(self.path, data)
+        write_atomically(self.path, self.encoded())
 
     @classmethod
     def load(cls, path: Path) -> LeaseTable:

@@ -26,7 +26,7 @@ from ipaddress import IPv4Address
 
 from appliance.config import DhcpMode
 from appliance.dhcp.authoritative import DhcpAnswer, decide_dhcp
-from appliance.dhcp.leases import Bind, LeaseTable, Release, Decline
+from appliance.dhcp.leases import Bind, Decline, LeaseTable, LeaseWriter, Release
 from appliance.dhcp.packet import (
     HEADER_SIZE, MAGIC_COOKIE, DhcpPacket, MalformedPacket, Option, encode_packet, parse_options, parse_packet,
 )
@@ -61,11 +61,12 @@ class DhcpStats:
     received: int = 0
     answered: int = 0
     internal_errors: int = 0
+    lease_write_failures: int = 0  # changes answered while the lease file could not be written (a full disk)
     dropped: Counter[str] = field(default_factory=Counter)
 
     def as_json(self) -> dict[str, object]:
         return {"received": self.received, "answered": self.answered, "internal_errors": self.internal_errors,
-                "dropped": dict(self.dropped)}
+                "lease_write_failures": self.lease_write_failures, "dropped": dict(self.dropped)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,7 @@ class DhcpServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._templates: dict[tuple[object, ...], tuple[ReplyTemplate, str] | Ignore] = {}
         self._refresh = refresh  # may call `update` with new policies
+        self._writer: LeaseWriter | None = None
         self._refresh_at = 0.0
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -243,9 +245,20 @@ class DhcpServer:
 
     def _apply(self, sock: socket.socket, packet: DhcpPacket, answer: DhcpAnswer, dgram: Datagram) -> None:
         if answer.change is not None and self.leases.apply(answer.change):
-            self.leases.save()
-            if self._on_lease_change is not None:
-                self._on_lease_change()
+            # the table already says it (the next packet's decision sees it); the ACK goes out once it is on disk
+            if self._writer is None:
+                assert self._loop is not None
+                self._writer = LeaseWriter(self.leases, self._loop)
+            self._writer.commit(lambda ok: self._answer(sock, packet, answer, dgram, changed=True, written=ok))
+            return
+        self._answer(sock, packet, answer, dgram, changed=False)
+
+    def _answer(self, sock: socket.socket, packet: DhcpPacket, answer: DhcpAnswer, dgram: Datagram, *,
+                changed: bool, written: bool = True) -> None:
+        if not written:
+            self.stats.lease_write_failures += 1
+        if changed and self._on_lease_change is not None:
+            self._on_lease_change()
         if answer.reply is not None:
             target = send_target(packet, dgram.source, port=67, reply=answer.reply)
             self._send(sock, encode_packet(answer.reply), target.address, target.port, dgram)

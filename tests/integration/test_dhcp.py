@@ -278,6 +278,43 @@ def test_a_decline_from_another_mac_does_not_take_a_clients_lease(bridged_netlab
         assert bootd.stop() == 0
 
 
+def test_a_full_disk_fails_lease_writes_loudly_and_serving_goes_on(bridged_netlab, tmp_path):
+    """The state dir on an 8 MiB tmpfs, filled up: clients still get their leases, the log says the
+    lease file cannot be written, and the file on disk is the last whole one, never a partial one."""
+    netlab = bridged_netlab
+    first = netlab.add_client(mac="52:54:00:ee:10:01")
+    second = netlab.add_client(mac="52:54:00:ee:10:02")
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "bootd-test-full", str(state)], check=True)
+    try:
+        bootd = start_bootd(netlab, tmp_path, AUTHORITATIVE)
+        try:
+            assert udhcpc(netlab, first).get("ip") == "192.0.2.100"
+            written = json.loads((state / "leases.json").read_text())
+            filler = state / "filler"
+            with open(filler, "wb", buffering=0) as f:
+                for chunk in (b"\0" * 4096, b"\0"):  # pages, then whatever a page's tail still takes
+                    try:
+                        while True:
+                            f.write(chunk)
+                    except OSError:
+                        pass  # ENOSPC: the disk is full
+            assert udhcpc(netlab, second).get("ip") == "192.0.2.101"  # still served
+            bootd.wait_for_log(lambda l: "cannot write" in l.get("message", "") and "leases" in l.get("message", ""),
+                               timeout=10)
+            assert json.loads((state / "leases.json").read_text()) == written  # the last whole file
+            assert server_stats(netlab)["dhcp"]["lease_write_failures"] >= 1
+            filler.unlink()
+            assert udhcpc(netlab, second, "-r", "192.0.2.101").get("ip") == "192.0.2.101"  # a renewal writes again
+            saved = json.loads((state / "leases.json").read_text())
+            assert {l["ip"] for l in saved["leases"]} == {"192.0.2.100", "192.0.2.101"}
+        finally:
+            assert bootd.stop() == 0
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
+
+
 def test_authoritative_mode_advertises_no_ipv6_so_ipxe_does_not_wait(bridged_netlab, tmp_path):
     client = bridged_netlab.add_client(mac="52:54:00:ee:00:01")
     bootd = start_bootd(bridged_netlab, tmp_path, AUTHORITATIVE)

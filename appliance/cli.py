@@ -1,10 +1,25 @@
-"""bootd's command line: parses arguments and calls one function per subcommand."""
+"""bootd's command line: parses arguments and calls one function per subcommand.
+
+Exit codes (the same for every subcommand):
+  0   done
+  1   the command did not do it, for a reason it printed (`bootd check` found errors, a download failed
+      verification, a file could not be written, the API refused)
+  2   a usage or config error: bad arguments, a config file that does not load
+  70  a bug in bootd (EX_SOFTWARE, sysexits.h): one line says what failed; --debug or BOOTD_DEBUG=1 prints
+      the traceback to put in a bug report
+  130 interrupted (Ctrl-C: 128 + SIGINT, as a shell reports it)
+  141 the reader of its output went away (`bootd render ... | head`: 128 + SIGPIPE)
+No command prints a Python traceback unless asked to with --debug.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 from appliance import __version__
@@ -17,10 +32,19 @@ from appliance.logs import setup_logging
 
 DEFAULT_CONFIG = "/etc/bootd/bootd.yaml"
 
+EXIT_FAILED = 1  # the codes main() itself returns; the module's docstring lists them all
+EXIT_BUG = 70
+EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141
+PACKAGE_DIR = Path(__file__).parent  # to name the last step of a bug that was bootd's own
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bootd", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bootd", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bootd {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an unexpected error (also BOOTD_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the daemon")
@@ -33,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
     probe = commands.add_parser("probe", help="send one PXE DHCPDISCOVER on IFACE and list every server that answers")
     probe.add_argument("-i", "--interface", required=True)
-    probe.add_argument("--timeout", type=float, default=3.0)
-    probe.add_argument("--arch", type=int, default=0, help="option 93 to send (0 BIOS, 7 x64 UEFI, ...)")
+    probe.add_argument("--timeout", type=_in_range(float, 0.1, 3600), default=3.0)
+    probe.add_argument("--arch", type=_in_range(int, 0, 0xFFFF), default=0,  # option 93 is 16 bits
+                       help="option 93 to send (0 BIOS, 7 x64 UEFI, ...)")
 
     firmware = commands.add_parser("firmware", help="get the iPXE binaries")
     firmware_commands = firmware.add_subparsers(dest="firmware_command", required=True)
@@ -59,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     certs_client = certs_commands.add_parser("client", help="issue another client certificate from the CA")
     certs_client.add_argument("name")
     certs_client.add_argument("--dir", type=Path, default=Path("/etc/bootd/tls"), help="where ca.crt/ca.key are")
-    certs_client.add_argument("--days", type=int, default=365)
+    certs_client.add_argument("--days", type=_in_range(int, 1, 36500), default=365)
     certs_client.add_argument("--force", action="store_true")
 
     api_client = argparse.ArgumentParser(add_help=False)
@@ -81,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     lab = commands.add_parser("lab", help="a private boot network with QEMU machines booting through bootd")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True)
     lab_up = lab_commands.add_parser("up", help="make the lab, boot the machines, show their progress")
-    lab_up.add_argument("--machines", type=int, default=2)
+    lab_up.add_argument("--machines", type=_in_range(int, 1, 79), default=2,  # reservations .21-.99, below the range
+                        help="how many machines (1-79)")
     lab_up.add_argument("--firmware", choices=("bios", "uefi"), default="bios")
     lab_up.add_argument("--kernel", type=Path, help="boot this kernel (default: Debian's, fetched with apt)")
     lab_up.add_argument("--initrd", type=Path, help="and this initrd (default: bootd's reporting payload)")
@@ -97,7 +123,83 @@ def main(argv: list[str] | None = None) -> int:
     service.add_argument("--root", type=Path, default=Path("/"), help="install under this root directory")
     service.add_argument("--user", default="bootd", help="the system user bootd runs as (created if missing)")
 
+    _accept_debug_after_subcommands(parser)
     args = parser.parse_args(argv)
+    command = _command_name(parser, args)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`bootd render ... | head`): say nothing more, and keep Python's exit-time
+        # flush from printing its own complaint about the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
+    except Exception as exc:  # the CLI's one broad guard: whatever no command expected
+        debug = args.debug or os.environ.get("BOOTD_DEBUG", "") not in ("", "0")
+        if debug:
+            traceback.print_exc()
+        print(unexpected_error_line(command, exc, debug=debug), file=sys.stderr)
+        return EXIT_FAILED if isinstance(exc, OSError) else EXIT_BUG
+
+
+def _in_range(convert, low: float, high: float):
+    """An argparse type: a number from `low` to `high`, else a usage error naming the bounds."""
+    def number(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not between {low:g} and {high:g}")
+        return value
+    return number
+
+
+def unexpected_error_line(command: str, exc: BaseException, *, debug: bool) -> str:
+    """One line for an exception no command handled: what failed and where, and how to see more.
+
+    An OSError is the environment's answer (a file, a directory, a socket), said as the file and the
+    reason; anything else is bootd's bug, named by the place it was raised."""
+    hint = "" if debug else " (rerun with --debug or BOOTD_DEBUG=1 for the traceback)"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return f"{command}: {where}{exc.strerror}{hint}"
+    ours = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).is_relative_to(PACKAGE_DIR)]
+    at = ""
+    if ours:  # the last step in bootd's own code: a library's frames say less about what bootd was doing
+        last = ours[-1]
+        at = f" at {Path(last.filename).relative_to(PACKAGE_DIR.parent)}:{last.lineno} in {last.name}()"
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{command}: internal error{at}: {type(exc).__name__}{': ' if message else ''}{message}{hint}"
+
+
+def _accept_debug_after_subcommands(parser: argparse.ArgumentParser) -> None:
+    """`bootd check -c x --debug` works as `bootd --debug check -c x` does, for every subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if "--debug" not in sub._option_string_actions:
+                    sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                     help="print the traceback of an unexpected error (also BOOTD_DEBUG=1)")
+                _accept_debug_after_subcommands(sub)
+
+
+def _command_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """"bootd firmware fetch": the program and the subcommands chosen, for error lines."""
+    words = [parser.prog]
+    while True:
+        chosen = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                       and getattr(args, a.dest, None) in a.choices), None)
+        if chosen is None:
+            return " ".join(words)
+        name = getattr(args, chosen.dest)
+        words.append(name)
+        parser = chosen.choices[name]
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "lab":
         return cmd_lab(args)
     if args.command == "install-service":
@@ -197,12 +299,16 @@ def cmd_render(path: Path, mac: str | None, labels: list[str], what: str) -> int
     from appliance.http.boot import render_grub, render_ipxe
     from appliance.http.common import choose
     from appliance.http.configs import render_env_file
+    from appliance.mac import try_parse_mac
     from appliance.render import Refusal, generic_for, ignition_for
     from appliance.store import labels_from_query
     from appliance.templates.data import template_data
 
     config = _load(path)
     if config is None:
+        return 2
+    if mac is not None and try_parse_mac(mac) is None:
+        print(f"bootd render: --mac {mac!r}: not a MAC address (aa:bb:cc:dd:ee:ff)", file=sys.stderr)
         return 2
     pairs = [("mac", mac)] if mac else []
     for label in labels:
@@ -294,16 +400,36 @@ def cmd_lab(args: argparse.Namespace) -> int:
         if (args.kernel is None) != (args.initrd is None):
             print("bootd lab up: give both --kernel and --initrd, or neither", file=sys.stderr)
             return 2
+        for flag, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
+            if path is not None and not path.is_file():
+                print(f"bootd lab up: {flag} {path}: no such file", file=sys.stderr)
+                return 2
         return lab.up(machines=args.machines, firmware=args.firmware, kernel=args.kernel, initrd=args.initrd,
                       directory=args.dir, timeout=args.timeout)
-    except (lab.LabError, FirmwareError, OSError) as exc:
+    except (lab.LabError, FirmwareError) as exc:
         print(f"bootd lab: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"bootd lab: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as exc:  # preparing the payload: apt-get, dpkg-deb, cpio
+        output = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        last_line = "".join(f": {line}" for line in output.strip().splitlines()[-1:])
+        command = " ".join(exc.cmd) if isinstance(exc.cmd, list) else str(exc.cmd)
+        print(f"bootd lab: {command} failed (exit {exc.returncode}){last_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
 
 
 def cmd_probe(interface: str, timeout: float, arch: int) -> int:
+    import socket
+
+    try:  # said at once, before scapy's import and its capture's start-up wait
+        socket.if_nametoindex(interface)
+    except OSError:
+        print(f"bootd probe: {interface}: no such interface", file=sys.stderr)
+        return 2
     from appliance.probe import probe  # scapy is slow to import; only this command needs it
 
     try:

@@ -225,7 +225,12 @@ class Config:
 def load_config(path: str | Path) -> Config:
     """Read and check `path`; raise ConfigInvalid (every error) or OSError (unreadable)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigInvalid([ConfigError(path.name, line, "(file)", f"not UTF-8 text (byte {exc.start})")]) from None
     return parse_config(text, path)
 
 

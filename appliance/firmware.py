@@ -66,6 +66,12 @@ def sha256_of(path: Path) -> str:
 
 def fetch(destination: Path, *, deb: Path | None = None) -> list[str]:
     """Install the known files from the Debian package into `destination`; the lines to print."""
+    if destination.exists() and not destination.is_dir():  # said before the download, not after it
+        raise FirmwareError(f"{destination} is not a directory")
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FirmwareError(f"{destination}: cannot make the firmware directory: {exc.strerror}") from None
     with tempfile.TemporaryDirectory(prefix="bootd-firmware-") as work:
         workdir = Path(work)
         if deb is None:
@@ -91,8 +97,10 @@ def fetch(destination: Path, *, deb: Path | None = None) -> list[str]:
             if digest != known.sha256:
                 problems.append(f"{known.name}: sha256 {digest} is not the known {known.sha256}")
                 continue
-            write_atomically(destination / known.name, source.read_bytes())
-            os.chmod(destination / known.name, 0o644)
+            try:
+                write_atomically(destination / known.name, source.read_bytes(), mode=0o644)
+            except OSError as exc:
+                raise FirmwareError(f"{destination / known.name}: cannot write: {exc.strerror}") from None
             lines.append(f"installed {destination / known.name} (sha256 {digest[:16]}..., verified)")
         if problems:
             raise FirmwareError("; ".join(problems))

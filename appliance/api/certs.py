@@ -113,6 +113,8 @@ def _write(path: Path, data: bytes, mode: int, force: bool) -> None:
         fd = os.open(path, flags, mode)
     except FileExistsError:
         raise CertError(f"{path} exists; remove it or pass --force") from None
+    except OSError as exc:
+        raise CertError(f"{path}: cannot write: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as f:
         os.fchmod(f.fileno(), mode)  # an existing file (with --force) gets the mode too
         f.write(data)
@@ -126,7 +128,12 @@ def write_pair(directory: Path, stem: str, key: rsa.RSAPrivateKey, cert: x509.Ce
 def init(directory: Path, sans: str, *, force: bool = False) -> list[str]:
     """ca, server and client pairs in `directory`; the lines to print."""
     names = parse_sans(sans)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise CertError(f"{directory} is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CertError(f"{directory}: cannot make the directory: {exc.strerror}") from None
     ca_key, ca_cert = make_ca()
     write_pair(directory, "ca", ca_key, ca_cert, force)
     write_pair(directory, "server", *issue(ca_key, ca_cert, "bootd-server", client=False, sans=names), force)

@@ -178,6 +178,8 @@ def run(command: str, args, client_factory=ApiClient) -> int:
         return 0
     except ClientError as exc:
         print(f"bootd {command}: {exc}", file=sys.stderr)
+    except OSError as exc:  # a file given to apply -f
+        print(f"bootd {command}: {exc.filename}: cannot read: {exc.strerror}", file=sys.stderr)
     except grpc.RpcError as exc:
         print(f"bootd {command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
     finally:

@@ -137,10 +137,12 @@ def _reverse_origin(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> s
 def _rdata(rtype: str, value: str, domain: str):
     kind = rtype.upper()
     target = lambda text: text if text.endswith(".") else f"{text}.{domain}."  # noqa: E731
+    # Addresses are parsed by ipaddress, as build_zone reads them for PTR records: dnslib alone accepted
+    # `01.2.3.4`, which `bootd check` passed and the zone then refused at start.
     if kind == "A":
-        return QTYPE.A, A(value)
+        return QTYPE.A, A(str(ipaddress.IPv4Address(value)))
     if kind == "AAAA":
-        return QTYPE.AAAA, AAAA(value)
+        return QTYPE.AAAA, AAAA(str(ipaddress.IPv6Address(value)))
     if kind == "CNAME":
         return QTYPE.CNAME, CNAME(target(value))
     if kind == "PTR":

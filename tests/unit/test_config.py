@@ -1,5 +1,6 @@
 """bootd.yaml: every mistake is reported with file, line and field."""
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,22 @@ def test_every_error_is_reported_at_once():
 def test_yes_and_no_are_names_not_booleans():
     config = parse("machines:\n  - {name: no, mac: '52:54:00:00:00:01'}\n")
     assert config.machines[0].name == "no"
+
+
+@pytest.mark.parametrize("rtype, value", [
+    ("A", "01.2.3.4"), ("A", "1.2.3.4"), ("A", "1.2.3"), ("A", "256.1.1.1"), ("A", "::1"), ("AAAA", "::1"),
+    ("AAAA", "1.2.3.4"), ("AAAA", "fe80::1%eth0"), ("AAAA", "::ffff:1.2.3.4"), ("MX", "10 mail"), ("MX", "mail"),
+    ("SRV", "0 0 2380 node1"), ("SRV", "0 0 x node1"), ("TXT", ""), ("CNAME", "k8s"), ("PTR", "x"),
+])
+def test_a_record_the_config_accepts_is_one_the_zone_builds(rtype, value):
+    """Whatever `bootd check` accepts, `bootd run` accepts: an A record `01.2.3.4` passed the check (dnslib
+    took it) and then stopped the daemon at start (ipaddress did not)."""
+    from appliance.dns.zone import ExtraRecord, build_zone
+
+    text = f"domain: example.com\ndns:\n  records:\n    - {{name: x, type: {rtype}, value: \"{value}\"}}\n"
+    try:
+        config = parse(text)
+    except ConfigInvalid:
+        return  # refused by the check, with file, line and field: the runtime never sees it
+    records = [ExtraRecord(name=r.name, rtype=r.rtype, value=r.value) for r in config.dns.records]
+    build_zone(config, [ipaddress.ip_address("10.77.0.1")], extra=records)

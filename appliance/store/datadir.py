@@ -13,9 +13,11 @@ Layout: profiles/<id>.json, groups/*.json, ignition/<name>, generic/<name>, asse
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from appliance.store.selection import order_groups
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Documents larger than this are refused: a profile, group or config is a few KiB; 16 MiB is generous and
 # keeps a stray disk image in ignition/ from being read into memory per request.
@@ -133,8 +136,19 @@ def machine_groups(config: Config) -> tuple[Group, ...]:
     return tuple(groups)
 
 
+def _serialised(method: Callable[..., R]) -> Callable[..., R]:
+    """One reader at a time: the HTTP side reads on the event loop, the read-write API's handlers in worker
+    threads, and both fill the same caches (a dict changed while another thread iterates it raises)."""
+    @functools.wraps(method)
+    def locked(self: DataDir, *args: object, **kwargs: object) -> R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class DataDir:
     def __init__(self, root: Path, extra_groups: Iterable[Group] = ()) -> None:
+        self._lock = threading.RLock()
         self.root = root
         self.profiles_dir = root / "profiles"
         self.groups_dir = root / "groups"
@@ -153,6 +167,7 @@ class DataDir:
 
     # --- reads on the request path ----------------------------------------------------------------
 
+    @_serialised
     def groups(self) -> list[Group]:
         """Every group in selection order: configured machines first, then groups/*.json by file name."""
         loaded: list[Group] = []
@@ -188,16 +203,20 @@ class DataDir:
             self._listing = (version, paths)
         return self._listing[1]
 
+    @_serialised
     def profile(self, profile_id: str) -> Profile | None:
         found = self._locate(self.profiles_dir, profile_id + ".json")
         return self._profiles.get(*found)[0] if found else None
 
+    @_serialised
     def ignition(self, name: str) -> bytes | None:
         return self._read(self.ignition_dir, name)
 
+    @_serialised
     def generic(self, name: str) -> bytes | None:
         return self._read(self.generic_dir, name)
 
+    @_serialised
     def cloud(self, name: str) -> bytes | None:
         return self._read(self.cloud_dir, name)
 
@@ -229,6 +248,7 @@ class DataDir:
 
     # --- the whole-directory check for `bootd check` ----------------------------------------------
 
+    @_serialised
     def check(self) -> list[str]:
         """Every problem matchbox would skip over silently, one line each."""
         problems: list[str] = []
@@ -276,6 +296,7 @@ class DataDir:
                 problems.append(f"{where}: profile {profile.id!r}: {kind}/{name} is missing or refused")
         return problems
 
+    @_serialised
     def template_errors(self) -> list[str]:
         """Every template in ignition/ (not raw .ign), generic/ and cloud/ that does not parse: file, line,
         construct. These are errors for `bootd check`: a machine would get a 404."""

@@ -71,3 +71,36 @@ def test_configured_machines_become_groups_that_win_ties(data: Path):
     assert dict(groups[0].metadata) == {"name": "n1", "fqdn": "n1.example.com", "domain": "example.com",
                                         "ip": "10.0.0.1", "role": "worker"}
     assert DataDir(data, groups).groups()[0].id == "n1"
+
+
+def test_readers_in_threads_take_turns(tmp_path):
+    """The read-write API reads the data dir in worker threads while the HTTP side reads it on the loop; both
+    fill the same caches, so one reader at a time: a second reader waits while the first is inside."""
+    import threading
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "groups").mkdir()
+    (tmp_path / "profiles/a.json").write_text('{"id": "a"}')
+    (tmp_path / "groups/g.json").write_text('{"id": "g", "profile": "a"}')
+    store = DataDir(tmp_path)
+    inside, leave = threading.Event(), threading.Event()
+    parse = store._profiles._parse
+
+    def slow_parse(data, path):
+        inside.set()
+        leave.wait(10)
+        return parse(data, path)
+
+    store._profiles._parse = slow_parse
+    first = threading.Thread(target=store.profile, args=("a",))
+    first.start()
+    assert inside.wait(10)
+    second_done = threading.Event()
+    second = threading.Thread(target=lambda: (store.groups(), second_done.set()))
+    second.start()
+    second.join(0.5)
+    assert not second_done.is_set()  # waiting for the first reader, not filling the caches beside it
+    leave.set()
+    first.join(10)
+    second.join(10)
+    assert second_done.is_set() and [g.id for g in store.groups()] == ["g"]

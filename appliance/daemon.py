@@ -35,7 +35,8 @@ from appliance.http import HttpContext, make_app
 from appliance.net import NeighbourTable, RouterAdvertiser, interface_addresses
 from appliance.http.boot import SCRIPT_LABELS
 from appliance.store import DataDir, Group, MatchScope, machine_groups, match_scope
-from appliance.systemd import Notifier, PrivilegeError, describe_user, drop_privileges, lookup_user
+from appliance.systemd import Notifier, PrivilegeError, describe_user, drop_privileges, limit_bounding_set, \
+    lookup_user
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,11 @@ class Daemon:
 
     async def run(self) -> int:
         try:
+            if self.config.user is not None and os.geteuid() == 0:
+                try:
+                    limit_bounding_set()  # before any thread starts, so that every thread inherits it
+                except PrivilegeError as exc:
+                    raise StartupError(f"user: {exc}") from None
             await self.start()  # a StartupError part-way still closes what was opened
             self.become_user()
             logger.info("bootd ready: %s", ", ".join(self.addresses) or "no service enabled",

@@ -216,24 +216,35 @@ def chown_tree(root: Path, user: RunAs) -> int:
     return changed
 
 
+def limit_bounding_set() -> None:
+    """Reduce this thread's capability bounding set to KEPT_CAPABILITIES. The bounding set only limits what
+    an execve could gain, so root keeps working until the drop; a thread inherits it from its creator, so
+    done before any thread starts it reaches every thread (setuid, which glibc applies to all threads, then
+    clears their capabilities; only the event loop's thread keeps the two)."""
+    libc = _libc()
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    for cap in range(_last_capability() + 1):
+        if cap not in KEPT_CAPABILITIES:
+            _check(libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap} from the bounding set")
+
+
 def drop_privileges(user: RunAs, writable: Iterable[Path]) -> None:
     """From root to `user`, keeping KEPT_CAPABILITIES (permitted and effective) and nothing else.
 
     Order matters: the bounding set can only be reduced while CAP_SETPCAP is effective (before setuid);
     PR_SET_KEEPCAPS keeps the permitted set across setuid, which clears the effective set, so capset
     raises the two again afterwards. The bounding set, keep-caps and no-new-privs are per thread: this
-    runs on the event loop's thread, the one that binds sockets; threads started earlier (an executor,
-    gRPC's) lose every capability at setuid, which glibc applies to all threads.
+    runs on the event loop's thread, the one that binds sockets; other threads (an executor, gRPC's) lose
+    every capability at setuid, which glibc applies to all threads, and their bounding set is the one
+    `limit_bounding_set` left before they started.
     """
     for path in writable:
         changed = chown_tree(path, user)
         if changed:
             logger.info("gave %s (%d entries) to user %s", path, changed, user.name)
+    limit_bounding_set()
     libc = _libc()
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    for cap in range(_last_capability() + 1):
-        if cap not in KEPT_CAPABILITIES:
-            _check(libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap} from the bounding set")
     _check(libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
     try:
         os.initgroups(user.name, user.gid)  # the user's own supplementary groups, as systemd's User= gives

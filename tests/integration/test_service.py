@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -193,6 +194,7 @@ def test_sighup_is_bracketed_by_reloading_and_ready_and_sigterm_says_stopping(sm
     assert re.fullmatch(r"TFTP :\d+, HTTP :\d+, 0 machines", notify.messages[again]["STATUS"])
     bootd.send(signal.SIGTERM)
     notify.wait_for(lambda m: m.get("STOPPING") == "1", start=again + 1)
+    assert bootd.proc.wait(20) == 0  # one SIGTERM, as systemd sends
     assert bootd.stop() == 0
 
 
@@ -221,6 +223,23 @@ def world_readable_dir() -> Iterator[Path]:
         shutil.rmtree(path)
 
 
+def interpreter_reachable_by_anyone(argv: list[str], stash: Path) -> list[str]:
+    """`argv` run so that a dropped user can still import the stdlib modules Python loads lazily (asyncio's
+    executor, say). On a real install Python lives in /usr or /opt; here it may be under a 0700 /root (pyenv).
+    Then, in a mount namespace of the daemon's own (nothing outside changes), that directory is covered by a
+    0755 tmpfs holding only the interpreter's tree, bind-mounted back in place."""
+    path = Path(sys.base_prefix)
+    blocking = next((p for p in reversed(path.parents) if p != Path("/") and not p.stat().st_mode & stat.S_IXOTH),
+                    None)
+    if blocking is None:
+        return argv
+    inside = blocking / path.relative_to(blocking).parts[0]  # /root/.pyenv
+    stash.mkdir()
+    script = (f'set -e; mount --bind "{inside}" "{stash}"; mount -t tmpfs -o mode=0755 tmpfs "{blocking}"; '
+              f'mkdir "{inside}"; mount --bind "{stash}" "{inside}"; exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+
+
 def test_root_drops_to_the_configured_user_keeping_only_the_two_capabilities(bridged_netlab, throwaway_user,
                                                                               world_readable_dir):
     lab, user, root = bridged_netlab, throwaway_user, world_readable_dir
@@ -233,7 +252,9 @@ tftp: {{address: 192.0.2.1, port: 6969}}
 dhcp:
 {AUTHORITATIVE}"""
     config = make_config(root, body)
-    bootd = BootdProcess(config, lab=lab, ns=lab.server_ns).start()
+    bootd = BootdProcess(config, lab=lab, ns=lab.server_ns)
+    bootd.argv = interpreter_reachable_by_anyone(bootd.argv, root / "interpreter")
+    bootd.start()
     try:
         pid = bootd.proc.pid
         status = proc_status(pid)
@@ -241,10 +262,6 @@ dhcp:
         caps = {key: int(status[key], 16) for key in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb")}
         assert caps == {"CapEff": KEPT_CAPS, "CapPrm": KEPT_CAPS, "CapInh": 0, "CapBnd": KEPT_CAPS, "CapAmb": 0}, caps
         assert status["NoNewPrivs"] == "1"
-        for task in os.listdir(f"/proc/{pid}/task"):  # threads started before the drop (executor, gRPC) too
-            thread = proc_status(pid, int(task))
-            assert thread["Uid"].split() == [str(user.pw_uid)] * 4, thread
-            assert int(thread["CapEff"], 16) & ~KEPT_CAPS == 0 and int(thread["CapPrm"], 16) & ~KEPT_CAPS == 0
 
         # DHCP (bound to 67 before the drop) hands out a lease, written to the state dir it now owns
         lease = udhcpc(lab, client)
@@ -252,6 +269,12 @@ dhcp:
         leases = root / "state/leases.json"
         assert "192.0.2.100" in leases.read_text() and leases.stat().st_uid == user.pw_uid
         assert stat.S_IMODE((root / "state").stat().st_mode) & 0o002 == 0
+        threads = os.listdir(f"/proc/{pid}/task")
+        for task in threads:  # any other thread (an executor's) has no more than the loop's
+            thread = proc_status(pid, int(task))
+            assert thread["Uid"].split() == [str(user.pw_uid)] * 4, thread
+            assert int(thread["CapEff"], 16) & ~KEPT_CAPS == 0 and int(thread["CapPrm"], 16) & ~KEPT_CAPS == 0
+            assert int(thread["CapBnd"], 16) == KEPT_CAPS, thread
         # (udhcpc's script configures no address: HTTP and TFTP are asked from the server's namespace)
         http = lab.run(lab.server_ns, ["curl", "-sf", "http://192.0.2.1:8080/api/v1/machines/52:54:00:ab:00:01"])
         assert http.returncode == 0 and "192.0.2.100" in http.stdout, http.stderr
@@ -301,3 +324,80 @@ def test_install_service_writes_a_unit_that_verifies_and_scores_ok(tmp_path):
     assert score is not None, security.stdout + security.stderr
     print(f"systemd-analyze security bootd.service: {score[1]} {score[2]}")
     assert float(score[1]) <= 2.5 and score[2] in ("OK", "SAFE"), security.stdout
+
+
+# --- under the unit's restrictions ------------------------------------------------------------------------
+
+# Execs the daemon with the kernel's memory-deny-write-execute on (PR_SET_MDWE, Linux 6.3+, kept across execve):
+# the rule systemd's MemoryDenyWriteExecute=yes enforces with seccomp (no W+X mapping, no gaining PROT_EXEC).
+MDWE_EXEC = """\
+import ctypes, mmap, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(f"PR_SET_MDWE: {os.strerror(ctypes.get_errno())}")
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    sys.exit("PR_SET_MDWE set, yet a W+X mapping was allowed")
+except PermissionError:
+    pass
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def unit_syscalls(*groups: str) -> frozenset[str]:
+    """The system calls a SystemCallFilter= group names, nested groups expanded, as this systemd defines them."""
+    names: set[str] = set()
+    for group in groups:
+        listing = subprocess.run(["systemd-analyze", "syscall-filter", group], capture_output=True, text=True,
+                                 check=True).stdout
+        for line in listing.splitlines()[1:]:
+            entry = line.strip()
+            if entry and not entry.startswith("#"):
+                names |= unit_syscalls(entry) if entry.startswith("@") else {entry}
+    return frozenset(names)
+
+
+def test_bootd_serves_under_the_units_memory_and_syscall_restrictions(tmp_path):
+    """What the unit forbids, checked here without systemd: bootd (HTTP, TFTP, DNS, and gRPC with TLS through
+    grpcio and cryptography) serves, reloads and stops under memory-deny-write-execute, and every system call
+    it makes (strace -f, all threads) is inside SystemCallFilter=@system-service ~@privileged @resources."""
+    assert shutil.which("strace"), "strace is needed (tests/setup.sh installs it)"
+    tls = tmp_path / "tls"
+    subprocess.run([BOOTD, "certs", "init", "--san", "IP:127.0.0.1", "--out", tls], check=True, capture_output=True)
+    config = make_config(tmp_path, f"""\
+domain: lab.test
+http: {{address: 127.0.0.1, port: 0, data_dir: {tmp_path / 'data'}}}
+tftp: {{address: 127.0.0.1, port: 0}}
+dns: {{address: 127.0.0.1, port: 0}}
+api: {{address: 127.0.0.1, port: 0, cert_file: {tls / 'server.crt'}, key_file: {tls / 'server.key'},
+      ca_file: {tls / 'ca.crt'}}}
+""")
+    trace = tmp_path / "trace"
+    bootd = BootdProcess(config)
+    bootd.argv = ["strace", "-f", "-qq", "-o", str(trace), sys.executable, "-c", MDWE_EXEC, *bootd.argv]
+    bootd.start(timeout=60)
+    try:
+        daemon = int(Path(f"/proc/{bootd.proc.pid}/task/{bootd.proc.pid}/children").read_text().split()[0])
+        ports = {a.split("://")[0]: int(a.rsplit(":", 1)[1]) for a in bootd.addresses}
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/v1/machines", timeout=10) as answer:
+            assert answer.status == 200
+        tftp = subprocess.run(["curl", "-sf", f"tftp://127.0.0.1:{ports['tftp']}/undionly.kpxe"], capture_output=True,
+                              timeout=30)
+        assert tftp.stdout == FIRMWARE
+        dns = subprocess.run(["dig", "@127.0.0.1", "-p", str(ports["dns"]), "+short", "+tries=1", "+time=5",
+                              "SOA", "lab.test"], capture_output=True, text=True, timeout=30)
+        assert dns.stdout.strip(), dns
+        api = subprocess.run([BOOTD, "get", "profiles", "--endpoint", f"127.0.0.1:{ports['grpcs']}", "--ca-file",
+                              tls / "ca.crt", "--cert-file", tls / "client.crt", "--key-file", tls / "client.key"],
+                             capture_output=True, text=True, timeout=60)
+        assert api.returncode == 0 and "p" in api.stdout.split(), api.stdout + api.stderr
+        start = len(bootd.lines)
+        os.kill(daemon, signal.SIGHUP)
+        bootd.wait_for_log(lambda l: l.get("message", "").startswith("reloaded"), start=start)
+        os.kill(daemon, signal.SIGTERM)
+        assert bootd.proc.wait(60) == 0  # strace exits with the daemon's code
+    finally:
+        assert bootd.stop(timeout=60) == 0
+    allowed = unit_syscalls("@system-service") - unit_syscalls("@privileged", "@resources")
+    used = {m[1] for line in trace.read_text().splitlines() if (m := re.match(r"\d+\s+([a-z0-9_]+)\(", line))}
+    assert len(used) > 40, used  # the trace is real
+    assert used - allowed == set(), f"system calls the unit would refuse: {sorted(used - allowed)}"

@@ -177,6 +177,32 @@ def test_run_from_the_wheel_serves_the_script_and_what_render_printed(installed,
     assert rendered.returncode == 0 and served == rendered.stdout
 
 
+def test_lab_payload_builds_from_the_wheel(installed, tmp_path):
+    """What `bootd lab up` prepares first: the payload (Debian's kernel, a busybox initrd whose /init reports
+    back). The kernel package is the one the e2e tests cache (fetched once, by this same code, if missing);
+    the initrd is built again here, by the installed package, into a cache of the test's own."""
+    def build(cache: Path | None) -> subprocess.CompletedProcess:
+        env = clean_env({"BOOTD_PAYLOAD_CACHE": str(cache)} if cache else None)
+        return subprocess.run([str(installed.venv / "bin/python"), "-c", "from appliance.lab.payload import build; "
+                               "print(*build())"], cwd=installed.elsewhere, capture_output=True, text=True, env=env,
+                              timeout=900)
+
+    shared = build(None)  # /var/tmp/bootd-payload, as the lab and the e2e tests use it
+    assert shared.returncode == 0, shared.stderr
+    shared_work = Path(shared.stdout.split()[0]).parent / "work"
+    cache = tmp_path / "payload"
+    (cache / "work").mkdir(parents=True, mode=0o755)
+    cache.chmod(0o755)
+    for kept in [*shared_work.glob("linux-image-*.deb"), shared_work / "root"]:  # the download and its unpacking
+        (cache / "work" / kept.name).symlink_to(kept)
+    ours = build(cache)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.split() == [str(cache / "vmlinuz"), str(cache / "initrd.gz")]
+    listing = subprocess.run(f"gunzip -c {cache / 'initrd.gz'} | cpio -t --quiet", shell=True, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert {"init", "bin/busybox", "lib/modules/order", "lib/modules/virtio_net.ko"} <= set(listing)
+
+
 # --- no tracebacks ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -178,6 +178,8 @@ class DnsConfig:
     reverse: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # default: /24 and /64 of each address
     records: tuple[DnsRecordConfig, ...] = ()
     forward: tuple[tuple[str, int], ...] = ()  # upstream servers for names outside the zones (then RA is set)
+    max_tcp_connections: int = 256  # beyond, each new connection closes the least recently active one
+    tcp_idle_timeout: int = 10  # seconds without a complete query before a TCP connection is closed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -468,13 +470,16 @@ class _Reader:
     def dns(self, node: Node) -> DnsConfig | None:
         from appliance.dns.zone import check_extra_record  # the zone knows which record values it can build
 
-        nodes = self.fields(node, "dns", {"enabled", "address", "port", "ttl", "reverse", "records", "forward"})
+        nodes = self.fields(node, "dns", {"enabled", "address", "port", "ttl", "reverse", "records", "forward",
+                                          "max_tcp_connections", "tcp_idle_timeout"})
         if nodes is None:
             return None
         kw: dict[str, Any] = {"enabled": True}
         for key, read in (("enabled", self.boolean), ("address", self.ip),
                           ("port", lambda n, w: self.integer(n, w, 0, 65535)),
-                          ("ttl", lambda n, w: self.integer(n, w, 0, 2**31 - 1))):
+                          ("ttl", lambda n, w: self.integer(n, w, 0, 2**31 - 1)),
+                          ("max_tcp_connections", lambda n, w: self.integer(n, w, 1, 65535)),
+                          ("tcp_idle_timeout", lambda n, w: self.integer(n, w, 1, 3600))):
             if (value := self.optional(nodes, key, "dns", read)) is not None:
                 kw[key] = value
         if "reverse" in nodes:
@@ -517,11 +522,19 @@ class _Reader:
             upstreams = []
             for i, item in enumerate(self.sequence(nodes["forward"], "dns.forward") or []):
                 text = self.string(item, f"dns.forward[{i}]") or ""
-                host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "53")
+                if text.startswith("["):  # [IPv6]:port, as in a URL
+                    host, bracket, rest = text[1:].partition("]")
+                    port = rest[1:] if rest.startswith(":") else ("53" if bracket and not rest else "")
+                else:
+                    host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "53")
                 try:
-                    upstreams.append((str(ipaddress.ip_address(host or text)), int(port or 53)))
+                    number = int(port)
+                    if not 1 <= number <= 65535:
+                        raise ValueError(port)
+                    upstreams.append((str(ipaddress.ip_address(host)), number))
                 except ValueError:
-                    self.error(item, f"dns.forward[{i}]", f"{text!r} is not an IP address (with an optional :port)")
+                    self.error(item, f"dns.forward[{i}]",
+                               f"{text!r} is not an IP address with an optional port (1.2.3.4:53, [fd00::1]:53)")
             kw["forward"] = tuple(upstreams)
         return DnsConfig(**kw)
 

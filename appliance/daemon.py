@@ -341,7 +341,8 @@ class Daemon:
         """A started DNS server (UDP and TCP) for `config`; OSError if a socket cannot be bound."""
         dns = config.dns
         server = DnsServer(zone=self._zone(config), address=str(dns.address) if dns.address else "",
-                           port=dns.port, forward=dns.forward)
+                           port=dns.port, forward=dns.forward, max_tcp_connections=dns.max_tcp_connections,
+                           tcp_idle_timeout=float(dns.tcp_idle_timeout))
         try:
             await server.start()
         except OSError:

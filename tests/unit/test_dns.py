@@ -1,5 +1,6 @@
 """The zone built from the config, and each answer rule (AA/RA, NOERROR, NODATA, NXDOMAIN, REFUSED, case,
-EDNS, truncation, malformed input), through DnsServer.respond with no sockets."""
+EDNS, truncation, malformed input), through DnsServer.respond with no sockets; the forwarder's decisions
+(forward.py) and its config."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSRecord
 
-from appliance.config import parse_config
-from appliance.dns.server import DnsServer
+from appliance.config import ConfigInvalid, parse_config
+from appliance.dns.forward import (MAX_NEGATIVE_TTL, MAX_TTL, UPSTREAM_EDNS_SIZE, AnswerCache, Question, Rejected,
+                                   attempt_order, cache_lifetime, cap_ttls, check_response, upstream_query)
+from appliance.dns.server import IDLE_SECONDS, MAX_TCP_CONNECTIONS, DnsServer
 from appliance.dns.zone import ExtraRecord, build_zone
 
 CONFIG = """\
@@ -146,3 +149,137 @@ def test_responses_and_runts_are_dropped(server):
 def test_precomputed_answers_cover_the_zone(server):
     query = DNSRecord.question("node2.example.com", "A")
     assert bytes(query.pack()[2:]) in server._answers
+
+
+# --- forwarding decisions (forward.py): which upstream answer to believe, and for how long -------------------
+
+ASKED = Question("www.outside.test", QTYPE.A, 1)
+
+
+def upstream_answer(name: str = "www.outside.test", qtype: str = "A", *, query_id: int = 0x1234, qr: int = 1,
+                    ttl: int = 60) -> DNSRecord:
+    reply = DNSRecord(DNSHeader(id=query_id, qr=qr, rd=1, ra=1), q=DNSRecord.question(name, qtype).q)
+    reply.add_answer(RR(name, QTYPE.A, rdata=A("192.0.2.1"), ttl=ttl))
+    return reply
+
+
+def negative(rcode: int = RCODE.NXDOMAIN, *, soa_ttl: int = 86400, minimum: int = 3600) -> DNSRecord:
+    reply = DNSRecord(DNSHeader(id=0x1234, qr=1, rcode=rcode), q=DNSRecord.question("gone.outside.test").q)
+    reply.add_auth(RR("outside.test", QTYPE.SOA, ttl=soa_ttl,
+                      rdata=SOA("ns.outside.test", "hostmaster.outside.test", (1, 3600, 600, 86400, minimum))))
+    return reply
+
+
+@pytest.mark.parametrize("data, verdict", [
+    pytest.param(upstream_answer().pack(), None, id="the-answer"),
+    pytest.param(upstream_answer("WWW.Outside.TEST").pack(), None, id="name-in-another-case"),
+    pytest.param(upstream_answer(query_id=0x1235).pack(), "wrong-id", id="wrong-id"),
+    pytest.param(upstream_answer("evil.test").pack(), "wrong-question", id="wrong-name"),
+    pytest.param(upstream_answer(qtype="AAAA").pack(), "wrong-question", id="wrong-type"),
+    pytest.param(upstream_answer(qr=0).pack(), "not-a-response", id="a-query"),
+    pytest.param(bytes.fromhex("1234 8180 0000 0000 0000 0000"), "wrong-question", id="no-question"),
+    pytest.param(bytes.fromhex("1234 8180 0001 0000 0000 0000 03777777"), "malformed", id="cut-short"),
+    pytest.param(b"\x12", "malformed", id="runt"),
+])
+def test_only_the_answer_to_the_question_asked_is_believed(data, verdict):
+    result = check_response(bytes(data), query_id=0x1234, asked=ASKED)
+    if verdict is None:
+        assert isinstance(result, DNSRecord) and values(result) == ["192.0.2.1"]
+    else:
+        assert result == Rejected(verdict)
+
+
+def test_another_class_is_another_question():
+    chaos = upstream_answer()
+    chaos.q.qclass = 3
+    assert check_response(bytes(chaos.pack()), query_id=0x1234, asked=ASKED) == Rejected("wrong-question")
+
+
+@pytest.mark.parametrize("response, ttls, lifetime", [
+    pytest.param(upstream_answer(ttl=7 * 86400), [MAX_TTL], MAX_TTL, id="a-week-becomes-an-hour"),
+    pytest.param(upstream_answer(ttl=30), [30], 30, id="short-stays-short"),
+    pytest.param(negative(), [MAX_NEGATIVE_TTL], MAX_NEGATIVE_TTL, id="nxdomain-capped"),
+    pytest.param(negative(RCODE.NOERROR), [MAX_NEGATIVE_TTL], MAX_NEGATIVE_TTL, id="nodata-capped"),
+    pytest.param(negative(minimum=20), [20], 20, id="nxdomain-by-soa-minimum"),
+    pytest.param(negative(soa_ttl=10), [10], 10, id="nxdomain-by-soa-ttl"),
+    pytest.param(negative(RCODE.SERVFAIL), [MAX_TTL], None, id="servfail-not-kept"),
+])
+def test_ttls_are_capped_and_negative_answers_kept_by_their_soa(response, ttls, lifetime):
+    capped = cap_ttls(response)
+    assert [rr.ttl for rr in (*capped.rr, *capped.auth)] == ttls
+    assert cache_lifetime(capped) == lifetime
+
+
+def test_not_kept_truncated_or_negative_without_soa_and_upstream_opt_left_out():
+    truncated = upstream_answer()
+    truncated.header.tc = 1
+    assert cache_lifetime(cap_ttls(truncated)) is None
+    nxdomain = DNSRecord(DNSHeader(id=1, qr=1, rcode=RCODE.NXDOMAIN), q=DNSRecord.question("gone.test").q)
+    assert cache_lifetime(cap_ttls(nxdomain)) is None
+    with_opt = upstream_answer()
+    with_opt.add_ar(EDNS0(udp_len=4096))
+    assert cap_ttls(with_opt).ar == []
+
+
+def test_upstream_query_asks_as_the_client_asked_with_recursion_and_edns():
+    query = DNSRecord.parse(upstream_query(DNSRecord.question("Www.Outside.Test", "AAAA").q, 0xBEEF))
+    assert (query.header.id, query.header.rd, query.header.qr) == (0xBEEF, 1, 0)
+    assert str(query.q.qname) == "Www.Outside.Test." and query.q.qtype == QTYPE.AAAA
+    assert [rr.rclass for rr in query.ar if rr.rtype == QTYPE.OPT] == [UPSTREAM_EDNS_SIZE]
+
+
+def test_the_upstream_that_answered_well_is_asked_first():
+    upstreams = (("192.0.2.1", 53), ("192.0.2.2", 53), ("::1", 53))
+    assert attempt_order(upstreams, 0) == [0, 1, 2]
+    assert attempt_order(upstreams, 2) == [2, 0, 1]
+
+
+def test_the_answer_cache_ages_expires_and_stays_bounded():
+    cache = AnswerCache(entries=3)
+    cache.put(ASKED, cap_ttls(upstream_answer(ttl=100)), now=1000.0)
+    assert [rr.ttl for rr in cache.get(ASKED, now=1040.0).rr] == [60]  # served with the time left
+    assert cache.get(ASKED, now=1100.0) is None and len(cache) == 0  # expired: gone
+    for i in range(5):
+        cache.put(Question(f"n{i}.test", QTYPE.A, 1), cap_ttls(upstream_answer(f"n{i}.test")), now=0.0)
+    assert len(cache) == 3 and cache.get(Question("n0.test", QTYPE.A, 1), now=1.0) is None
+    small = AnswerCache(max_bytes=200)
+    for i in range(5):
+        small.put(Question(f"n{i}.test", QTYPE.A, 1), cap_ttls(upstream_answer(f"n{i}.test")), now=0.0)
+    assert 0 < small.size <= 200 and small.get(Question("n4.test", QTYPE.A, 1), now=1.0) is not None
+    cache.put(Question("nx.test", QTYPE.A, 1), cap_ttls(negative(RCODE.SERVFAIL)), now=0.0)
+    assert cache.get(Question("nx.test", QTYPE.A, 1), now=1.0) is None  # never kept
+
+
+# --- the config of the forwarder and of TCP ------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, upstream", [
+    pytest.param("192.0.2.53", ("192.0.2.53", 53), id="ipv4"),
+    pytest.param("192.0.2.53:5353", ("192.0.2.53", 5353), id="ipv4-port"),
+    pytest.param("fd00::53", ("fd00::53", 53), id="ipv6"),
+    pytest.param("[fd00::53]", ("fd00::53", 53), id="ipv6-brackets"),
+    pytest.param("[fd00::53]:5353", ("fd00::53", 5353), id="ipv6-port"),
+])
+def test_forward_upstreams_in_the_config(text, upstream):
+    config = parse_config(f'domain: example.com\ndns:\n  forward: ["{text}"]\n', Path("/etc/bootd/bootd.yaml"))
+    assert config.dns.forward == (upstream,)
+
+
+@pytest.mark.parametrize("line, field", [
+    pytest.param('  forward: ["[fd00::53]:99999"]', "dns.forward[0]", id="port-out-of-range"),
+    pytest.param('  forward: ["[fd00::53"]', "dns.forward[0]", id="unclosed-bracket"),
+    pytest.param('  forward: ["fd00::53:53:zz"]', "dns.forward[0]", id="not-an-address"),
+    pytest.param("  max_tcp_connections: 0", "dns.max_tcp_connections", id="no-tcp-connections"),
+    pytest.param("  tcp_idle_timeout: 0", "dns.tcp_idle_timeout", id="no-idle-time"),
+])
+def test_bad_forward_and_tcp_settings_name_file_line_and_field(line, field):
+    with pytest.raises(ConfigInvalid) as info:
+        parse_config(f"domain: example.com\ndns:\n{line}\n", Path("/etc/bootd/bootd.yaml"))
+    assert [(e.file, e.line, e.field) for e in info.value.errors] == [("bootd.yaml", 3, field)]
+
+
+def test_tcp_settings_from_the_config():
+    config = parse_config("domain: example.com\ndns:\n  max_tcp_connections: 32\n  tcp_idle_timeout: 30\n",
+                          Path("/etc/bootd/bootd.yaml"))
+    assert (config.dns.max_tcp_connections, config.dns.tcp_idle_timeout) == (32, 30)
+    defaults = parse_config("domain: example.com\ndns: {}\n", Path("/etc/bootd/bootd.yaml")).dns
+    assert (defaults.max_tcp_connections, defaults.tcp_idle_timeout) == (MAX_TCP_CONNECTIONS, IDLE_SECONDS)

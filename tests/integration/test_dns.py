@@ -430,7 +430,7 @@ def test_every_upstream_is_used_and_the_one_that_answered_is_asked_first(tmp_pat
     finally:
         assert bootd.stop() == 0
     assert [len(u.queries) for u in (dead, refused, good)] == [1, 1, 2]
-    assert counters["upstream_failed"]["timeout"] == 1 and counters["upstream_failed"]["REFUSED"] == 1, counters
+    assert counters["upstream_failed"]["timeout"] >= 1 and counters["upstream_failed"]["REFUSED"] == 1, counters
 
 
 def test_an_ipv6_upstream_is_reached(tmp_path, upstreams):

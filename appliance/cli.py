@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     service.add_argument("--root", type=Path, default=Path("/"), help="install under this root directory")
     service.add_argument("--user", default="bootd", help="the system user bootd runs as (created if missing)")
 
+    _add_appliance_commands(commands)  # ONBOOT's block, below cmd_probe
     _accept_debug_after_subcommands(parser)
     args = parser.parse_args(argv)
     command = _command_name(parser, args)
@@ -200,6 +201,8 @@ def _command_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "appliance":
+        return cmd_appliance(args)
     if args.command == "lab":
         return cmd_lab(args)
     if args.command == "install-service":
@@ -441,6 +444,66 @@ def cmd_probe(interface: str, timeout: float, arch: int) -> int:
     for answer in answers:
         print(answer.line())
     print(f"{len(answers)} answers on {interface} within {timeout:g} s")
+    return 0
+
+
+# --- bootd appliance prepare | report | banner (what the appliance image runs at boot; appliance/onboot.py) ---
+
+def _add_appliance_commands(commands) -> None:
+    from appliance import onboot
+
+    appliance = commands.add_parser("appliance", help="what the appliance image runs at boot: its config from "
+                                                      "the BOOTD partition, the network unit, the console banner")
+    appliance_commands = appliance.add_subparsers(dest="appliance_command", required=True)
+    prepare = appliance_commands.add_parser(
+        "prepare", help="check BOOTD's bootd.yaml and make it the active config (the last good one is kept when it "
+                        "has errors; the turnkey proxy-DHCP config when there is none); write the network unit, "
+                        "the report and the banner")
+    for flag, default, what in (
+            ("--bootd-dir", onboot.DEFAULT_BOOTD_DIR, "the BOOTD partition"),
+            ("--config-dir", onboot.DEFAULT_CONFIG_DIR, "the active config bootd runs"),
+            ("--state-dir", onboot.DEFAULT_STATE_DIR, "the state partition (bootd's state_dir is its state/)"),
+            ("--firmware-dir", onboot.DEFAULT_FIRMWARE_DIR, "the image's verified iPXE binaries"),
+            ("--network-dir", onboot.DEFAULT_NETWORK_DIR, "where the systemd-networkd unit goes"),
+            ("--sys-class-net", onboot.DEFAULT_SYS_CLASS_NET, "the NICs, to find the first Ethernet one")):
+        prepare.add_argument(flag, type=Path, default=default, help=f"{what} (default {default})")
+    prepare.add_argument("--user", default=onboot.DEFAULT_SERVICE_USER,
+                         help="bootd's service user, who gets the active data dir (default %(default)s)")
+    report = appliance_commands.add_parser("report", help="print the config's errors from the last prepare (for "
+                                                          "bootd's journal); exits 0 whatever they are")
+    banner = appliance_commands.add_parser("banner", help="rewrite the console banner (/run/bootd/issue)")
+    banner.add_argument("--pid", type=_in_range(int, 1, 2**22), help="the running bootd: add its user, "
+                                                                    "capabilities and memory")
+    for sub in (prepare, report, banner):
+        sub.add_argument("--run-dir", type=Path, default=onboot.DEFAULT_RUN_DIR,
+                         help=f"the report and the banner (default {onboot.DEFAULT_RUN_DIR})")
+    for sub in (report, banner):
+        sub.add_argument("--config-dir", type=Path, default=onboot.DEFAULT_CONFIG_DIR, help=argparse.SUPPRESS)
+
+
+def cmd_appliance(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from appliance import onboot
+
+    if args.appliance_command == "prepare":
+        # absolute: the active config names them, and its relative paths are relative to itself
+        paths = onboot.AppliancePaths(bootd_dir=args.bootd_dir.absolute(), config_dir=args.config_dir.absolute(),
+                                      state_dir=args.state_dir.absolute(), firmware_dir=args.firmware_dir.absolute(),
+                                      network_dir=args.network_dir, run_dir=args.run_dir,
+                                      sys_class_net=args.sys_class_net, service_user=args.user)
+        report = onboot.prepare(paths, datetime.now(timezone.utc))
+        for line in report.text().splitlines():
+            print(line)
+        return 0  # config errors are handled (the last good config is kept): bootd-config.service succeeds
+    paths = onboot.AppliancePaths(config_dir=args.config_dir, run_dir=args.run_dir)
+    if args.appliance_command == "report":
+        report = onboot.read_report(paths)
+        print(report.summary)
+        for error in report.errors:
+            print(f"error: {error}")
+        return 0  # never stops bootd from starting with the last good config
+    onboot.banner(paths, args.pid)
     return 0
 
 

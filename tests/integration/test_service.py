@@ -295,6 +295,53 @@ dhcp:
         assert bootd.stop() == 0
 
 
+def as_the_unit_runs_it(argv: list[str], user: pwd.struct_passwd, caps: str) -> list[str]:
+    """What User=, AmbientCapabilities=, CapabilityBoundingSet= and NoNewPrivileges= make of a command, by
+    setpriv(1): the user's uid, gid and groups, `caps` ambient (so effective) and nothing else in the bounding set."""
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", f"--inh-caps=-all,{caps}",
+            f"--ambient-caps=-all,{caps}", f"--bounding-set=-all,{caps}", "--no-new-privs", *argv]
+
+
+def test_bootd_starts_as_the_unit_starts_it_with_two_ambient_capabilities(bridged_netlab, throwaway_user,
+                                                                          world_readable_dir):
+    """No root at any point: bootd binds DHCP 67, TFTP 69, DNS 53, HTTP 80 and opens the router advertisement's
+    ICMPv6 raw socket with only the unit's two capabilities; without CAP_NET_RAW that socket is refused."""
+    lab, user, root = bridged_netlab, throwaway_user, world_readable_dir
+    client = lab.add_client(mac="52:54:00:ac:00:01")
+    config = make_config(root, f"""domain: lab.test
+http: {{address: 192.0.2.1, port: 80, data_dir: {root / 'data'}}}
+tftp: {{address: 192.0.2.1, port: 69}}
+dns: {{address: 192.0.2.1, port: 53}}
+dhcp:
+{AUTHORITATIVE}  router_advertisement: true
+""")
+    subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", root / "state"], check=True)  # StateDirectory=
+    caps = "+net_bind_service,+net_raw"
+
+    without_raw = BootdProcess(config, lab=lab, ns=lab.server_ns)
+    argv = interpreter_reachable_by_anyone(as_the_unit_runs_it(without_raw.argv, user, "+net_bind_service"),
+                                           root / "interpreter")
+    refused = lab.run(lab.server_ns, argv, timeout=60)
+    assert refused.returncode == 2 and "dhcp.router_advertisement: cannot open an ICMPv6 socket" in refused.stderr, \
+        refused.stderr
+
+    bootd = BootdProcess(config, lab=lab, ns=lab.server_ns)
+    bootd.argv = interpreter_reachable_by_anyone(as_the_unit_runs_it(bootd.argv, user, caps), root / "interpreter2")
+    bootd.start()
+    try:
+        status = proc_status(bootd.proc.pid)
+        assert status["Uid"].split() == [str(user.pw_uid)] * 4
+        assert {key: int(status[key], 16) for key in ("CapEff", "CapPrm", "CapBnd", "CapAmb")} == dict.fromkeys(
+            ("CapEff", "CapPrm", "CapBnd", "CapAmb"), KEPT_CAPS)
+        assert {("udp", 67), ("udp", 4011), ("udp", 69), ("udp", 53), ("tcp", 53), ("tcp", 80)} <= \
+            listening_sockets(bootd.proc.pid)
+        assert not any("running as root" in line.get("message", "") for line in bootd.lines)
+        assert udhcpc(lab, client).get("ip") == "192.0.2.100"
+        assert "192.0.2.100" in (root / "state/leases.json").read_text()
+    finally:
+        assert bootd.stop() == 0
+
+
 def test_unknown_user_stops_run_with_file_line_and_field(tmp_path):
     config = make_config(tmp_path, f"http: {{port: 0, data_dir: {tmp_path / 'data'}}}\nuser: no-such-bootd-user\n")
     result = subprocess.run([BOOTD, "run", "-c", config], capture_output=True, text=True, timeout=60)

@@ -301,3 +301,16 @@ def test_ctrl_c_exits_130_without_a_traceback(installed, broken):
             command.wait()
     assert command.returncode == 130 and "Traceback" not in stderr
     assert stderr.splitlines() == ["bootd get: interrupted"]
+
+
+def test_a_reader_that_went_away_is_exit_141_and_no_complaint(installed):
+    """`bootd check | head -1`: the pipe is closed before bootd writes (here: before it even starts)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([str(installed.venv / "bin/bootd"), "check", "-c", str(installed.config)],
+                                cwd=installed.elsewhere, stdout=write, stderr=subprocess.PIPE, text=True,
+                                env=clean_env(), timeout=60)
+    finally:
+        os.close(write)
+    assert result.returncode == 141 and result.stderr == ""

@@ -237,7 +237,7 @@ def decide_boot(request: PxeRequest, policy: PxePolicy, server_ip: IPv4Address, 
     if not policy.is_claimed(request.mac):
         return Ignore("no-profile", "no group can select this MAC, so bootd has nothing to boot for it; to claim "
                       f'it, add under machines: in bootd.yaml: - {{name: NAME, mac: "{request.mac}", profile: '
-                      "PROFILE}} (or a group in the data dir's groups/ that selects it)", mac=request.mac)
+                      "PROFILE} (or a group in the data dir's groups/ that selects it)", mac=request.mac)
     entry = request.arch
     vendor_class = b"PXEClient"
     vendor_options: bytes | None = _DIRECT

@@ -110,9 +110,9 @@ def decide_bootd_config(chosen: Selection, *, pause_seconds: int = NOTHING_PAUSE
     """The boot configuration bootd's script gets for a selection (pure)."""
     who = chosen.mac or "this machine"
     if chosen.group is None:
-        detail = f"no profile for {who}: no group selects it; told to exit to its next boot device; {claim_hint(chosen.mac)}"
-        return BootdAnswer(Verdict.NOTHING, _nothing_script(who, "no group selects it", claim_hint(chosen.mac),
-                                                            pause_seconds), detail)
+        hint = claim_hint(chosen.mac)
+        detail = f"no profile for {who}: no group selects it; told to exit to its next boot device; {hint}"
+        return BootdAnswer(Verdict.NOTHING, _nothing_script(who, "no group selects it", hint, pause_seconds), detail)
     if chosen.profile is None:
         return BootdAnswer(Verdict.BROKEN, _broken_script(who, chosen.reason), chosen.reason)
     boot = chosen.profile.boot

@@ -74,7 +74,7 @@ def test_proxy_answers_only_machines_a_group_could_select(p, policy, answered):
         assert isinstance(decision, BootOffer)
     else:
         assert isinstance(decision, Ignore) and decision.reason == "no-profile" and decision.mac == A
-        assert f'mac: "{A}"' in decision.detail and "machines:" in decision.detail  # how to claim it
+        assert f'- {{name: NAME, mac: "{A}", profile: PROFILE}} (or' in decision.detail  # how to claim it
 
 
 def test_authoritative_gives_an_unclaimed_pxe_client_its_address_but_no_boot_file():

@@ -482,6 +482,15 @@ def _add_appliance_commands(commands) -> None:
 
 
 def cmd_appliance(args: argparse.Namespace) -> int:
+    try:
+        return _appliance(args)
+    except OSError as exc:  # the state partition or /run: the disk's answer, one line (a config error is no OSError)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"bootd appliance {args.appliance_command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _appliance(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from appliance import onboot

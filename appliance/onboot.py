@@ -14,7 +14,9 @@ network and bootd start, `prepare` turns what is on BOOTD into the active config
   active config is left as it was (the last good one, or none: then bootd.service's ConditionPathExists
   keeps bootd stopped), and every error is printed and reported with BOOTD's file, line and field.
 - BOOTD has no bootd.yaml: the turnkey config, proxy-DHCP on the first ethernet NIC, which takes its own
-  address by DHCP from the network's server.
+  address by DHCP from the network's server. A BOOTD that is not mounted at all (an empty mount point:
+  the partition did not show up in time) keeps the active config instead, so one slow USB stick does not
+  swap a person's config for the turnkey one.
 
 BOOTD is re-applied only when its content (or what `prepare` makes of it: bootd's version, the NIC the
 turnkey config pins) differs from what was last applied, recorded in <config dir>/applied.json. So what the
@@ -673,6 +675,10 @@ class Applied:
     errors: tuple[str, ...] = ()
 
 
+def _os_error(exc: OSError, doing: str) -> str:
+    return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc} ({doing})"
+
+
 def _kept(errors: Sequence[str], record: AppliedRecord | None) -> Applied:
     count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
     if record is None:
@@ -731,6 +737,8 @@ def apply_bootd_config(paths: AppliancePaths, record: AppliedRecord | None, now:
         return _install(paths, staging, print_, "BOOTD", now, Applied(
             summary="BOOTD config applied", choices=tuple(o.line() for o in overrides),
             warnings=tuple(warnings) + result.warnings))
+    except OSError as exc:  # BOOTD unreadable half-way, the state partition full: nothing was swapped in
+        return _kept([_os_error(exc, "putting BOOTD's files in place")], record)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -761,6 +769,8 @@ def apply_turnkey(paths: AppliancePaths, nic: str | None, record: AppliedRecord 
             choices.append(f"assets: served from {assets}")
         return _install(paths, staging, print_, "turnkey", now, Applied(
             summary=summary, choices=tuple(choices), warnings=result.warnings))
+    except OSError as exc:
+        return _kept([_os_error(exc, "putting the turnkey config in place")], record)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -797,6 +807,16 @@ def _active_config(paths: AppliancePaths) -> tuple[Config | None, str | None]:
         return None, f"{paths.active_config}: cannot read: {exc.strerror}"
 
 
+def bootd_mounted(bootd_dir: Path) -> bool:
+    """False when BOOTD's mount point is an empty directory, not a mount: the partition was not found in
+    time (fstab's nofail), which is not the same as a BOOTD a person emptied to get the turnkey config back.
+    A directory with files in it (a host test's BOOTD) counts as mounted."""
+    try:
+        return os.path.ismount(bootd_dir) or any(os.scandir(bootd_dir))
+    except OSError:
+        return False
+
+
 def prepare(paths: AppliancePaths, now: datetime) -> Report:
     """Put BOOTD's config (or the turnkey one) in place, then write the network unit, report and banner."""
     recover_interrupted_swap(paths)
@@ -804,8 +824,12 @@ def prepare(paths: AppliancePaths, now: datetime) -> Report:
     record = read_applied(paths)
     if paths.bootd_config.exists():
         applied = apply_bootd_config(paths, record, now)
+    elif record is not None and not bootd_mounted(paths.bootd_dir):
+        applied = Applied(summary=f"BOOTD is not mounted at {paths.bootd_dir}: kept the config applied "
+                                  f"{record.applied_at}")
     else:
         applied = apply_turnkey(paths, nics[0] if nics else None, record, now)
+    recover_interrupted_swap(paths)  # a swap that failed between its renames (the disk's error, said above)
     config, unreadable = _active_config(paths)
     plan, network_warnings = plan_network(config, nics)
     if plan is None:

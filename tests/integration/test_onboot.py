@@ -59,7 +59,7 @@ class Appliance:
     def __init__(self, root: Path, nics: tuple[str, ...] = ("eth0",)) -> None:
         self.root = root
         self.bootd = root / "BOOTD"
-        self.bootd.mkdir()
+        write(self.bootd / "README.txt", "what the image puts on BOOTD\n")  # a mounted BOOTD is never empty
         self.state = root / "state"
         self.config = self.state / "config"
         self.firmware = root / "firmware"
@@ -80,11 +80,11 @@ class Appliance:
             assert result.returncode == 0, result.stdout + result.stderr
         return result
 
-    def prepare(self) -> subprocess.CompletedProcess:
+    def prepare(self, *more: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.bootd_cli("prepare", "--bootd-dir", str(self.bootd), "--config-dir", str(self.config),
                               "--state-dir", str(self.state), "--firmware-dir", str(self.firmware),
                               "--network-dir", str(self.network), "--run-dir", str(self.run_dir),
-                              "--sys-class-net", str(self.net))
+                              "--sys-class-net", str(self.net), *more, check=check)
 
     @property
     def active(self) -> Path:
@@ -228,7 +228,11 @@ def test_no_bootd_yaml_is_the_turnkey_proxy_config(tmp_path, with_data):
 
 def test_bootd_data_is_reapplied_only_when_it_changed(appliance):
     bootd_data(appliance.bootd / "data")
-    appliance.prepare()
+    appliance.prepare("--user", "nobody")
+    # the service user owns the active data dir (the read-write API writes there), root the config itself
+    nobody = int(subprocess.run(["id", "-u", "nobody"], capture_output=True, text=True).stdout)
+    assert {p.stat().st_uid for p in [appliance.config / "data", *(appliance.config / "data").rglob("*")]} == {nobody}
+    assert appliance.active.stat().st_uid == 0 and appliance.active.stat().st_mode & 0o777 == 0o644
     # what the read-write API would write into the active data dir
     written = appliance.config / "data" / "profiles" / "from-api.json"
     write(written, {"id": "from-api"})
@@ -249,6 +253,29 @@ def test_bootd_data_is_reapplied_only_when_it_changed(appliance):
     assert not written.exists()  # BOOTD wins...
     assert (appliance.state / "config.previous" / "data" / "profiles" / "from-api.json").is_file()  # ...kept aside
     assert not (appliance.config / "data" / "._install.json").exists()
+
+
+def test_a_bootd_that_is_not_mounted_keeps_the_active_config(appliance):
+    write(appliance.bootd / "bootd.yaml", GOOD)
+    bootd_data(appliance.bootd / "data")
+    appliance.prepare()
+    good_active = appliance.active.read_bytes()
+    when = json.loads((appliance.config / "applied.json").read_text())["applied_at"]
+    for path in sorted(appliance.bootd.rglob("*"), reverse=True):  # the partition did not show up: an empty dir
+        path.unlink() if path.is_file() else path.rmdir()
+    out = appliance.prepare().stdout
+    assert out.splitlines()[0] == f"BOOTD is not mounted at {appliance.bootd}: kept the config applied {when}"
+    assert appliance.active.read_bytes() == good_active
+    # a mounted BOOTD without bootd.yaml is a person asking for the turnkey config
+    write(appliance.bootd / "README.txt", "x")
+    assert appliance.prepare().stdout.startswith("no bootd.yaml on BOOTD: turnkey proxy-DHCP on eth0")
+
+
+def test_a_state_partition_it_cannot_write_is_one_line_not_a_traceback(appliance):
+    write(appliance.state, "a file where the state partition's directory should be")
+    result = appliance.prepare(check=False)
+    assert result.returncode == 1
+    assert result.stderr == f"bootd appliance prepare: {appliance.state}: File exists\n"
 
 
 def test_an_interrupted_swap_is_finished_at_the_next_boot(appliance):

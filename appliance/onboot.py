@@ -52,7 +52,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from appliance import __version__
 from appliance.atomic import write_atomically
-from appliance.config import Config, ConfigError, ConfigInvalid, DhcpMode, load_config, parse_config
+from appliance.config import Config, ConfigInvalid, DhcpMode, load_config, parse_config
 from appliance.daemon import build_store, describe_serving, firmware_roots, startup_problems
 from appliance.dhcp.policy import available_firmware
 
@@ -719,9 +719,9 @@ def apply_bootd_config(paths: AppliancePaths, record: AppliedRecord | None, now:
         assets, excluded = _bootd_assets(paths, data_dir, staging) if config.http.assets_dir is None \
             else (None, frozenset())
         files = tree_files(paths.bootd_dir, excluded)
-        print_ = fingerprint(paths.bootd_dir, files, ["BOOTD", __version__, str(paths.bootd_dir),
+        source_hash = fingerprint(paths.bootd_dir, files, ["BOOTD", __version__, str(paths.bootd_dir),
                                                      str(paths.state_dir), str(paths.firmware_dir)])
-        if record is not None and record.fingerprint == print_:
+        if record is not None and record.fingerprint == source_hash:
             return Applied(summary=f"BOOTD config applied (unchanged since {record.applied_at}; what the read-write "
                                    "API wrote since is kept)")
         copy_tree(paths.bootd_dir, files, staging)
@@ -734,7 +734,7 @@ def apply_bootd_config(paths: AppliancePaths, record: AppliedRecord | None, now:
                               bootd_dir=paths.bootd_dir)
         if result.errors:
             return _kept(result.errors, record)
-        return _install(paths, staging, print_, "BOOTD", now, Applied(
+        return _install(paths, staging, source_hash, "BOOTD", now, Applied(
             summary="BOOTD config applied", choices=tuple(o.line() for o in overrides),
             warnings=tuple(warnings) + result.warnings))
     except OSError as exc:  # BOOTD unreadable half-way, the state partition full: nothing was swapped in
@@ -752,9 +752,9 @@ def apply_turnkey(paths: AppliancePaths, nic: str | None, record: AppliedRecord 
         assets, excluded = _bootd_assets(paths, staging / "data", staging)
         files = [f for f in tree_files(paths.bootd_dir, excluded) if f.parts[0] == "data"] \
             if (paths.bootd_dir / "data").is_dir() else []
-        print_ = fingerprint(paths.bootd_dir, files, ["turnkey", __version__, str(nic), str(paths.bootd_dir),
+        source_hash = fingerprint(paths.bootd_dir, files, ["turnkey", __version__, str(nic), str(paths.bootd_dir),
                                                      str(paths.state_dir), str(paths.firmware_dir)])
-        if record is not None and record.fingerprint == print_:
+        if record is not None and record.fingerprint == source_hash:
             return Applied(summary=f"{summary} (unchanged since {record.applied_at})")
         copy_tree(paths.bootd_dir, files, staging)
         _data_dir_layout(staging / "data", with_assets=assets is None)
@@ -767,7 +767,7 @@ def apply_turnkey(paths: AppliancePaths, nic: str | None, record: AppliedRecord 
         choices = [f"data dir: {'a copy of BOOTD data/' if files else 'empty (BOOTD has no data/)'}"]
         if assets is not None:
             choices.append(f"assets: served from {assets}")
-        return _install(paths, staging, print_, "turnkey", now, Applied(
+        return _install(paths, staging, source_hash, "turnkey", now, Applied(
             summary=summary, choices=tuple(choices), warnings=result.warnings))
     except OSError as exc:
         return _kept([_os_error(exc, "putting the turnkey config in place")], record)
@@ -785,11 +785,12 @@ def _data_dir_layout(data_dir: Path, *, with_assets: bool) -> None:
             (data_dir / name).mkdir(parents=True)
 
 
-def _install(paths: AppliancePaths, staging: Path, print_: str, source: str, now: datetime, applied: Applied) -> Applied:
+def _install(paths: AppliancePaths, staging: Path, source_hash: str, source: str, now: datetime,
+             applied: Applied) -> Applied:
     notes = list(applied.warnings)
     if (staging / "data").is_dir() and (note := _own_data_dir(staging / "data", paths.service_user)):
         notes.append(note)
-    record = {"fingerprint": print_, "applied_at": _now_text(now), "source": source}
+    record = {"fingerprint": source_hash, "applied_at": _now_text(now), "source": source}
     _write_text(staging / APPLIED_RECORD, json.dumps(record, indent=2) + "\n")
     swap_in(staging, paths)
     return replace(applied, warnings=tuple(notes))

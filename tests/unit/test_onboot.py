@@ -253,7 +253,8 @@ def test_banner_static_with_errors_and_running_line(tmp_path):
     errors = tuple(f"/media/BOOTD/bootd.yaml:{n}: machines[{n}].mac: 'a\\b' is not a MAC address" for n in range(12))
     report = Report(summary="BOOTD config has 12 errors, kept the last good one from 2026-12-02 12:00 UTC",
                     network="eth0 static 10.77.0.1/24", errors=errors, warnings=("w",))
-    running = "bootd: running as user bootd (uid 998), pid 412, capabilities cap_net_bind_service,cap_net_raw, rss 42 MiB"
+    running = ("bootd: running as user bootd (uid 998), pid 412, capabilities cap_net_bind_service,cap_net_raw, "
+               "rss 42 MiB")
     text = render_banner(report, config, running=running)
     assert "address:  10.77.0.1/24 on eth0 (static, from bootd.yaml)" in text
     assert "authoritative-DHCP on every interface, DNS :53 (example.com), HTTP :8080, 0 machines" in text

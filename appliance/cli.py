@@ -472,13 +472,19 @@ def _add_appliance_commands(commands) -> None:
     report = appliance_commands.add_parser("report", help="print the config's errors from the last prepare (for "
                                                           "bootd's journal); exits 0 whatever they are")
     banner = appliance_commands.add_parser("banner", help="rewrite the console banner (/run/bootd/issue)")
-    banner.add_argument("--pid", type=_in_range(int, 1, 2**22), help="the running bootd: add its user, "
-                                                                    "capabilities and memory")
+    banner.add_argument("--pid", type=_pid, help="the running bootd: add its user, capabilities and memory")
     for sub in (prepare, report, banner):
         sub.add_argument("--run-dir", type=Path, default=onboot.DEFAULT_RUN_DIR,
                          help=f"the report and the banner (default {onboot.DEFAULT_RUN_DIR})")
     for sub in (report, banner):
-        sub.add_argument("--config-dir", type=Path, default=onboot.DEFAULT_CONFIG_DIR, help=argparse.SUPPRESS)
+        sub.add_argument("--config-dir", type=Path, default=onboot.DEFAULT_CONFIG_DIR,
+                         help=f"the active config, for what is served (default {onboot.DEFAULT_CONFIG_DIR})")
+
+
+def _pid(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 2**22:  # Linux's largest pid_max
+        raise argparse.ArgumentTypeError(f"{text!r} is not a process id")
+    return int(text)
 
 
 def cmd_appliance(args: argparse.Namespace) -> int:

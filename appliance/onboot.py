@@ -212,9 +212,10 @@ def plan_network(config: Config | None, nics: Sequence[str]) -> tuple[NetworkPla
                            gateway=gateway, why=f"listen.address {address} is inside dhcp.subnet {dhcp.subnet}"), \
             warnings
     if address is not None:
-        warnings.append(f"listen.address {address} is not inside dhcp.subnet, so the appliance takes its address by "
-                        f"DHCP on {interface}: reserve {address} for it on the network's DHCP server, or give "
-                        "dhcp.subnet for a static address")
+        why = f"is not inside dhcp.subnet {dhcp.subnet}" if dhcp.subnet is not None \
+            else "is pinned without dhcp.subnet (which would give its prefix)"
+        warnings.append(f"listen.address {address} {why}, so the appliance takes its address by DHCP on "
+                        f"{interface}: reserve {address} for it on the network's DHCP server")
     elif dhcp.mode is DhcpMode.AUTHORITATIVE:
         warnings.append(f"authoritative DHCP without listen.address: the appliance asks for its own address by DHCP "
                         f"on {interface}, where bootd is meant to be the DHCP server; set listen.address inside "

@@ -233,6 +233,12 @@ class LeaseTable:
     @classmethod
     def load(cls, path: Path) -> LeaseTable:
         table = cls(path)
+        for temp in path.parent.glob(f".{path.name}.*"):  # a write that a crash (kill -9) cut short
+            try:
+                temp.unlink()
+                logger.info("leases: removed %s, left by an interrupted write", temp.name)
+            except OSError as exc:
+                logger.warning("leases: cannot remove %s: %s", temp, exc.strerror)
         try:
             raw = json.loads(path.read_bytes())
         except FileNotFoundError:

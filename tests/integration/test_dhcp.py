@@ -315,6 +315,33 @@ def test_a_full_disk_fails_lease_writes_loudly_and_serving_goes_on(bridged_netla
         subprocess.run(["umount", str(state)], check=True)
 
 
+def test_kill_9_during_lease_writes_never_leaves_a_partial_lease_file(bridged_netlab, tmp_path):
+    """bootd is killed (SIGKILL) eight times while a client binds one address after another; after every
+    kill the lease file is whole JSON, and the next start removes the temp file a cut-short write left."""
+    netlab = bridged_netlab
+    client = netlab.add_client()
+    dhcp = AUTHORITATIVE.replace("range: [192.0.2.100, 192.0.2.102]", "range: [192.0.2.100, 192.0.2.250]")
+    requests = [pxe_packet(f"02:00:00:00:09:{i:02x}", "request", 0, ("requested_addr", f"192.0.2.{100 + i}"),
+                           ("server_id", "192.0.2.1")).hex() for i in range(150)]
+    payloads = tmp_path / "requests.hex"
+    payloads.write_text("\n".join(requests))
+    bootd = start_bootd(netlab, tmp_path, dhcp)
+    leases = tmp_path / "state/leases.json"
+    for _ in range(8):
+        sender = netlab.start(client.ns, [sys.executable, "-m", "tests.udp_probe", "--iface", client.ifname,
+                                          "--bind", "0.0.0.0:68", "--to", "255.255.255.255:67", "--wait", "0",
+                                          "--pause", "0.002", "--file", str(payloads)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bootd.wait_for_log(lambda l: "ACK 192.0.2." in l.get("message", ""), timeout=30)
+        bootd.kill()  # mid-stream: wherever the writer happens to be
+        sender.wait(60)
+        saved = json.loads(leases.read_text())  # whole, whatever the moment of the kill
+        assert saved["version"] == 1 and all(l["ip"].startswith("192.0.2.") for l in saved["leases"])
+        bootd = BootdProcess(tmp_path / "bootd.yaml", lab=netlab, ns=netlab.server_ns).start()
+        assert not list(leases.parent.glob(".leases.json.*"))  # the start swept what a cut-short write left
+    assert bootd.stop() == 0
+
+
 def test_authoritative_mode_advertises_no_ipv6_so_ipxe_does_not_wait(bridged_netlab, tmp_path):
     client = bridged_netlab.add_client(mac="52:54:00:ee:00:01")
     bootd = start_bootd(bridged_netlab, tmp_path, AUTHORITATIVE)

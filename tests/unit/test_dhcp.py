@@ -427,3 +427,13 @@ def test_template_renders_exactly_what_the_typed_path_encodes(first):
         encode_packet(first), parse_options(encode_packet(first), 240), port, SERVER, None, True)
     expected = encode_packet(proxy_reply(classify_client(second), boot(second, port=port), port=port))
     assert template.render(data, options.get(Option.GUID)) == expected
+
+
+def test_loading_removes_what_an_interrupted_write_left(tmp_path):
+    table = LeaseTable(tmp_path / "leases.json")
+    table.apply(Bind(Lease(ip=IPv4Address("10.77.0.100"), mac=A, expires=5000.0)))
+    table.save()
+    (tmp_path / ".leases.json.k2j3h4").write_bytes(b'{"version": 1, "lea')  # kill -9 between write and rename
+    loaded = LeaseTable.load(tmp_path / "leases.json")
+    assert loaded.lease_for(A, 1000.0).ip == IPv4Address("10.77.0.100")
+    assert [p.name for p in tmp_path.iterdir()] == ["leases.json"]

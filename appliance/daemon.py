@@ -34,6 +34,7 @@ from appliance.events import EventBus, PeerPublisher, ProgressTracker, track_and
 from appliance.http import HttpContext, make_app
 from appliance.net import NeighbourTable, RouterAdvertiser, interface_addresses
 from appliance.http.boot import SCRIPT_LABELS
+from appliance.http.limits import KEEPALIVE_SECONDS, CappedTCPSite, connection_cap, raise_open_file_limit
 from appliance.store import DataDir, Group, MatchScope, machine_groups, match_scope
 from appliance.systemd import Notifier, PrivilegeError, describe_user, drop_privileges, limit_bounding_set, \
     lookup_user
@@ -107,6 +108,8 @@ class Daemon:
                                         tracker=self.tracker, publisher=self.publisher)
         self.http_context.stats = self.stats
         self._runner: web.AppRunner | None = None
+        self._http_site: CappedTCPSite | None = None
+        self.open_file_limit = 1024
         self._stopping = asyncio.Event()
         self.addresses: list[str] = []
         self.http_port = config.http.port
@@ -130,6 +133,8 @@ class Daemon:
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {"events_dropped": self.bus.dropped, "event_sink_errors": self.bus.sink_errors,
                                   "machines_tracked": len(self.tracker), "machines_evicted": self.tracker.evicted}
+        if self._http_site is not None:
+            out["http"] = self._http_site.stats.as_json()
         if self.dhcp is not None:
             out["dhcp"] = self.dhcp.stats.as_json()
         if self.tftp is not None:
@@ -207,6 +212,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        before, self.open_file_limit = raise_open_file_limit()  # every connection is a descriptor
+        if before != self.open_file_limit:
+            logger.info("open-file limit raised from %d to %d", before, self.open_file_limit)
         if self.config.http.enabled:
             await self._start_http()
         if self.config.dhcp.mode is not DhcpMode.OFF:
@@ -221,16 +229,17 @@ class Daemon:
     async def _start_http(self) -> None:
         http = self.config.http
         runner = web.AppRunner(make_app(self.http_context), access_log=None, handle_signals=False,
-                               shutdown_timeout=DRAIN_SECONDS)
+                               shutdown_timeout=DRAIN_SECONDS, keepalive_timeout=KEEPALIVE_SECONDS)
         await runner.setup()
-        site = web.TCPSite(runner, str(http.address) if http.address else None, http.port,
-                           reuse_address=True)
+        site = CappedTCPSite(runner, str(http.address) if http.address else None, http.port,
+                             max_connections=connection_cap(self.open_file_limit))
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             raise StartupError(f"http: cannot listen on {http.address or '*'}:{http.port}: {exc.strerror}") from None
         self._runner = runner
+        self._http_site = site
         self.http_port = runner.addresses[0][1]
         for sockname in runner.addresses:
             host, port = sockname[0], sockname[1]

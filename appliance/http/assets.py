@@ -39,10 +39,14 @@ async def asset(request: web.Request) -> web.StreamResponse:
     root = ctx.config.http.assets_root
     try:
         path = resolve_asset(root, tail)
+        is_dir = path.is_dir()
     except OutsideRoot as exc:
         logger.warning("%s: refused asset path %r: %s", request.remote, tail[:200], exc)
         return not_found()
-    if path.is_dir():
+    except OSError as exc:  # a name the file system refuses (too long): nothing is there to serve
+        logger.warning("%s: refused asset path %r...: %s", request.remote, tail[:200], exc.strerror)
+        return not_found()
+    if is_dir:
         if tail and not tail.endswith("/"):
             raise web.HTTPMovedPermanently(location=request.path + "/")
         index = path / "index.html"
@@ -97,10 +101,14 @@ async def firmware(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     try:
         path = confine(ctx.config.firmware_dir, name)
+        is_file = path.is_file()
     except OutsideRoot as exc:
         logger.warning("%s: refused firmware path %r: %s", request.remote, name[:200], exc)
         return not_found()
-    if not path.is_file():
+    except OSError as exc:  # a name the file system refuses (too long)
+        logger.warning("%s: refused firmware path %r...: %s", request.remote, name[:200], exc.strerror)
+        return not_found()
+    if not is_file:
         return not_found()
     return TrackedFileResponse(path, lambda response: publish(
         ctx, request, None, kind=EventKind.ASSET, detail=f"/firmware/{name} ({response.content_length} bytes)"))

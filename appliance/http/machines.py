@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
+import asyncio
 import json
+
+from aiohttp import web
 
 from appliance.events import EventKind, MachineReport
 from appliance.http.common import CONTEXT, publish
@@ -12,6 +13,9 @@ from appliance.mac import try_parse_mac
 
 MAX_REPORT_BYTES = 16 * 1024
 MAX_FIELD_CHARS = 4096
+# A report is one small JSON object: a client that has not sent it whole by then is too slow (or means to
+# hold the connection), and is answered 408.
+REPORT_BODY_SECONDS = 10.0
 
 
 async def list_machines(request: web.Request) -> web.Response:
@@ -61,13 +65,22 @@ async def report(request: web.Request) -> web.Response:
         return web.json_response({"error": f"{request.match_info['mac']!r} is not a MAC address"}, status=400)
     if request.content_length is not None and request.content_length > MAX_REPORT_BYTES:
         return web.json_response({"error": f"a report is at most {MAX_REPORT_BYTES} bytes"}, status=413)
-    body = await request.content.read(MAX_REPORT_BYTES + 1)
+    try:
+        async with asyncio.timeout(REPORT_BODY_SECONDS):
+            body = await read_body(request.content, MAX_REPORT_BYTES + 1)
+    except TimeoutError:
+        return web.json_response({"error": f"the report was not sent within {REPORT_BODY_SECONDS:.0f} s"},
+                                 status=408)
+    except ConnectionResetError:  # the client left before its whole body came: nobody to answer
+        return web.json_response({"error": "the connection closed before the report's end"}, status=400)
     if len(body) > MAX_REPORT_BYTES:
         return web.json_response({"error": f"a report is at most {MAX_REPORT_BYTES} bytes"}, status=413)
     try:
         fields = json.loads(body or b"{}")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return web.json_response({"error": f"not JSON: {exc}"}, status=400)
+    except RecursionError:  # [[[[... within the size limit: json's C decoder recurses per level
+        return web.json_response({"error": "not JSON: nested too deeply"}, status=400)
     if not isinstance(fields, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float, bool))
                                                for k, v in fields.items()):
         return web.json_response({"error": "expected a JSON object of strings and numbers"}, status=400)
@@ -75,6 +88,15 @@ async def report(request: web.Request) -> web.Response:
     summary = ", ".join(f"{k}={v[:80]}" for k, v in clean)
     publish(ctx, request, mac, MachineReport, kind=EventKind.REPORT, detail=f"reported: {summary}", fields=clean)
     return web.json_response({"ok": True})
+
+
+async def read_body(content: web.StreamReader, limit: int) -> bytes:
+    """The body up to `limit` bytes; `StreamReader.read(n)` returns what has arrived so far, which for a
+    body sent in two segments is its first part."""
+    body = b""
+    while len(body) < limit and (chunk := await content.read(limit - len(body))):
+        body += chunk
+    return body
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -105,6 +105,12 @@ def encode_request(opcode: int, filename: str, mode: str = "octet", options: Map
     return struct.pack("!H", opcode) + body.encode("ascii")
 
 
+def printable(text: bytes, limit: int = 100) -> str:
+    """A client's error message as the log may show it: ASCII letters, digits, punctuation and spaces only
+    (a newline in it would forge a log line), at most `limit` characters."""
+    return "".join(chr(b) if 32 <= b < 127 else "?" for b in text[:limit])
+
+
 def parse_reply(data: bytes) -> tuple[int, int, bytes]:
     """(opcode, block or error code, payload) of a DATA, ACK, ERROR or OACK packet."""
     if len(data) < 2:
@@ -280,7 +286,7 @@ class ReadTransfer:
             self.stats.stray += 1
             return []
         if opcode == ERROR:
-            self.error = payload.split(b"\0", 1)[0].decode("ascii", "replace")
+            self.error = printable(payload.split(b"\0", 1)[0])
             self.outcome = Outcome.REFUSED if self._oack_pending and number == ErrorCode.OPTION_REFUSED else Outcome.ABORTED
             self.deadline = None
             return []

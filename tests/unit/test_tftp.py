@@ -181,6 +181,15 @@ def test_client_error_mid_transfer_is_an_abort():
     assert t.outcome is Outcome.ABORTED and t.deadline is None
 
 
+def test_a_client_error_message_cannot_forge_log_lines():
+    # Found by the fuzz campaign: the message went to the log as sent, newlines and all.
+    t, _ = transfer(5000)
+    t.start(0.0)
+    t.receive(encode_error(ErrorCode.NOT_DEFINED, "gone")[:-1] + b"\n2026 ERROR forged\x1b[31m" + b"x" * 500 + b"\0", 0.1)
+    assert t.outcome is Outcome.ABORTED
+    assert t.error == "gone?2026 ERROR forged?[31m" + "x" * 73
+
+
 def test_garbage_to_a_transfer_is_counted_not_fatal():
     t, _ = transfer(5000)
     t.start(0.0)

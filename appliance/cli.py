@@ -465,7 +465,8 @@ def _add_appliance_commands(commands) -> None:
             ("--state-dir", onboot.DEFAULT_STATE_DIR, "the state partition (bootd's state_dir is its state/)"),
             ("--firmware-dir", onboot.DEFAULT_FIRMWARE_DIR, "the image's verified iPXE binaries"),
             ("--network-dir", onboot.DEFAULT_NETWORK_DIR, "where the systemd-networkd unit goes"),
-            ("--sys-class-net", onboot.DEFAULT_SYS_CLASS_NET, "the NICs, to find the first Ethernet one")):
+            ("--sys-class-net", onboot.DEFAULT_SYS_CLASS_NET, "the NICs, to find the first Ethernet one"),
+            ("--journal-socket", onboot.DEFAULT_JOURNAL_SOCKET, "journald's, for bootd's errors when it cannot start")):
         prepare.add_argument(flag, type=Path, default=default, help=f"{what} (default {default})")
     prepare.add_argument("--user", default=onboot.DEFAULT_SERVICE_USER,
                          help="bootd's service user, who gets the active data dir (default %(default)s)")
@@ -506,7 +507,8 @@ def _appliance(args: argparse.Namespace) -> int:
         paths = onboot.AppliancePaths(bootd_dir=args.bootd_dir.absolute(), config_dir=args.config_dir.absolute(),
                                       state_dir=args.state_dir.absolute(), firmware_dir=args.firmware_dir.absolute(),
                                       network_dir=args.network_dir, run_dir=args.run_dir,
-                                      sys_class_net=args.sys_class_net, service_user=args.user)
+                                      sys_class_net=args.sys_class_net, service_user=args.user,
+                                      journal_socket=args.journal_socket)
         report = onboot.prepare(paths, datetime.now(timezone.utc))
         for line in report.text().splitlines():
             print(line)

@@ -24,7 +24,9 @@ read-write API wrote into the active data dir survives reboots; when BOOTD does 
 tree it replaces (with those writes) is kept as <config dir>.previous until the next change.
 
 `prepare` also writes the systemd-networkd unit for the appliance's NIC, the report (/run/bootd/report:
-what was decided, each error; `report` prints it into bootd's journal) and the console banner
+what was decided, each error; `report` prints it into bootd's journal as bootd.service's ExecStartPre, and
+when nothing is active, so that bootd will not start, prepare sends the errors to `journalctl -u bootd`
+itself, through journald's native socket) and the console banner
 (/run/bootd/issue, which agetty shows above the login prompt; `banner --pid` adds the running bootd's
 user, capabilities and memory).
 
@@ -64,6 +66,8 @@ DEFAULT_NETWORK_DIR = Path("/run/systemd/network")
 DEFAULT_RUN_DIR = Path("/run/bootd")
 DEFAULT_SYS_CLASS_NET = Path("/sys/class/net")
 DEFAULT_SERVICE_USER = "bootd"
+DEFAULT_JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+BOOTD_UNIT = "bootd.service"
 
 CONFIG_NAME = "bootd.yaml"
 NETWORK_FILE_NAME = "10-bootd.network"
@@ -102,6 +106,7 @@ class AppliancePaths:
     run_dir: Path = DEFAULT_RUN_DIR
     sys_class_net: Path = DEFAULT_SYS_CLASS_NET
     service_user: str = DEFAULT_SERVICE_USER  # owns the active data dir, so the read-write API can write
+    journal_socket: Path = DEFAULT_JOURNAL_SOCKET
 
     @property
     def bootd_config(self) -> Path:
@@ -567,6 +572,41 @@ def parse_network_line(line: str) -> NetworkPlan | None:
     return None
 
 
+def journal_entry(fields: Sequence[tuple[str, str]]) -> bytes:
+    """One entry in journald's native protocol (systemd.journal-fields(7), "Native Journal Protocol"):
+    KEY=value lines; a value with a newline as KEY, newline, its length (64-bit little endian), the bytes."""
+    out = bytearray()
+    for key, value in fields:
+        data = value.encode()
+        if b"\n" in data:
+            out += key.encode() + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+def journal_for_bootd(report: Report) -> list[bytes]:
+    """The entries that put the report's errors into `journalctl -u bootd` when bootd will not start (nothing
+    active: ExecStartPre's `report` never runs). journalctl -u matches OBJECT_SYSTEMD_UNIT= from root's
+    processes, which is what prepare is."""
+    def entry(priority: int, message: str) -> bytes:
+        return journal_entry([("MESSAGE", message), ("PRIORITY", str(priority)),
+                              ("SYSLOG_IDENTIFIER", "bootd-config"), ("OBJECT_SYSTEMD_UNIT", BOOTD_UNIT)])
+    return [entry(3 if report.errors else 4, report.summary)] + [entry(3, f"error: {e}") for e in report.errors]
+
+
+def send_to_journal(socket_path: Path, entries: Iterable[bytes]) -> None:
+    """Best effort: no journal (a host, a container) is no error, the report and banner have it all."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            for entry in entries:
+                sock.sendto(entry, str(socket_path))
+    except OSError:
+        pass
+
+
 # --- the banner ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -847,6 +887,8 @@ def prepare(paths: AppliancePaths, now: datetime) -> Report:
                     errors=applied.errors)
     _write_text(paths.report_file, report.text())
     _write_text(paths.issue_file, render_banner(report, config))
+    if not paths.active_config.is_file():
+        send_to_journal(paths.journal_socket, journal_for_bootd(report))
     return report
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -155,7 +156,11 @@ def test_errors_keep_the_last_good_config_and_name_file_line_field(appliance):
     when = json.loads(applied)["applied_at"]
 
     write(appliance.bootd / "bootd.yaml", BROKEN)
-    out = appliance.prepare().stdout  # exit 0: bootd-config.service succeeds and bootd runs the last good one
+    sock = journal(appliance.root / "journal.sock")
+    # exit 0: bootd-config.service succeeds and bootd runs the last good one
+    out = appliance.prepare("--journal-socket", str(appliance.root / "journal.sock")).stdout
+    assert received(sock) == []  # bootd starts: its ExecStartPre (`report`) puts the errors in its journal
+    sock.close()
     source = appliance.bootd / "bootd.yaml"
     errors = [f"{source}:3: dhcp.mode: 'proxi' is not one of: off, proxy, authoritative",
               f"{source}:5: machines[0].mac: '52:54:00:a1:9c:zz' is not a MAC address"]
@@ -182,9 +187,33 @@ def test_errors_keep_the_last_good_config_and_name_file_line_field(appliance):
     assert not list(appliance.state.glob(".config.new-*"))  # no staged tree left behind
 
 
+def journal(path: Path) -> socket.socket:
+    """A datagram socket standing in for journald's native one."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    return sock
+
+
+def received(sock: socket.socket) -> list[bytes]:
+    entries = []
+    while True:
+        try:
+            entries.append(sock.recv(65536))
+        except BlockingIOError:
+            return entries  # prepare has exited: everything it sent is queued
+
+
 def test_errors_without_a_last_good_config_leave_nothing_active(appliance):
     write(appliance.bootd / "bootd.yaml", "dhcp: [\n")
-    out = appliance.prepare().stdout
+    sock = journal(appliance.root / "journal.sock")
+    out = appliance.prepare("--journal-socket", str(appliance.root / "journal.sock")).stdout
+    # bootd will not start, so its ExecStartPre cannot say why: prepare says it in `journalctl -u bootd`
+    entries = received(sock)
+    sock.close()
+    assert [e.split(b"\n")[0] for e in entries] == [f"MESSAGE={line}".encode() for line in out.splitlines()
+                                                      if line == out.splitlines()[0] or line.startswith("error: ")]
+    assert all(b"\nOBJECT_SYSTEMD_UNIT=bootd.service\n" in e and b"\n_" not in e for e in entries)
     assert out.splitlines()[0] == "BOOTD config has 1 error, and there is no last good one: bootd serves nothing"
     assert re.search(rf"^error: {re.escape(str(appliance.bootd / 'bootd.yaml'))}:\d+: \(yaml\): ", out, re.M)
     assert not appliance.active.exists()  # bootd.service's ConditionPathExists keeps bootd stopped

@@ -13,7 +13,7 @@ import yaml
 
 from appliance.config import DhcpMode, parse_config
 from appliance.onboot import AppliancePaths, NetworkPlan, Override, Report, apply_overrides, capability_names, \
-    decide_overrides, ethernet_nics, locate_problem, parse_network_line, parse_proc_status, parse_report, \
+    decide_overrides, ethernet_nics, journal_entry, journal_for_bootd, locate_problem, parse_network_line, parse_proc_status, parse_report, \
     plan_network, read_nics, render_banner, render_network_file, turnkey_config_text
 
 RUNNING_LINE = re.compile(r"^bootd: running as user (\S+) \(uid (\d+)\), pid (\d+), capabilities (\S+), rss (\d+) MiB$")
@@ -312,3 +312,19 @@ def test_proc_status_to_the_running_line():
     assert unnamed.user == "998"
     with pytest.raises(ValueError, match="CapEff"):
         parse_proc_status(412, "Uid:\t0\t0\t0\t0\n")
+
+
+# --- journald's native protocol --------------------------------------------------------------------------
+
+def test_journal_entry_plain_and_with_a_newline():
+    assert journal_entry([("MESSAGE", "a: b"), ("PRIORITY", "3")]) == b"MESSAGE=a: b\nPRIORITY=3\n"
+    assert journal_entry([("MESSAGE", "two\nlines")]) == b"MESSAGE\n" + (9).to_bytes(8, "little") + b"two\nlines\n"
+
+
+def test_errors_go_to_bootd_units_journal():
+    report = Report(summary="BOOTD config has 1 error, and there is no last good one: bootd serves nothing",
+                    errors=("/media/BOOTD/bootd.yaml:3: dhcp.mode: 'x' is not one of: off, proxy",))
+    entries = journal_for_bootd(report)
+    assert len(entries) == 2
+    assert b"OBJECT_SYSTEMD_UNIT=bootd.service\n" in entries[1] and b"PRIORITY=3\n" in entries[1]
+    assert b"MESSAGE=error: /media/BOOTD/bootd.yaml:3: dhcp.mode: 'x' is not one of: off, proxy\n" in entries[1]

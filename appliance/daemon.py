@@ -18,13 +18,14 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from appliance.config import Config, ConfigInvalid, DhcpMode, IPAddress, load_config
 from appliance.dhcp.leases import LeaseTable
-from appliance.dhcp.policy import available_firmware, build_policies
+from appliance.dhcp.policy import DhcpPolicies, available_firmware, build_policies
 from appliance.dhcp.server import DhcpServer
 from appliance.dns.server import DnsServer
 from appliance.dns.zone import ExtraRecord, Zone, build_zone
@@ -92,6 +93,40 @@ def describe_serving(*, dhcp_mode: str | None, interfaces: tuple[str, ...], tftp
         parts.append(f"API :{api_port}")
     parts.append(f"{machines} machines")
     return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _DhcpBuild:
+    policies: DhcpPolicies
+    groups: list[Group]
+    scope: MatchScope
+
+
+@dataclass(slots=True)
+class _ReloadParts:
+    store: DataDir
+    dhcp: _DhcpBuild | None
+    tftp_files: TftpFiles | None
+    zone: Zone | None
+
+
+@dataclass(slots=True)
+class _ReloadSockets:
+    tftp: TftpServer | None = None
+    dns: DnsServer | None = None
+
+
+class _BindFailed(Exception):
+    pass
+
+
+def _in_part(exc: Exception, part: str) -> Exception:
+    exc.add_note(part)
+    return exc
+
+
+def _part_of(exc: Exception) -> str:
+    return (getattr(exc, "__notes__", None) or ["the new config"])[-1]
 
 
 class Daemon:
@@ -257,14 +292,25 @@ class Daemon:
         self.addresses.append(f"grpcs://{api.address or '*'}:{port}")
 
     def _dhcp_policies(self, config: Config, store: DataDir):
-        self._scope_groups = groups = store.groups()
+        built = self._build_dhcp_policies(config, store)
+        self._use_scope(built)
+        return built.policies
+
+    def _build_dhcp_policies(self, config: Config, store: DataDir) -> _DhcpBuild:
+        """The DHCP tables for `config` and `store`, touching nothing that runs (a reload builds first)."""
+        groups = store.groups()
         scope = match_scope(groups, SCRIPT_LABELS)
-        if scope != self._scope:
-            self._scope = scope
-            logger.info("dhcp: PXE answered for %s", "any MAC (a group can select any machine)" if scope.any_mac
-                        else f"{len(scope.macs)} MACs some group selects; others are left to their next boot device")
-        return build_policies(config, available_firmware(*firmware_roots(config)), http_port=self.http_port,
-                              selectable=None if scope.any_mac else scope.macs)
+        policies = build_policies(config, available_firmware(*firmware_roots(config)), http_port=self.http_port,
+                                  selectable=None if scope.any_mac else scope.macs)
+        return _DhcpBuild(policies=policies, groups=groups, scope=scope)
+
+    def _use_scope(self, built: _DhcpBuild) -> None:
+        self._scope_groups = built.groups
+        if built.scope != self._scope:
+            self._scope = built.scope
+            logger.info("dhcp: PXE answered for %s", "any MAC (a group can select any machine)" if built.scope.any_mac
+                        else f"{len(built.scope.macs)} MACs some group selects; others are left to their next boot "
+                             "device")
 
     def _refresh_dhcp(self) -> None:
         """The groups decide which MACs DHCP answers; a data-dir edit or an API write changes them between
@@ -402,67 +448,124 @@ class Daemon:
             finally:
                 self.notifier.ready(self.serving())
 
-    async def _rebind(self, new: Config) -> None:
-        """Bind TFTP and DNS again where their address or port changed; on failure keep the old socket."""
-        if self.tftp is not None and new.tftp.enabled and (new.tftp.address, new.tftp.port) != self._tftp_listen:
-            try:
-                server = self._bind_tftp(new)
-            except OSError as exc:
-                logger.error("reload: tftp: cannot listen on %s:%d: %s; still on :%d", new.tftp.address or "*",
-                             new.tftp.port, exc.strerror or exc, self.tftp.bound_port)
-            else:
-                self.tftp.close()  # transfers in flight end with it; their clients retry
-                self.tftp = server
-                self._tftp_listen = (new.tftp.address, new.tftp.port)
-                logger.info("reload: tftp now on %s:%d", new.tftp.address or "*", server.bound_port,
-                            extra={"tftp_port": server.bound_port})
-        if self.dns is not None and new.dns.enabled and (new.dns.address, new.dns.port) != self._dns_listen:
-            try:
-                dns = await self._bind_dns(new)
-            except OSError as exc:
-                logger.error("reload: dns: cannot listen on %s:%d: %s; still on :%d", new.dns.address or "*",
-                             new.dns.port, exc.strerror or exc, self.dns.port)
-            else:
-                await self.dns.close()
-                self.dns = dns
-                self._dns_listen = (new.dns.address, new.dns.port)
-                logger.info("reload: dns now on %s:%d", new.dns.address or "*", dns.port,
-                            extra={"dns_port": dns.port})
-
     async def _reload(self) -> None:
+        """All or nothing: every part the new config needs is built (and every socket that changes is bound)
+        before anything running is touched; one failure, and bootd keeps running the old config whole."""
+        new = self._load_for_reload()
+        if new is None:
+            return
+        old = self.config
+        for what, changed in (
+                ("http address or port", (new.http.address, new.http.port, new.http.enabled)
+                 != (old.http.address, old.http.port, old.http.enabled)),
+                ("dhcp mode, port or listen", (new.dhcp.mode, new.dhcp.port, new.dhcp.pxe_port, new.listen)
+                 != (old.dhcp.mode, old.dhcp.port, old.dhcp.pxe_port, old.listen)),
+                ("user", new.user != old.user)):
+            if changed:
+                logger.warning("reload: a change of %s takes effect at the next restart", what)
+        try:
+            parts = self._build_for_reload(new)
+        except Exception as exc:  # a part of the runtime refused what the config check let through: say which
+            logger.error("reload refused: building %s failed: %s; keeping the running config", _part_of(exc),
+                         exc, exc_info=not isinstance(exc, (ValueError, OSError)))
+            return
+        try:
+            sockets = await self._bind_for_reload(new)
+        except _BindFailed as exc:
+            logger.error("reload refused: %s; keeping the running config", exc)
+            return
+        await self._switch(new, parts, sockets)
+        logger.info("reloaded %s: %d machines, data dir %s", self.config_path, len(new.machines),
+                    new.http.data_dir)
+
+    def _load_for_reload(self) -> Config | None:
         try:
             new = load_config(self.config_path)
         except ConfigInvalid as exc:
             for error in exc.errors:
                 logger.error("reload refused: %s", error)
             logger.error("reload refused: keeping the running config (%d errors)", len(exc.errors))
-            return
+            return None
         except OSError as exc:
             logger.error("reload refused: cannot read %s: %s; keeping the running config", self.config_path, exc)
-            return
+            return None
         if problems := startup_problems(new):
             for problem in problems:
                 logger.error("reload refused: %s", problem)
-            return
-        if (new.http.address, new.http.port, new.http.enabled) != (
-                self.config.http.address, self.config.http.port, self.config.http.enabled):
-            logger.warning("reload: http address/port changes take effect at the next restart")
-        if (new.dhcp.mode, new.dhcp.port, new.dhcp.pxe_port, new.listen) != (
-                self.config.dhcp.mode, self.config.dhcp.port, self.config.dhcp.pxe_port, self.config.listen):
-            logger.warning("reload: dhcp mode, port and listen changes take effect at the next restart")
-        if new.user != self.config.user:
-            logger.warning("reload: a change of user takes effect at the next restart")
-        await self._rebind(new)
-        store = build_store(new)
-        if self.dhcp is not None:
-            self.dhcp.update(self._dhcp_policies(new, store))
-        if self.tftp is not None:
-            self.tftp.files = TftpFiles(firmware_roots(new))
-        if self.dns is not None:
-            self.dns.update(self._zone(new))
+            return None
+        return new
+
+    def _build_for_reload(self, new: Config) -> _ReloadParts:
+        """Everything the new config needs, built beside the running parts (nothing running changes)."""
+        try:
+            store = build_store(new)
+            store.groups()  # parsed now, so a broken groups dir shows here and not at the next request
+        except Exception as exc:
+            raise _in_part(exc, "the data dir")
+        try:
+            dhcp = self._build_dhcp_policies(new, store) if self.dhcp is not None else None
+        except Exception as exc:
+            raise _in_part(exc, "the DHCP tables")
+        try:
+            files = TftpFiles(firmware_roots(new)) if self.tftp is not None else None
+        except Exception as exc:
+            raise _in_part(exc, "the TFTP roots")
+        try:
+            zone = self._zone(new) if self.dns is not None else None
+        except Exception as exc:
+            raise _in_part(exc, "the DNS zone")
+        return _ReloadParts(store=store, dhcp=dhcp, tftp_files=files, zone=zone)
+
+    async def _bind_for_reload(self, new: Config) -> _ReloadSockets:
+        """New TFTP and DNS servers where their address or port changed; if one cannot be bound, the ones
+        bound so far are closed again and the reload is refused."""
+        sockets = _ReloadSockets()
+        try:
+            if self.tftp is not None and new.tftp.enabled and (new.tftp.address, new.tftp.port) != self._tftp_listen:
+                try:
+                    sockets.tftp = self._bind_tftp(new)
+                except OSError as exc:
+                    raise _BindFailed(f"tftp: cannot listen on {new.tftp.address or '*'}:{new.tftp.port}: "
+                                      f"{exc.strerror or exc}") from None
+            if self.dns is not None and new.dns.enabled and (new.dns.address, new.dns.port) != self._dns_listen:
+                try:
+                    sockets.dns = await self._bind_dns(new)
+                except OSError as exc:
+                    raise _BindFailed(f"dns: cannot listen on {new.dns.address or '*'}:{new.dns.port}: "
+                                      f"{exc.strerror or exc}") from None
+        except _BindFailed:
+            if sockets.tftp is not None:
+                sockets.tftp.close()
+            if sockets.dns is not None:
+                await sockets.dns.close()
+            raise
+        return sockets
+
+    async def _switch(self, new: Config, parts: _ReloadParts, sockets: _ReloadSockets) -> None:
+        """The new config, at once: plain assignments and swaps that cannot fail halfway; the replaced DNS
+        server is closed after the switch."""
+        old_dns = None
+        if sockets.tftp is not None and self.tftp is not None:
+            self.tftp.close()  # transfers in flight end with it; their clients retry
+            self.tftp = sockets.tftp
+            self._tftp_listen = (new.tftp.address, new.tftp.port)
+            logger.info("reload: tftp now on %s:%d", new.tftp.address or "*", self.tftp.bound_port,
+                        extra={"tftp_port": self.tftp.bound_port})
+        elif self.tftp is not None and parts.tftp_files is not None:
+            self.tftp.files = parts.tftp_files
+        if sockets.dns is not None and self.dns is not None:
+            old_dns, self.dns = self.dns, sockets.dns
+            self._dns_listen = (new.dns.address, new.dns.port)
+            logger.info("reload: dns now on %s:%d", new.dns.address or "*", self.dns.port,
+                        extra={"dns_port": self.dns.port})
+        elif self.dns is not None and parts.zone is not None:
+            self.dns.update(parts.zone)
+        if self.dhcp is not None and parts.dhcp is not None:
+            self._use_scope(parts.dhcp)
+            self.dhcp.update(parts.dhcp.policies)
         self.config = new
         self.tracker.set_known((m.mac, m.name) for m in new.machines)
         self.http_context.config = new
-        self.http_context.store = store
-        logger.info("reloaded %s: %d machines, data dir %s", self.config_path, len(new.machines),
-                    new.http.data_dir)
+        self.http_context.store = parts.store
+        if old_dns is not None:
+            await old_dns.close()

@@ -14,6 +14,7 @@ RELOADING=1 before and READY=1 after, whatever the outcome.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -64,6 +65,26 @@ def startup_problems(config: Config) -> list[str]:
             if not path.is_file():
                 problems.append(f"{config.source.name}: api.{key}: {path} does not exist (bootd certs init makes "
                                 "a CA, a server and a client certificate)")
+    return problems + runtime_refusals(config)
+
+
+def runtime_refusals(config: Config) -> list[str]:
+    """The tables the daemon builds from the config (DNS zone, DHCP decisions), built once here and thrown
+    away: `bootd check`, the start and every reload run this, so whatever the check accepts, the runtime
+    accepts. Each is a pure function of the config; a refusal is a problem in the config the parser let by."""
+    problems = []
+    if config.dns.enabled:
+        try:
+            own = [config.listen.address or config.dns.address or ipaddress.ip_address("127.0.0.1")]
+            extra = [ExtraRecord(name=r.name, rtype=r.rtype, value=r.value) for r in config.dns.records]
+            build_zone(config, own, extra=extra, reverse=config.dns.reverse, ttl=config.dns.ttl)
+        except Exception as exc:  # noqa: BLE001 - the zone's builder refused something: say it, never crash
+            problems.append(f"{config.source.name}: dns: the zone cannot be built: {exc}")
+    if config.dhcp.mode is not DhcpMode.OFF:
+        try:
+            build_policies(config, frozenset(), http_port=config.http.port)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{config.source.name}: dhcp: the DHCP tables cannot be built: {exc}")
     return problems
 
 

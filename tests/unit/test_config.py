@@ -128,3 +128,22 @@ def test_a_record_the_config_accepts_is_one_the_zone_builds(rtype, value):
         return  # refused by the check, with file, line and field: the runtime never sees it
     records = [ExtraRecord(name=r.name, rtype=r.rtype, value=r.value) for r in config.dns.records]
     build_zone(config, [ipaddress.ip_address("10.77.0.1")], extra=records)
+
+
+def test_check_start_and_reload_build_the_runtime_tables_too(monkeypatch, tmp_path):
+    """startup_problems (bootd check, the start, every reload) builds the zone and the DHCP tables once, so a
+    value the parser lets by but a builder refuses is a config problem, not a crash at start or at SIGHUP."""
+    import appliance.daemon as daemon
+
+    config = parse_config(f"domain: example.com\nhttp: {{enabled: false, data_dir: {tmp_path}}}\n"
+                          "dns: {port: 5353}\ndhcp: {mode: proxy}\n", tmp_path / "bootd.yaml")
+    assert daemon.startup_problems(config) == []
+
+    def refuse(*args, **kwargs):
+        raise ValueError("no zone for you")
+
+    monkeypatch.setattr(daemon, "build_zone", refuse)
+    monkeypatch.setattr(daemon, "build_policies", refuse)
+    assert daemon.startup_problems(config) == [
+        "bootd.yaml: dns: the zone cannot be built: no zone for you",
+        "bootd.yaml: dhcp: the DHCP tables cannot be built: no zone for you"]

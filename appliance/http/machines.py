@@ -85,9 +85,14 @@ async def report(request: web.Request) -> web.Response:
                                                for k, v in fields.items()):
         return web.json_response({"error": "expected a JSON object of strings and numbers"}, status=400)
     clean = tuple((k[:64], str(v)[:MAX_FIELD_CHARS]) for k, v in list(fields.items())[:32])
-    summary = ", ".join(f"{k}={v[:80]}" for k, v in clean)
+    summary = ", ".join(f"{printable(k)}={printable(v[:80])}" for k, v in clean)
     publish(ctx, request, mac, MachineReport, kind=EventKind.REPORT, detail=f"reported: {summary}", fields=clean)
     return web.json_response({"ok": True})
+
+
+def printable(text: str) -> str:
+    """`text` for the log line: control characters (a newline would forge a line of the text log) as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 async def read_body(content: web.StreamReader, limit: int) -> bytes:

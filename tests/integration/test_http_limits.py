@@ -81,6 +81,18 @@ def test_a_report_cut_short_by_its_client_is_no_traceback(bootd):
     assert status == 200
 
 
+def test_a_report_cannot_forge_log_lines(bootd):
+    # Found by the fuzz campaign: a report's values went into the log line as sent, newlines and all.
+    report = {"stage": "a\n2026-12-02 13:00:00,000 ERROR forged", "sha\r": "b\x1b[31m"}
+    status, _ = request(bootd, "POST", "/api/v1/machines/52:54:00:00:00:01/report", json.dumps(report).encode())
+    assert status == 200
+    line = bootd.wait_for_log(lambda line: "reported:" in line.get("message", ""))
+    assert line["message"] == "52:54:00:00:00:01 report: reported: stage=a?2026-12-02 13:00:00,000 ERROR forged, " \
+                              "sha?=b?[31m"
+    status, body = request(bootd, "GET", "/api/v1/machines/52:54:00:00:00:01")
+    assert json.loads(body)["report"] == report  # what the machine said is kept as it said it
+
+
 def open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 

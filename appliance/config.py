@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from appliance.dns.records import check_extra_record
 from appliance.mac import MacAddress, parse_mac
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -468,8 +469,6 @@ class _Reader:
         return Config(**kw)
 
     def dns(self, node: Node) -> DnsConfig | None:
-        from appliance.dns.zone import check_extra_record  # the zone knows which record values it can build
-
         nodes = self.fields(node, "dns", {"enabled", "address", "port", "ttl", "reverse", "records", "forward",
                                           "max_tcp_connections", "tcp_idle_timeout"})
         if nodes is None:

@@ -9,16 +9,13 @@ it into a 404 and an event on the machine's progress.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from appliance.ignition import InvalidIgnition, check_ignition, check_raw_ignition
+from appliance.ignition import RAW_IGNITION_SUFFIXES, InvalidIgnition, check_ignition, check_raw_ignition
 from appliance.ignition.butane import ButaneError, translate_butane
 from appliance.store import DataDir, Profile
-from appliance.templates.gotemplate import GoTemplate, TemplateError, go_data, parse_template
-
-RAW_IGNITION_SUFFIXES = (".ign", ".ignition")
-
+from appliance.templates.compiled import compile_template
+from appliance.templates.gotemplate import TemplateError, go_data
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
@@ -31,12 +28,6 @@ class Rendered:
 @dataclass(frozen=True, slots=True)
 class Refusal:
     reason: str
-
-
-@lru_cache(maxsize=256)
-def compile_template(source: str) -> GoTemplate:
-    """Parsed once per distinct text: the data dir re-reads a file only when it changes."""
-    return parse_template(source)
 
 
 def render_template(source: bytes, data: dict[str, Any], where: str) -> str | Refusal:
@@ -111,14 +102,3 @@ def sniff_text_type(text: str) -> str:
     if head.startswith("<?xml"):
         return "text/xml"
     return "text/plain"
-
-
-def check_template(source: bytes, where: str) -> str | None:
-    """For `bootd check`: the parse error of a template file, or None."""
-    try:
-        compile_template(source.decode())
-    except UnicodeDecodeError as exc:
-        return f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})"
-    except TemplateError as exc:
-        return f"{where}:{exc.line}: {exc.construct}: {exc.message}"
-    return None

@@ -22,9 +22,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSHeader, DNSRecord
+from dnslib import AAAA, NS, PTR, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSRecord
 
 from appliance.config import Config, Role
+from appliance.dns.records import record_data
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SOA_TIMERS = (3600, 600, 86400, 60)  # refresh, retry, expire, minimum (= the negative-answer TTL, RFC 2308)
@@ -94,7 +95,7 @@ def build_zone(config: Config, server_addresses: Iterable[IPAddress], *, extra: 
     for record in extra:
         name = record.name.rstrip(".").lower() if record.name.endswith(".") else (
             domain if record.name == "@" else f"{record.name.lower()}.{domain}")
-        rtype, rdata = _rdata(record.rtype, record.value, domain)
+        rtype, rdata = record_data(record.rtype, record.value, domain)
         add(name, rtype, rdata)
         if rtype in (QTYPE.A, QTYPE.AAAA):
             addresses.setdefault(ipaddress.ip_address(record.value), name)
@@ -132,39 +133,6 @@ def _reverse_origin(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> s
     pointer = network.network_address.reverse_pointer.split(".")
     host_labels = (32 if network.version == 4 else 128) // step - labels
     return ".".join(pointer[host_labels:]).lower()
-
-
-def _rdata(rtype: str, value: str, domain: str):
-    kind = rtype.upper()
-    target = lambda text: text if text.endswith(".") else f"{text}.{domain}."  # noqa: E731
-    # Addresses are parsed by ipaddress, as build_zone reads them for PTR records: dnslib alone accepted
-    # `01.2.3.4`, which `bootd check` passed and the zone then refused at start.
-    if kind == "A":
-        return QTYPE.A, A(str(ipaddress.IPv4Address(value)))
-    if kind == "AAAA":
-        return QTYPE.AAAA, AAAA(str(ipaddress.IPv6Address(value)))
-    if kind == "CNAME":
-        return QTYPE.CNAME, CNAME(target(value))
-    if kind == "PTR":
-        return QTYPE.PTR, PTR(target(value))
-    if kind == "TXT":
-        return QTYPE.TXT, TXT([value[i:i + 255].encode() for i in range(0, max(len(value), 1), 255)])
-    if kind == "MX":
-        preference, host = value.split()
-        return QTYPE.MX, MX(target(host), int(preference))
-    if kind == "SRV":
-        priority, weight, port, host = value.split()
-        return QTYPE.SRV, SRV(int(priority), int(weight), int(port), target(host))
-    raise ValueError(f"unsupported record type {rtype!r}")
-
-
-def check_extra_record(rtype: str, value: str) -> str | None:
-    """Why `value` is not a valid `rtype` record, or None."""
-    try:
-        _rdata(rtype, value, "example.com")
-    except (ValueError, TypeError, IndexError) as exc:
-        return str(exc) or f"not a valid {rtype} value"
-    return None
 
 
 # --- answering ----------------------------------------------------------------------------------------------

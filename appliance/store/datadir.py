@@ -25,8 +25,10 @@ from types import MappingProxyType
 from typing import Generic, TypeVar
 
 from appliance.config import Config
+from appliance.ignition import RAW_IGNITION_SUFFIXES
 from appliance.store.model import Group, InvalidDocument, Profile, parse_group, parse_profile
 from appliance.store.selection import order_groups
+from appliance.templates.compiled import check_template
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -300,7 +302,6 @@ class DataDir:
     def template_errors(self) -> list[str]:
         """Every template in ignition/ (not raw .ign), generic/ and cloud/ that does not parse: file, line,
         construct. These are errors for `bootd check`: a machine would get a 404."""
-        from appliance.render import RAW_IGNITION_SUFFIXES, check_template
 
         errors = []
         for directory in (self.ignition_dir, self.generic_dir, self.cloud_dir):

@@ -183,6 +183,12 @@ class ApplianceVm:
         found = self.wait_for_console(RUNNING, timeout)
         return found, time.monotonic() - self.started
 
+    def power_off(self) -> None:
+        """Pull the plug (the test is done with it): the other appliance gets the CPU."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
     def shut_down(self, timeout: float = 180) -> None:
         """A clean shutdown: the ACPI power button, which systemd-logind turns into poweroff."""
         with socket.socket(socket.AF_UNIX) as monitor:
@@ -236,7 +242,7 @@ def image() -> Path:
     started = time.monotonic()
     result = subprocess.run([str(ROOT / "image/build")], capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, f"image/build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    raw = Path(re.search(r"^raw:\s+(\S+)", result.stdout, re.M).group(1))
+    raw = Path(re.search(r"^raw:\s+(/\S+)$", result.stdout, re.M).group(1))
     log(f"image/build: {time.monotonic() - started:.0f} s ({result.stdout.splitlines()[0]})")
     return raw
 
@@ -323,6 +329,7 @@ def test_turnkey_appliance_proxies_pxe_beside_a_plain_dhcp_server(scenarios):
             (name, stages)
         assert "bootd.profile=payload" in view["report"]["cmdline"], view["report"]
         log(f"{name}: reported {view['stages'][-1]['time'] - view['stages'][0]['time']:.0f} s after its first DHCP")
+    s.vm.power_off()
 
 
 def test_authoritative_appliance_serves_dhcp_and_dns_runs_unprivileged_and_keeps_leases(scenarios):

@@ -93,8 +93,10 @@ def rcode_mix_problem(run: dict, expected: list[str]) -> str | None:
     each rcode's count may differ from (queries sent x its share of the file) by at most one cycle plus the
     queries lost. Percentages compared to two decimals (80.01 against 80.0) depend on where the run stopped.
     """
+    if unexpected := sorted(set(run["rcodes"]) - set(expected)):
+        return f"{', '.join(unexpected)}: an rcode no query of the file gets"
     slack = len(expected) + run["lost"]
-    for rcode in set(expected) | set(run["rcodes"]):
+    for rcode in sorted(set(expected)):
         ideal = run["sent"] * expected.count(rcode) / len(expected)
         if abs(run["rcodes"].get(rcode, 0) - ideal) > slack:
             return f"{rcode}: {run['rcodes'].get(rcode, 0)} answers, {ideal:.0f} +- {slack} expected"

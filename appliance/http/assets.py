@@ -18,7 +18,7 @@ from aiohttp import web
 
 from appliance.events import EventKind
 from appliance.http.common import CONTEXT, not_found, publish
-from appliance.store import OutsideRoot, confine
+from appliance.paths import OutsideRoot, confine
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Profiles, groups, selection and the matchbox data directory."""
 
-from appliance.store.datadir import DataDir, OutsideRoot, confine, machine_groups
+from appliance.store.datadir import DataDir, machine_groups
 from appliance.store.model import Group, InvalidDocument, NetBoot, Profile, parse_group, parse_profile
 from appliance.store.selection import (
     MatchScope, RequestLabels, labels_from_pairs, labels_from_query, match_scope, order_groups, parse_query,
@@ -8,7 +8,7 @@ from appliance.store.selection import (
 )
 
 __all__ = [
-    "DataDir", "Group", "InvalidDocument", "MatchScope", "NetBoot", "OutsideRoot", "Profile", "RequestLabels", "confine",
+    "DataDir", "Group", "InvalidDocument", "MatchScope", "NetBoot", "Profile", "RequestLabels",
     "labels_from_pairs", "labels_from_query", "machine_groups", "match_scope", "order_groups", "parse_group", "parse_profile", "parse_query",
     "select_group",
 ]

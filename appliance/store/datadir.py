@@ -26,6 +26,7 @@ from typing import Generic, TypeVar
 
 from appliance.config import Config
 from appliance.ignition import RAW_IGNITION_SUFFIXES
+from appliance.paths import OutsideRoot, confine
 from appliance.store.model import Group, InvalidDocument, Profile, parse_group, parse_profile
 from appliance.store.selection import order_groups
 from appliance.templates.compiled import check_template
@@ -37,25 +38,6 @@ R = TypeVar("R")
 # Documents larger than this are refused: a profile, group or config is a few KiB; 16 MiB is generous and
 # keeps a stray disk image in ignition/ from being read into memory per request.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
-
-
-class OutsideRoot(ValueError):
-    """A name that would leave its subdirectory (`..`, an absolute path, NUL, a symlink pointing out)."""
-
-
-def confine(root: Path, name: str) -> Path:
-    """Path of `name` inside `root`; raises OutsideRoot if it would leave `root`."""
-    if not name or "\0" in name or "\\" in name:
-        raise OutsideRoot(f"invalid name {name!r}")
-    parts = name.split("/")
-    if name.startswith("/") or any(p in ("..", ".") for p in parts):
-        raise OutsideRoot(f"{name!r} leaves its directory")
-    path = root.joinpath(*[p for p in parts if p])
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(path)
-    if real != real_root and not real.startswith(real_root + os.sep):
-        raise OutsideRoot(f"{name!r} resolves outside its directory")
-    return path
 
 
 def _plain_name(name: str) -> bool:

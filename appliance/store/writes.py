@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.atomic import write_atomically
-from appliance.store.datadir import OutsideRoot, confine
+from appliance.paths import OutsideRoot, confine
 from appliance.store.model import Group, InvalidDocument, Profile, parse_group, parse_profile
 
 MAX_NAME = 255

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.store import OutsideRoot, confine
+from appliance.paths import OutsideRoot, confine
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from appliance.config import parse_config
-from appliance.store import DataDir, OutsideRoot, confine, machine_groups
+from appliance.paths import OutsideRoot, confine
+from appliance.store import DataDir, machine_groups
 
 
 def write(path: Path, obj) -> None:

@@ -47,6 +47,10 @@ from tests.netns import NetLab
 
 ROOT = Path(__file__).parents[1]
 SERVER_IP, FUZZ_IP, GOOD_IP = "192.0.2.1", "192.0.2.2", "192.0.2.3"
+# The stats counter that counts each target's packets as bootd received them (TFTP transfer ports and HTTP
+# have none).
+COUNTER = {"dhcp67": "dhcp_received", "dhcp4011": "dhcp_received", "tftp69": "tftp_requests",
+           "dns-udp": "dns_queries", "dns-tcp": "dns_queries"}
 UDP_TARGETS = ["dhcp67", "dhcp4011", "tftp69", "tftp-transfer", "dns-udp", "dns-tcp"]
 # What an unhandled exception leaves in the log, whoever logs it.
 # aiohttp logs a request it refuses (400, 413) as WARNING "Error handling request": a logged drop, not an
@@ -151,6 +155,13 @@ def stats(lab: NetLab, client) -> dict:
     return json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr[-300:]}
 
 
+def counted(stats_json: dict) -> dict[str, int]:
+    """What bootd says it received: DHCP packets, TFTP requests on 69, DNS messages (UDP and TCP)."""
+    return {"dhcp_received": stats_json.get("dhcp", {}).get("received", 0),
+            "tftp_requests": stats_json.get("tftp", {}).get("requests", 0),
+            "dns_queries": stats_json.get("dns", {}).get("queries", 0)}
+
+
 def internal_errors(stats_json: dict) -> dict[str, int]:
     return {name: section["internal_errors"] for name, section in stats_json.items()
             if isinstance(section, dict) and "internal_errors" in section}
@@ -202,17 +213,20 @@ def campaign(lab: NetLab, client, proc, args, sha: str, log: Path) -> tuple[dict
     for target in targets:
         packets = {"http": args.http_packets, "grpc": args.grpc_packets}.get(target, args.packets)
         extra = ["--idle", str(args.idle), "--slow", str(args.slow)] if target == "http" else []
-        drops0 = udp_drops(lab)
+        drops0, counted0 = udp_drops(lab), counted(stats(lab, client))
         with Sampler(proc.pid) as sampler:
             result = run_target(lab, client, args, target, packets, sha, extra)
         result["bootd_peak_fds"], result["bootd_peak_rss_mib"] = sampler.peak_fds, round(sampler.peak_rss_kib / 1024, 1)
         drops1 = udp_drops(lab)
         result["udp_rcvbuf_drops"] = drops1["RcvbufErrors"] - drops0["RcvbufErrors"]
+        counted1 = counted(stats(lab, client))
+        result["bootd_counted"] = {k: counted1[k] - counted0[k] for k in counted1}
         result["bootd_after"] = proc_status(proc.pid) if proc.poll() is None else "exited"
         results[target] = result
         print(f"{target:14s} sent {result['sent']:>8d}  good {result['good_ok']}/{result['good']}  "
               f"{result.get('seconds', 0):7.1f}s  kernel drops {result['udp_rcvbuf_drops']}  bootd peak "
-              f"{result['bootd_peak_fds']} fds, {result['bootd_peak_rss_mib']} MiB  {result.get('detail', {})}",
+              f"{result['bootd_peak_fds']} fds, {result['bootd_peak_rss_mib']} MiB  counted by bootd "
+              f"{ {k: v for k, v in result['bootd_counted'].items() if v} }  {result.get('detail', {})}",
               flush=True)
         for failure in result["failures"][:5]:
             print(f"  FAILED: {failure}", flush=True)
@@ -233,7 +247,12 @@ def campaign(lab: NetLab, client, proc, args, sha: str, log: Path) -> tuple[dict
                "unhandled_sample": unhandled[:10], "internal_errors": errors, "peak_rss_mib": round(peak_mib, 1),
                "rss_bound_mib": args.rss_bound_mib, "bootd_alive": alive, "bootd_final": status, "passed": ok,
                "targets": results, "stats": final_stats}
+    reached = {target: r["bootd_counted"][key] for target, key in COUNTER.items()
+               if (r := results.get(target)) is not None}
+    summary["reached_bootd"] = reached
     print(f"packets sent: {sent}")
+    print("reached bootd (its own counters, good and pacing requests included): "
+          + ", ".join(f"{t} {n}/{results[t]['sent']}" for t, n in reached.items()))
     print(f"good answers: {good_ok}/{good}")
     print(f"unhandled exceptions: {len(unhandled)}")
     for line in unhandled[:10]:

@@ -668,12 +668,25 @@ def target_dns_tcp(ctx: Context) -> None:
                     if read_exact(sock, size)[:2] == query.pack()[:2]:
                         break
         except (OSError, Failure):
-            sock.close()
+            end_gracefully(sock, args.timeout)
             sock = None
         if ctx.sent % args.every == 0:
             ctx.check(good_dns_tcp)
     if sock is not None:
-        sock.close()
+        end_gracefully(sock, args.timeout)
+
+
+def end_gracefully(sock: socket.socket, timeout: float) -> None:
+    """Half-close and read to the end: closing with bootd's answers unread would send a reset, and bootd
+    would lose the messages it had not read yet (they would never have been parsed)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(timeout)
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+    sock.close()
 
 
 class RequestPool:

@@ -28,19 +28,19 @@ def run(tmp_path: Path, *args: str) -> str:
 
 def test_fuzz_campaign_every_good_request_answered_no_exception_rss_bounded(tmp_path):
     out = run(tmp_path, "--packets", "10000", "--seed", "1", "--rss-bound-mib", str(RSS_BOUND_MIB))
-    sent = int(re.search(r"^packets sent: (\d+)$", out, re.M).group(1))
+    sent = int(re.search(r"^packets sent: (\d+)$", out, re.MULTILINE).group(1))
     assert sent == 6 * 10_000 + 1_000 + 100, out
-    reached = dict((t, (int(n), int(of))) for t, n, of in re.findall(r"(\S+) (\d+)/(\d+)", re.search(
-        r"^reached bootd.*: (.*)$", out, re.M).group(1)))
+    reached = {t: (int(n), int(of)) for t, n, of in re.findall(r"(\S+) (\d+)/(\d+)", re.search(
+        r"^reached bootd.*: (.*)$", out, re.MULTILINE).group(1))}
     for target in ("dhcp67", "dhcp4011", "tftp69", "dns-udp"):
         assert reached[target][0] >= reached[target][1], out  # every datagram was read by bootd
     # over TCP, a length that lies takes the next message (or more) with it
     assert reached["dns-tcp"][0] >= 0.8 * reached["dns-tcp"][1], out
-    good, total = map(int, re.search(r"^good answers: (\d+)/(\d+)$", out, re.M).groups())
+    good, total = map(int, re.search(r"^good answers: (\d+)/(\d+)$", out, re.MULTILINE).groups())
     assert good == total and total >= 6 * 12 + 2 * 2, out
     assert "unhandled exceptions: 0\n" in out, out
     assert "internal errors: {'dhcp': 0, 'tftp': 0, 'dns': 0}" in out, out
-    peak = float(re.search(r"^peak RSS: ([\d.]+) MiB", out, re.M).group(1))
+    peak = float(re.search(r"^peak RSS: ([\d.]+) MiB", out, re.MULTILINE).group(1))
     assert peak < RSS_BOUND_MIB, out
     assert "result: PASS" in out
 
@@ -49,7 +49,7 @@ def test_sighups_under_good_load_fail_no_request(tmp_path):
     out = run(tmp_path, "--sighup", "--sighups", "10", "--sighup-interval", "0.5")
     assert "sighups sent: 10" in out, out
     assert "reloads done: 10, refused: 0" in out, out
-    good, total = map(int, re.search(r"^good answers: (\d+)/(\d+)", out, re.M).groups())
+    good, total = map(int, re.search(r"^good answers: (\d+)/(\d+)", out, re.MULTILINE).groups())
     assert good == total and total > 0, out
     assert "unhandled exceptions: 0" in out, out
     assert "result: PASS" in out

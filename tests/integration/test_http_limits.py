@@ -6,7 +6,6 @@ import json
 import os
 import resource
 import socket
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path

@@ -873,7 +873,7 @@ def main() -> int:
     parser.add_argument("--small-sha256", required=True)
     parser.add_argument("--idle", type=int, default=0, help="HTTP connections opened and held, sending nothing")
     parser.add_argument("--slow", type=int, default=0, help="HTTP clients sending their request a byte at a time")
-    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=10.0, help="for each answer (only a failure waits it out)")
     args = parser.parse_args()
     if args.iface == "lo":
         sys.exit("refusing: give the client end of the campaign's veth pair")

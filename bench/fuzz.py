@@ -22,7 +22,9 @@ still running, and its peak RSS (VmHWM) under `--rss-bound-mib`. Results: bench/
 (not written with --smoke).
 
 `--sighup`: instead of the campaign, SIGHUP bootd every `--sighup-interval` seconds, `--sighups` times,
-while good DHCP, TFTP, DNS and HTTP clients run in a loop: not one good request may fail.
+each time with a changed bootd.yaml (a machine and a DNS record come and go), while good DHCP (67, 4011),
+TFTP, DNS (UDP, TCP) and HTTP clients run in a loop: not one good request may fail, and every SIGHUP must
+be a reload done (bootd runs at log level INFO here to say so).
 
 Usage (root): python -m bench.fuzz [--packets 1000000] [--seed 1] [--smoke] [--sighup]
 """

@@ -12,6 +12,9 @@ client's lease is still held: a second client then gets the next address of the 
 that forgot its leases would hand out the first one again (allocation is first-free, so this holds only
 if the lease was kept).
 
+C, upgrade: image/upgrade writes the system partitions of a new image onto an appliance disk and leaves
+BOOTD and the state partition byte for byte as they were (no VM: the disks are compared).
+
 Both appliances boot at the same time (a module fixture powers them on; each test waits for its own),
 because booting is most of the time. Each test works on a sparse copy of the cached image, so the cache
 stays as built. image/build is called here; it returns at once when its inputs have not changed.
@@ -19,6 +22,7 @@ stays as built. image/build is called here; it returns at once when its inputs h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,7 +30,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,3 +372,51 @@ def test_authoritative_appliance_serves_dhcp_and_dns_runs_unprivileged_and_keeps
     assert bound, (got.stdout, got.stderr)
     assert bound.group(1) == "192.0.2.101", f"after the reboot a new client got {bound.group(1)}: the lease of " \
                                             f"{mac} (192.0.2.100) was not kept"
+
+
+def region(disk: Path, part: Partition) -> str:
+    """The sha256 of a partition's bytes (read in chunks: p3 is 1 GiB)."""
+    digest = hashlib.sha256()
+    with open(disk, "rb") as f:
+        f.seek(part.offset)
+        left = part.size
+        while left:
+            chunk = f.read(min(left, 1 << 22))
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def test_upgrade_writes_the_system_part_and_keeps_bootd_and_state(image, tmp_path):
+    """image/upgrade onto an appliance disk whose system part is older (here: scribbled over) and whose BOOTD
+    holds a config: p1-p3 become the new image's, p4 and p5 stay byte for byte; a disk with another
+    partition table is refused with nothing written."""
+    disk = copy_image(image, tmp_path, "old")
+    parts = partitions_of(disk)
+    (tmp_path / "bootd.yaml").write_text("domain: example.com\n")
+    put_on_bootd(disk, {"bootd.yaml": tmp_path / "bootd.yaml"})
+    with open(disk, "r+b") as f:  # an older system: other bytes in p2 and p3, and in the state partition
+        for name in ("EFI", "bootd-root", "bootd-state"):
+            f.seek(parts[name].offset + 1024 * 1024)
+            f.write(b"old bytes " * 1000)
+    kept = {name: region(disk, parts[name]) for name in ("BOOTD", "bootd-state")}
+
+    result = subprocess.run([str(ROOT / "image/upgrade"), str(disk), str(image)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "BOOTD (p4) and bootd-state (p5) were not touched" in result.stdout
+    for name in ("bios", "EFI", "bootd-root"):
+        assert region(disk, parts[name]) == region(image, parts[name]), name
+    for name, before in kept.items():
+        assert region(disk, parts[name]) == before, name
+    with open(disk, "rb") as f, open(image, "rb") as new:
+        assert f.read(440) == new.read(440)  # GRUB's boot code in the MBR
+
+    other = tmp_path / "other.raw"
+    subprocess.run(["truncate", "-s", "64M", str(other)], check=True)
+    subprocess.run(["sgdisk", "-n", "1:1M:+8M", "-n", "2:0:+8M", str(other)], check=True, capture_output=True)
+    before = other.read_bytes()
+    result = subprocess.run([str(ROOT / "image/upgrade"), str(other), str(image)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("image/upgrade: partition 1 of ") and "nothing written" in result.stderr
+    assert other.read_bytes() == before

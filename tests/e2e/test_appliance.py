@@ -7,8 +7,9 @@ read from the appliance's serial console, where a person would read them.
 
 B, authoritative: the image with a bootd.yaml for authoritative DHCP + DNS on BOOTD boots under BIOS on a
 bridge with no other server; a client VM boots; the appliance answers DNS; the serial console says bootd
-runs as its own user with exactly CAP_NET_BIND_SERVICE and CAP_NET_RAW; and after a clean reboot the first
-client's lease is still held: a second client then gets the next address of the range, where an appliance
+runs as its own user with exactly CAP_NET_BIND_SERVICE and CAP_NET_RAW; then, switched off, it gets a
+bootd.yaml with an error on BOOTD, and after it is switched on again the console names the error (file,
+line, field) and bootd runs the last good config, in which the first client's lease is still held: a second client then gets the next address of the range, where an appliance
 that forgot its leases would hand out the first one again (allocation is first-free, so this holds only
 if the lease was kept).
 
@@ -358,9 +359,17 @@ def test_authoritative_appliance_serves_dhcp_and_dns_runs_unprivileged_and_keeps
     log(f"{name}: reported; rebooting the appliance")
 
     s.vm.shut_down()
+    # while it is off, a person edits BOOTD and gets it wrong: the appliance keeps its last good config
+    good = (s.tmp / "bootd.yaml").read_text()
+    (s.tmp / "broken.yaml").write_text(good + "bogus: 1\n")
+    put_on_bootd(s.vm.disk, {"bootd.yaml": s.tmp / "broken.yaml"})
     s.vm.power_on()
     running, seconds = s.vm.wait_until_ready()
     log(f"appliance B ready again {seconds:.0f} s after power-on")
+    console = s.vm.console()
+    assert "kept the last good one" in console, console[-3000:]
+    error_line = len(good.splitlines()) + 1
+    assert re.search(rf"bootd\.yaml:{error_line}\b.*bogus", console), console[-3000:]  # file, line, field
     # a DHCP client with another MAC: first-free allocation gives it .101 only if .100 is still leased
     late = s.lab.add_client(mac=LATE_B)
     script = s.tmp / "udhcpc.sh"

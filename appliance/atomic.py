@@ -7,9 +7,10 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomically(path: Path, data: bytes, mode: int = 0o600, *, replace: bool = True) -> None:
     """temp file in the same directory, fsync, rename over `path`, fsync the directory. The file gets `mode`
-    (0600 unless asked: mkstemp's, safe for secrets)."""
+    (0600 unless asked: mkstemp's, safe for secrets). `replace=False`: FileExistsError if `path` exists (the
+    temp file is linked in, which fails rather than overwrites), still never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -19,9 +20,14 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(temp, path)
+        if replace:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)
+            os.unlink(temp)
     except BaseException:
-        os.unlink(temp)
+        if os.path.lexists(temp):
+            os.unlink(temp)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

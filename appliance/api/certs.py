@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from appliance.atomic import write_atomically
 
 
 class CertError(Exception):
@@ -108,16 +109,16 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def _write(path: Path, data: bytes, mode: int, force: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    """Atomically (a kill during `bootd certs` leaves the old file or the new one, never half a key), and
+    without --force never over an existing file."""
+    for leftover in path.parent.glob(f".{path.name}.*"):  # a temp file of a write a kill cut short
+        leftover.unlink(missing_ok=True)
     try:
-        fd = os.open(path, flags, mode)
+        write_atomically(path, data, mode, replace=force)
     except FileExistsError:
         raise CertError(f"{path} exists; remove it or pass --force") from None
     except OSError as exc:
         raise CertError(f"{path}: cannot write: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)  # an existing file (with --force) gets the mode too
-        f.write(data)
 
 
 def write_pair(directory: Path, stem: str, key: rsa.RSAPrivateKey, cert: x509.Certificate, force: bool) -> None:
@@ -134,10 +135,16 @@ def init(directory: Path, sans: str, *, force: bool = False) -> list[str]:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CertError(f"{directory}: cannot make the directory: {exc.strerror}") from None
+    if not force and (existing := [f"{directory}/{stem}.{kind}" for stem in ("ca", "server", "client")
+                                   for kind in ("key", "crt") if (directory / f"{stem}.{kind}").exists()]):
+        raise CertError(f"{', '.join(existing)} exist; remove them or pass --force")
+    # every key made before the first file is written: a failure or a kill in between leaves the old set
     ca_key, ca_cert = make_ca()
+    server = issue(ca_key, ca_cert, "bootd-server", client=False, sans=names)
+    client_pair = issue(ca_key, ca_cert, "bootd-client", client=True)
     write_pair(directory, "ca", ca_key, ca_cert, force)
-    write_pair(directory, "server", *issue(ca_key, ca_cert, "bootd-server", client=False, sans=names), force)
-    write_pair(directory, "client", *issue(ca_key, ca_cert, "bootd-client", client=True), force)
+    write_pair(directory, "server", *server, force)
+    write_pair(directory, "client", *client_pair, force)
     return [f"wrote {directory}/ca.crt, ca.key (keep the key offline if you can)",
             f"wrote {directory}/server.crt, server.key (SANs: {sans}): for bootd's api section",
             f"wrote {directory}/client.crt, client.key: for bootd apply, bootcmd or terraform"]

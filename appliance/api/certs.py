@@ -137,7 +137,7 @@ def init(directory: Path, sans: str, *, force: bool = False) -> list[str]:
         raise CertError(f"{directory}: cannot make the directory: {exc.strerror}") from None
     if not force and (existing := [f"{directory}/{stem}.{kind}" for stem in ("ca", "server", "client")
                                    for kind in ("key", "crt") if (directory / f"{stem}.{kind}").exists()]):
-        raise CertError(f"{', '.join(existing)} exist; remove them or pass --force")
+        raise CertError(f"{'; '.join(f'{path} exists' for path in existing)}: remove them or pass --force")
     # every key made before the first file is written: a failure or a kill in between leaves the old set
     ca_key, ca_cert = make_ca()
     server = issue(ca_key, ca_cert, "bootd-server", client=False, sans=names)

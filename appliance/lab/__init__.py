@@ -166,17 +166,9 @@ def _save(directory: Path, state: dict) -> None:
 
 
 def _write_config(directory: Path, lab: list[LabMachine], kernel: Path, initrd: Path, firmware_dir: Path) -> Path:
-    data = directory / "data"
-    for sub in ("profiles", "groups", "ignition", "assets"):
-        (data / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy(kernel, data / "assets/vmlinuz")
-    shutil.copy(initrd, data / "assets/initrd.img")
-    (data / "profiles/lab.json").write_text(json.dumps({"id": "lab", "ignition_id": "lab.ign", "boot": {
-        "kernel": "${bootd}/assets/vmlinuz", "initrd": ["${bootd}/assets/initrd.img"],
-        "args": ["initrd=initrd.img", "console=ttyS0", "quiet", "bootd.ignition=${bootd}/ignition?mac=${mac:hexhyp}",
-                 "bootd.report=${bootd}/api/v1/machines/${mac:hexhyp}/report"]}}, indent=2))
-    (data / "groups/default.json").write_text(json.dumps({"id": "default", "profile": "lab"}))
-    (data / "ignition/lab.ign").write_text(json.dumps({"ignition": {"version": "3.4.0"}}))
+    from appliance.lab.payload import write_data_dir
+
+    data = write_data_dir(directory / "data", kernel, initrd, "lab")
     listed = "".join(f'  - {{name: {m.name}, mac: "{m.mac}", ip: 10.77.0.{21 + i}, profile: lab}}\n'
                      for i, m in enumerate(lab))
     path = directory / "bootd.yaml"

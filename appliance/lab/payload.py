@@ -11,6 +11,7 @@ kernel arguments, Ignition and the way back.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
@@ -116,3 +117,21 @@ def build(cache: Path = CACHE) -> tuple[Path, Path]:
     initrd.write_bytes(gzip.compress(archive, 6))
     shutil.copy(root / "boot" / f"vmlinuz-{version}", kernel)
     return kernel, initrd
+
+
+def write_data_dir(data: Path, kernel: Path, initrd: Path, profile: str) -> Path:
+    """A matchbox data dir that boots the payload on every machine: the kernel and initrd as assets, one
+    profile named `profile` (reporting to bootd, its Ignition fetched), a default group, an empty Ignition."""
+    for sub in ("profiles", "groups", "ignition", "assets"):
+        (data / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy(kernel, data / "assets/vmlinuz")
+    shutil.copy(initrd, data / "assets/initrd.img")
+    (data / f"profiles/{profile}.json").write_text(json.dumps({"id": profile, "ignition_id": f"{profile}.ign", "boot": {
+        "kernel": "${bootd}/assets/vmlinuz", "initrd": ["${bootd}/assets/initrd.img"],
+        # initrd= names the image for the kernel's EFI stub (ipxe.efi hands initrds over that way)
+        "args": ["initrd=initrd.img", "console=ttyS0", "quiet", f"bootd.profile={profile}",
+                 "bootd.ignition=${bootd}/ignition?mac=${mac:hexhyp}",
+                 "bootd.report=${bootd}/api/v1/machines/${mac:hexhyp}/report"]}}, indent=2))
+    (data / "groups/default.json").write_text(json.dumps({"id": "default", "profile": profile}))
+    (data / f"ignition/{profile}.ign").write_text(json.dumps({"ignition": {"version": "3.4.0"}}))
+    return data

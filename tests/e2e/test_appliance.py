@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from appliance.lab import qemu_argv
-from appliance.lab.payload import build as build_payload
+from appliance.lab.payload import build as build_payload, write_data_dir
 from tests.netns import NetLab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
@@ -108,19 +108,7 @@ def put_on_bootd(disk: Path, files: dict[str, Path]) -> None:
 def matchbox_data(tmp: Path) -> Path:
     """A matchbox data dir: the reporting payload as assets, one profile, a default group, Ignition."""
     kernel, initrd = build_payload()
-    data = tmp / "data"
-    for sub in ("profiles", "groups", "ignition", "assets"):
-        (data / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy(kernel, data / "assets/vmlinuz")
-    shutil.copy(initrd, data / "assets/initrd.gz")
-    (data / "profiles/payload.json").write_text(json.dumps({"id": "payload", "ignition_id": "payload.ign", "boot": {
-        "kernel": "${bootd}/assets/vmlinuz", "initrd": ["${bootd}/assets/initrd.gz"],
-        "args": ["initrd=initrd.gz", "console=ttyS0", "quiet", "bootd.profile=payload",
-                 "bootd.ignition=${bootd}/ignition?mac=${mac:hexhyp}",
-                 "bootd.report=${bootd}/api/v1/machines/${mac:hexhyp}/report"]}}))
-    (data / "groups/default.json").write_text(json.dumps({"id": "default", "profile": "payload"}))
-    (data / "ignition/payload.ign").write_text(json.dumps({"ignition": {"version": "3.4.0"}}))
-    return data
+    return write_data_dir(tmp / "data", kernel, initrd, "payload")
 
 
 def data_files(data: Path) -> dict[str, Path]:

@@ -15,17 +15,9 @@ from scapy.layers.dhcp import BOOTP
 from appliance.dhcp.server import REFRESH_SECONDS
 from tests.bootd_process import BootdProcess
 from tests.integration.test_dhcp import FIRMWARE, decode, probe, pxe_packet, server_stats
-from tests.integration.test_http import IPXE_P, NOT_FOUND, fetch, make_data_dir, write
+from tests.integration.test_http import CONFIG, IPXE_P, NOT_FOUND, fetch, make_data_dir, write
 
 STRANGER = "52:54:00:5e:00:01"
-CONFIG = """\
-http:
-  address: 127.0.0.1
-  port: 0
-  data_dir: {data}
-machines:
-  - {{name: node9, mac: "52:54:00:99:99:99", profile: g1h2i3j4}}
-"""
 
 
 @pytest.fixture(scope="module")

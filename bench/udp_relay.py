@@ -17,10 +17,15 @@ import socket
 
 class UdpRelay:
     def __init__(self, listen: tuple[str, int], server: tuple[str, int], *, delay: float = 0.0, loss: float = 0.0,
-                 seed: int = 1) -> None:
+                 seed: int = 1, drop_every: int = 0) -> None:
+        """`loss`: drop each packet with that probability (seeded). `drop_every`: drop exactly every Nth packet
+        in each direction instead: the same share of loss, but never two in a row for a flow that is alone,
+        so a test's outcome does not hang on a rare run of losses (what the seeded draw gives depends on how
+        the transfers' packets interleave, which depends on timing)."""
         self.listen, self.server = listen, server
-        self.delay, self.loss = delay, loss
+        self.delay, self.loss, self.drop_every = delay, loss, drop_every
         self.random = random.Random(seed)
+        self._count = {"to_server": 0, "to_client": 0}
         self.dropped = {"to_server": 0, "to_client": 0}
         self.forwarded = {"to_server": 0, "to_client": 0}
         self._front: socket.socket | None = None
@@ -49,7 +54,9 @@ class UdpRelay:
             self._front.close()
 
     def _forward(self, direction: str, sock: socket.socket, data: bytes, target: tuple[str, int]) -> None:
-        if self.loss and self.random.random() < self.loss:
+        self._count[direction] += 1
+        if (self.drop_every and self._count[direction] % self.drop_every == 0) or (
+                self.loss and self.random.random() < self.loss):
             self.dropped[direction] += 1
             return
         self.forwarded[direction] += 1
@@ -74,17 +81,21 @@ class UdpRelay:
             except BlockingIOError:
                 return
             entry = self._upstreams.get(client)
-            if entry is None or data[:2] in (b"\x00\x01", b"\x00\x02"):  # a new request starts a new TID pairing
+            request = data[:2] in (b"\x00\x01", b"\x00\x02")
+            # A new request starts a new TID pairing; the same request again is the client retransmitting it
+            # (its first answer was lost or slow) and goes out from the same port, as it would on a network:
+            # the server sees a duplicate, not a second client.
+            if entry is None or (request and data != entry[1][1]):
                 if entry is not None:
                     self._loop.remove_reader(entry[0].fileno())
                     entry[0].close()
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 sock.bind((self.server[0], 0))
                 sock.setblocking(False)
-                entry = (sock, [self.server])
+                entry = (sock, [self.server, data if request else b""])
                 self._upstreams[client] = entry
                 self._loop.add_reader(sock.fileno(), self._from_server, client, entry)
-            self._forward("to_server", entry[0], data, entry[1][0])
+            self._forward("to_server", entry[0], data, self.server if request else entry[1][0])
 
     def _from_server(self, client: tuple[str, int], entry: tuple[socket.socket, list]) -> None:
         assert self._front is not None

@@ -11,10 +11,14 @@ apt-get update -qq
 # smoke passes run with the tests); dpkg-dev tools come with Debian (bootd firmware fetch uses apt-get download).
 # qemu-system-x86, ovmf, ipxe-qemu: the end-to-end VMs (SeaBIOS with iPXE NIC ROMs, OVMF); busybox-static and
 # cpio build their payload (it also provides udhcpc for the DHCP tests). golang-go: Go's own text/template, the
-# reference bootd's template engine is checked against (tests/reference/).
+# reference bootd's template engine is checked against (tests/reference/). systemd: systemd-analyze verify and
+# security on bootd.service, systemd-sysusers for install-service; strace: the unit's system-call filter
+# checked against what bootd calls. mmdebstrap, gdisk, dosfstools, mtools, grub-pc-bin, grub-efi-amd64-bin,
+# qemu-utils, e2fsprogs, python3-pip: image/build (the appliance image the e2e tests boot).
 apt-get install -y -qq --no-install-recommends \
   python3 python3-venv ca-certificates curl busybox-static cpio iproute2 dnsmasq-base nginx-light wrk tftp-hpa \
-  atftp bind9-dnsutils dnsperf qemu-system-x86 ovmf ipxe-qemu golang-go >/dev/null
+  atftp bind9-dnsutils dnsperf qemu-system-x86 ovmf ipxe-qemu golang-go systemd strace \
+  mmdebstrap gdisk dosfstools mtools grub-pc-bin grub-efi-amd64-bin qemu-utils e2fsprogs python3-pip >/dev/null
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from appliance.dhcp.modes import DhcpMode, IpxeDetection, UefiStrategy
 from appliance.dns.records import check_extra_record
 from appliance.mac import MacAddress, parse_mac
 
@@ -43,24 +44,6 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 class Role(StrEnum):
     CONTROLLER = "controller"
     WORKER = "worker"
-
-
-class DhcpMode(StrEnum):
-    OFF = "off"
-    PROXY = "proxy"  # beside the site's DHCP server: boot options only
-    AUTHORITATIVE = "authoritative"  # the only DHCP server: addresses too
-
-
-class IpxeDetection(StrEnum):
-    ANY = "any"  # option 77 `iPXE` or option 175: every iPXE gets the HTTP script (no TFTP round at all)
-    # only option 77 `iPXE`, as dnsmasq's `dhcp-userclass=set:ipxe,iPXE` recipes do: an iPXE ROM that sends
-    # another user class is chained to bootd's iPXE over TFTP (an old NIC ROM replaced by a current build)
-    USER_CLASS = "user-class"
-
-
-class UefiStrategy(StrEnum):
-    BINL = "binl"  # no option 43 on 67; the client asks again on 4011 (dnsmasq, pixiecore)
-    DIRECT = "direct"  # option 43 {6: 0x08}: boot the file straight away (smee)
 
 
 # DHCP options whose integer values have a fixed width (RFC 2132); others take IPs, text or hex.

@@ -7,7 +7,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from types import MappingProxyType
 
-from appliance.config import Config, DhcpMode
+from appliance.config import Config
+from appliance.dhcp.modes import DhcpMode
 from appliance.dhcp.authoritative import AddressPolicy, Reservation
 from appliance.dhcp.pxe import Firmware, MachinePolicy, PxePolicy
 from appliance.mac import MacAddress

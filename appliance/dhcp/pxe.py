@@ -34,7 +34,7 @@ from appliance.dhcp.packet import (
     BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, ZERO_IP, DhcpPacket, MalformedPacket, MessageType, Option, encode_packet,
     parse_options,
 )
-from appliance.config import IpxeDetection, UefiStrategy
+from appliance.dhcp.modes import IpxeDetection, UefiStrategy
 from appliance.mac import MacAddress
 
 PXE_DISCOVERY_CONTROL = 6  # option 43 sub-option; bit 3 (0x08): boot the file, no discovery/menu

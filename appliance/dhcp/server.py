@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from appliance.config import DhcpMode
+from appliance.dhcp.modes import DhcpMode
 from appliance.dhcp.authoritative import DhcpAnswer, decide_dhcp
 from appliance.dhcp.leases import Bind, Decline, LeaseTable, LeaseWriter, Release
 from appliance.dhcp.packet import (

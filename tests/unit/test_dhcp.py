@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 import pytest
 
-from appliance.config import IpxeDetection, UefiStrategy
+from appliance.dhcp.modes import IpxeDetection, UefiStrategy
 from appliance.dhcp.authoritative import AddressPolicy, DhcpAnswer, Reservation, decide_dhcp
 from appliance.dhcp.leases import Bind, Decline, HoldOffer, Lease, LeaseTable, Release
 from appliance.dhcp.packet import (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -22,25 +23,29 @@ async def ignition(request: web.Request) -> web.Response:
     if chosen.profile is None or chosen.group is None:
         return failed(ctx, request, chosen.mac, EventKind.IGNITION, chosen.reason)
     data = template_data(chosen.group, chosen.labels.labels, request.rel_url.raw_query_string)
-    return _serve(ctx, request, chosen, EventKind.IGNITION, ignition_for(chosen.profile, ctx.store, data))
+    # A worker thread: a Butane template with a large inline file takes seconds to render, translate and
+    # compress (a 15 MB one: 8 s), and DHCP, TFTP and DNS share this event loop (the data dir is locked).
+    rendered = await asyncio.to_thread(ignition_for, chosen.profile, ctx.store, data)
+    return _serve(ctx, request, chosen, EventKind.IGNITION, rendered)
 
 
 async def generic(request: web.Request) -> web.Response:
-    return _generic(request, cloud=False)
+    return await _generic(request, cloud=False)
 
 
 async def cloud(request: web.Request) -> web.Response:
     """Deprecated in matchbox, kept for old data dirs: a generic config that must be cloud-config or a script."""
-    return _generic(request, cloud=True)
+    return await _generic(request, cloud=True)
 
 
-def _generic(request: web.Request, *, cloud: bool) -> web.Response:
+async def _generic(request: web.Request, *, cloud: bool) -> web.Response:
     ctx = request.app[CONTEXT]
     chosen = select(ctx, request)
     if chosen.profile is None or chosen.group is None:
         return failed(ctx, request, chosen.mac, EventKind.GENERIC, chosen.reason)
     data = template_data(chosen.group, chosen.labels.labels, request.rel_url.raw_query_string)
-    return _serve(ctx, request, chosen, EventKind.GENERIC, generic_for(chosen.profile, ctx.store, data, cloud=cloud))
+    rendered = await asyncio.to_thread(generic_for, chosen.profile, ctx.store, data, cloud=cloud)  # as /ignition
+    return _serve(ctx, request, chosen, EventKind.GENERIC, rendered)
 
 
 def _serve(ctx, request: web.Request, chosen: Selection, kind: EventKind, result: Rendered | Refusal) -> web.Response:

@@ -6,6 +6,7 @@ The fixtures are matchbox's own (research/matchbox.md §7): group G (selector uu
 from __future__ import annotations
 
 import hashlib
+import asyncio
 import json
 import os
 import signal
@@ -390,3 +391,29 @@ async def test_reports_and_labels_from_invented_macs_stay_within_the_byte_budget
     rss_after = int(next(l for l in Path(f"/proc/{own_server.proc.pid}/status").read_text().splitlines()
                          if l.startswith("VmRSS")).split()[1])
     assert rss_after - rss_before < 3 * 16 * 1024, "grew by more than three times the budget"
+
+
+async def test_a_slow_butane_rendering_does_not_stall_other_requests(own_server):
+    """A Butane template with a large inline file takes seconds to render, translate and compress; it runs in a
+    worker thread, so requests that come meanwhile (DHCP, TFTP and DNS share the loop) are answered at once:
+    20 requests, one after another, all finish before that one Ignition config does."""
+    import random
+
+    rng = random.Random(3)
+    words = ["alpha", "beta", "gamma", "delta", "node", "cluster", "boot", "kernel", "initrd", "flatcar"]
+    inline = "".join("          " + " ".join(rng.choice(words) for _ in range(12)) + "\n" for _ in range(60_000))
+    write(own_server.data / "ignition/slow.yaml", "variant: flatcar\nversion: 1.0.0\nstorage:\n  files:\n"
+          "    - path: /etc/big\n      contents:\n        inline: |\n" + inline)
+    write(own_server.data / "profiles/slow.json", {"id": "slow", "ignition_id": "slow.yaml"})
+    write(own_server.data / "groups/slow.json", {"id": "slow", "profile": "slow", "selector": {"mac": "52:54:00:5e:00:42"}})
+    async with aiohttp.ClientSession() as session:
+        slow = asyncio.ensure_future(session.get(own_server.url("/ignition?mac=52:54:00:5e:00:42")))
+        await asyncio.sleep(0)  # the slow request goes out first
+        answered = 0
+        for _ in range(20):
+            async with session.get(own_server.url("/boot.ipxe")) as resp:
+                assert resp.status == 200
+            answered += 1 if not slow.done() else 0
+        async with await slow as resp:
+            assert resp.status == 200 and b"/etc/big" in await resp.read()
+    assert answered == 20

@@ -4,6 +4,7 @@ input), the packets real firmware sent (research/tools.md §6-7), and authoritat
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
 
@@ -437,3 +438,66 @@ def test_loading_removes_what_an_interrupted_write_left(tmp_path):
     loaded = LeaseTable.load(tmp_path / "leases.json")
     assert loaded.lease_for(A, 1000.0).ip == IPv4Address("10.77.0.100")
     assert [p.name for p in tmp_path.iterdir()] == ["leases.json"]
+
+
+def _typed_proxy_outcome(data: bytes, port: int) -> tuple[object, ...]:
+    """What the typed path decides for a raw request (server._decide_proxy's steps): a reply's bytes or why not."""
+    try:
+        request = classify_client(parse_packet(data))
+    except MalformedPacket as exc:
+        return ("ignore", exc.reason)
+    if isinstance(request, Ignore):
+        return ("ignore", request.reason)
+    if not is_proxy_request(request, port):
+        return ("ignore", "not-for-proxy")
+    offer = decide_boot(request, POLICY, SERVER, port=port)
+    if isinstance(offer, Ignore):
+        return ("ignore", offer.reason)
+    return ("reply", encode_packet(proxy_reply(request, offer, port=port)))
+
+
+_OPTION_VALUES = (b"", b"\x00", b"\x00\x07", b"\x00\x10", b"iPXE", b"\x04iPXE", b"PXEClient:Arch:00007",
+                  b"HTTPClient:Arch:00016", bytes([1, 66, 67]), bytes(17), b"\x00" + bytes(range(1, 17)))
+
+
+def _mutations(first: DhcpPacket):
+    for number in range(1, 255):
+        for value in _OPTION_VALUES:
+            yield replace(first, options=MappingProxyType({**first.options, number: value}))
+        yield replace(first, options=MappingProxyType({k: v for k, v in first.options.items() if k != number}))
+    for name, values in (("op", (1, 2)), ("htype", (1, 6)), ("hlen", (0, 6, 16)), ("hops", (0, 3)),
+                         ("secs", (0, 9)), ("flags", (0, 0x8000)), ("ciaddr", (IPv4Address("10.77.0.9"),)),
+                         ("giaddr", (IPv4Address(0), IPv4Address("10.9.8.7"))), ("siaddr", (IPv4Address("10.1.1.1"),)),
+                         ("sname", (b"", b"srv")), ("file", (b"", b"boot.file"))):
+        for value in values:
+            yield replace(first, **{name: value})
+
+
+@pytest.mark.parametrize("first", TEMPLATE_CASES)
+def test_requests_with_one_template_key_get_one_answer(first):
+    """The proxy fast path answers from a template chosen by `template_key`, listed by hand; a decision that
+    started reading a field the key leaves out would serve one client another's reply. Every single change of
+    an option (1-254, eleven values, or removed) or of a header field either changes the key, or leaves the
+    typed path's answer exactly what the template renders."""
+    port = 4011 if first.message_type == MessageType.REQUEST else 67
+    original = encode_packet(first)
+    key = template_key(original, parse_options(original, 240), port, SERVER, None, True)
+    outcome = _typed_proxy_outcome(original, port)
+    template = compile_template(classify_client(first), boot(first, port=port), port=port) \
+        if outcome[0] == "reply" else None
+    checked = 0
+    for mutated in _mutations(first):
+        data = encode_packet(mutated)
+        try:
+            options = parse_options(data, 240)
+        except MalformedPacket:
+            continue
+        if template_key(data, options, port, SERVER, None, True) != key:
+            continue
+        checked += 1
+        typed = _typed_proxy_outcome(data, port)
+        if template is None:
+            assert typed == outcome, (mutated, typed, outcome)
+        else:
+            assert typed == ("reply", template.render(data, options.get(Option.GUID))), mutated
+    assert checked > 1000

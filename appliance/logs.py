@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -32,18 +34,38 @@ class JsonFormatter(logging.Formatter):
 class BadRequestFilter(logging.Filter):
     """aiohttp logs a request it cannot parse (a request line or header over its limit, bad bytes) as an
     ERROR with a traceback. That is the client's fault, not a bug: make it one WARNING line that names
-    the problem, and keep tracebacks for real bugs."""
+    the problem (control characters escaped: a client's bytes never start a log line of their own), and
+    keep tracebacks for real bugs. A client sending garbage in a loop would fill the log (the fuzz campaign
+    made 67,000 such lines): at most one line per `every` seconds, saying how many were not logged."""
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every, self.clock = every, clock
+        self.suppressed = 0
+        self._next = 0.0
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            message = record.getMessage()
-            record.msg = "%s: %s %s"
-            record.args = (message, exc.code, str(exc.message)[:200])
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        now = self.clock()
+        if now < self._next:
+            self.suppressed += 1
+            return False
+        self._next = now + self.every
+        more = f" ({self.suppressed} more unparseable requests since the last such line)" if self.suppressed else ""
+        self.suppressed = 0
+        message = record.getMessage()
+        record.msg = "%s: %s %s%s"
+        record.args = (_printable(message), exc.code, _printable(str(exc.message)[:200]), more)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:

@@ -442,7 +442,10 @@ def log_event(event: Event, news: bool = True) -> None:
     if not logger.isEnabledFor(level):
         return
     who = event.mac or event.peer or "unknown machine"
-    logger.log(level, "%s %s: %s", who, event.kind.value, event.detail,
+    detail = event.detail
+    if not detail.isprintable():  # a client's bytes (labels, a report, a TFTP error) never start a line of their own
+        detail = "".join(c if c.isprintable() else repr(c)[1:-1] for c in detail)
+    logger.log(level, "%s %s: %s", who, event.kind.value, detail,
                extra={"mac": event.mac, "peer": event.peer, "stage": event.kind.value, "ok": event.ok})
 
 

@@ -165,3 +165,15 @@ def test_invented_macs_cannot_grow_the_tracker_past_its_budget_and_configured_ma
     assert tracker.get(MacAddress("52:54:00:aa:00:01")) is not None
     assert tracker.evicted > 3000 and tracker.get(MacAddress("02:00:00:00:0f:ff")) is not None
     assert tracker.cost == sum(m.cost for m in tracker.machines())
+
+
+def test_a_detail_with_control_characters_is_logged_on_one_line(caplog):
+    from appliance.events import log_event
+
+    event = Event(kind=EventKind.REPORT, mac=MacAddress("52:54:00:00:00:07"), peer=None,
+                  detail="reported: x=1\n2026-12-02 INFO appliance: forged line\r")
+    with caplog.at_level("INFO", logger="appliance.events"):
+        log_event(event)
+    [record] = caplog.records
+    assert "\n" not in record.getMessage() and "\r" not in record.getMessage()
+    assert "x=1\\n2026-12-02 INFO appliance: forged line\\r" in record.getMessage()

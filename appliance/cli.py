@@ -281,6 +281,13 @@ def cmd_check(path: Path) -> int:
     return 1 if errors else 0
 
 
+def _said(lines: list[str]) -> int:
+    """A command's report of what it did, a line each; success."""
+    for line in lines:
+        print(line)
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from appliance.api.certs import CertError, client, init
 
@@ -290,9 +297,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
     except CertError as exc:
         print(f"bootd certs: {exc}", file=sys.stderr)
         return 1
-    for line in lines:
-        print(line)
-    return 0
+    return _said(lines)
 
 
 def cmd_render(path: Path, mac: str | None, labels: list[str], what: str) -> int:
@@ -388,9 +393,7 @@ def cmd_install_service(root: Path, config: Path, binary: Path | None, user: str
     except OSError as exc:
         print(f"bootd install-service: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
-    for line in lines:
-        print(line)
-    return 0
+    return _said(lines)
 
 
 def cmd_lab(args: argparse.Namespace) -> int:

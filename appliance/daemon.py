@@ -19,8 +19,10 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -76,8 +78,7 @@ def runtime_refusals(config: Config) -> list[str]:
     if config.dns.enabled:
         try:
             own = [config.listen.address or config.dns.address or ipaddress.ip_address("127.0.0.1")]
-            extra = [ExtraRecord(name=r.name, rtype=r.rtype, value=r.value) for r in config.dns.records]
-            build_zone(config, own, extra=extra, reverse=config.dns.reverse, ttl=config.dns.ttl)
+            build_zone(config, own, extra=extra_records(config), reverse=config.dns.reverse, ttl=config.dns.ttl)
         except Exception as exc:  # noqa: BLE001 - the zone's builder refused something: say it, never crash
             problems.append(f"{config.source.name}: dns: the zone cannot be built: {exc}")
     if config.dhcp.mode is not DhcpMode.OFF:
@@ -86,6 +87,10 @@ def runtime_refusals(config: Config) -> list[str]:
         except Exception as exc:  # noqa: BLE001
             problems.append(f"{config.source.name}: dhcp: the DHCP tables cannot be built: {exc}")
     return problems
+
+
+def extra_records(config: Config) -> list[ExtraRecord]:
+    return [ExtraRecord(name=r.name, rtype=r.rtype, value=r.value) for r in config.dns.records]
 
 
 def firmware_roots(config: Config) -> list[Path]:
@@ -115,6 +120,8 @@ def describe_serving(*, dhcp_mode: str | None, interfaces: tuple[str, ...], tftp
     parts.append(f"{machines} machines")
     return ", ".join(parts)
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
 class _DhcpBuild:
@@ -141,13 +148,18 @@ class _BindFailed(Exception):
     pass
 
 
-def _in_part(exc: Exception, part: str) -> Exception:
-    exc.add_note(part)
-    return exc
+class _BuildFailed(Exception):
+    def __init__(self, part: str, cause: Exception) -> None:
+        super().__init__(f"{part}: {cause}")
+        self.part, self.cause = part, cause
 
 
-def _part_of(exc: Exception) -> str:
-    return (getattr(exc, "__notes__", None) or ["the new config"])[-1]
+def _building(part: str, build: Callable[[], T]) -> T:
+    """`build()`, or _BuildFailed naming `part` (a reload says which part refused the new config)."""
+    try:
+        return build()
+    except Exception as exc:
+        raise _BuildFailed(part, exc) from exc
 
 
 class Daemon:
@@ -401,9 +413,8 @@ class Daemon:
             for machine in config.machines:
                 if machine.ip is None and (lease := self.dhcp.leases.lease_for(machine.mac, now)) is not None:
                     leases[machine.name] = lease.ip
-        extra = [ExtraRecord(name=r.name, rtype=r.rtype, value=r.value) for r in config.dns.records]
         self._zone_serial += 1
-        return build_zone(config, self.server_addresses(config), extra=extra, leases=leases,
+        return build_zone(config, self.server_addresses(config), extra=extra_records(config), leases=leases,
                           reverse=config.dns.reverse, ttl=config.dns.ttl, serial=self._zone_serial)
 
     def server_addresses(self, config: Config) -> list[IPAddress]:
@@ -486,9 +497,9 @@ class Daemon:
                 logger.warning("reload: a change of %s takes effect at the next restart", what)
         try:
             parts = self._build_for_reload(new)
-        except Exception as exc:  # a part of the runtime refused what the config check let through: say which
-            logger.error("reload refused: building %s failed: %s; keeping the running config", _part_of(exc),
-                         exc, exc_info=not isinstance(exc, (ValueError, OSError)))
+        except _BuildFailed as exc:  # a part of the runtime refused what the config check let through: say which
+            logger.error("reload refused: building %s failed: %s; keeping the running config", exc.part,
+                         exc.cause, exc_info=not isinstance(exc.cause, (ValueError, OSError)))
             return
         try:
             sockets = await self._bind_for_reload(new)
@@ -518,23 +529,16 @@ class Daemon:
 
     def _build_for_reload(self, new: Config) -> _ReloadParts:
         """Everything the new config needs, built beside the running parts (nothing running changes)."""
-        try:
+        def store_of() -> DataDir:
             store = build_store(new)
             store.groups()  # parsed now, so a broken groups dir shows here and not at the next request
-        except Exception as exc:
-            raise _in_part(exc, "the data dir")
-        try:
-            dhcp = self._build_dhcp_policies(new, store) if self.dhcp is not None else None
-        except Exception as exc:
-            raise _in_part(exc, "the DHCP tables")
-        try:
-            files = TftpFiles(firmware_roots(new)) if self.tftp is not None else None
-        except Exception as exc:
-            raise _in_part(exc, "the TFTP roots")
-        try:
-            zone = self._zone(new) if self.dns is not None else None
-        except Exception as exc:
-            raise _in_part(exc, "the DNS zone")
+            return store
+
+        store = _building("the data dir", store_of)
+        dhcp = _building("the DHCP tables", lambda: self._build_dhcp_policies(new, store)) \
+            if self.dhcp is not None else None
+        files = _building("the TFTP roots", lambda: TftpFiles(firmware_roots(new))) if self.tftp is not None else None
+        zone = _building("the DNS zone", lambda: self._zone(new)) if self.dns is not None else None
         return _ReloadParts(store=store, dhcp=dhcp, tftp_files=files, zone=zone)
 
     async def _bind_for_reload(self, new: Config) -> _ReloadSockets:

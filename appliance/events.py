@@ -8,6 +8,10 @@ Invariants:
   in one of them is logged and counted, never passed on.
 - `ProgressTracker` holds at most `max_machines` machines; when full it forgets the machine unseen for the
   longest time among those not in the config, and only when all are configured, the oldest configured one.
+- Every delivered event gets the next id (1, 2, ...; ids restart with the daemon). The last `RECENT_EVENTS`
+  are kept, cut to the tracker's byte budget per event, so a live view that lost its connection can ask for
+  what came after the last id it saw. An `EventStream` (one live view's backlog) holds at most `maxsize`
+  events; past it the view is behind, its backlog is emptied and it is told to start again from the list.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from appliance.dhcp.pxe import ARCH_TABLE  # the architecture table is defined once, there
 from appliance.mac import MacAddress
 
 logger = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ class EventKind(StrEnum):
     METADATA = "metadata"
     REPORT = "report"
     DATA = "data"  # a write through the read-write API (no machine: `mac` is None)
+    ASSETS = "assets"  # the assets tracker checked, fetched or switched a channel (no machine: `mac` is None)
 
 
 _RANK = {kind: rank for rank, kind in enumerate(EventKind)}
@@ -72,6 +78,20 @@ class BootConfigServed(Event):
 
     kernel: str = ""
     initrds: tuple[str, ...] = ()
+    group: str | None = None  # the group that chose the profile, and the profile (for the views)
+    profile: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DhcpServed(Event):
+    """A firmware's DHCP request answered: its option 93 architecture code, when it sent one."""
+
+    arch: int | None = None
+
+
+def client_arch(option_93: bytes | None) -> int | None:
+    """The first architecture code of option 93 (RFC 4578 §2.1: a list of 16-bit codes)."""
+    return int.from_bytes(option_93[:2], "big") if option_93 is not None and len(option_93) >= 2 else None
 
 
 class Subscription:
@@ -79,8 +99,45 @@ class Subscription:
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self.dropped = 0
 
+    def offer(self, event_id: int, event: Event) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
     async def get(self) -> Event:
         return await self.queue.get()
+
+
+class EventStream:
+    """One live view's backlog: (id, event) pairs not yet sent, at most `maxsize`. The events are the ones
+    the bus and the tracker hold anyway, so a backlog costs a reference per event. A view that falls
+    `maxsize` behind is `behind`: nothing more is queued for it until it has emptied its backlog and
+    started again from the machine list (`catch_up`)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue(maxsize)
+        self.behind = False
+        self.dropped = 0
+
+    def offer(self, event_id: int, event: Event) -> None:
+        if self.behind:
+            self.dropped += 1
+            return
+        try:
+            self.queue.put_nowait((event_id, event))
+        except asyncio.QueueFull:
+            self.behind = True
+            self.dropped += 1
+
+    def catch_up(self) -> None:
+        """Forget the backlog: the view reloads the list instead."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.behind = False
+
+
+RECENT_EVENTS = 1024  # kept for reconnecting views (`EventBus.since`)
 
 
 class EventBus:
@@ -91,7 +148,9 @@ class EventBus:
         self._pending: deque[Event] = deque()
         self._scheduled = False
         self._sinks: list[Callable[[Event], None]] = []
-        self._subscriptions: list[Subscription] = []
+        self._subscriptions: list[Subscription | EventStream] = []
+        self.last_id = 0  # the id of the last event delivered
+        self._recent: deque[tuple[int, Event]] = deque(maxlen=RECENT_EVENTS)
 
     def add_sink(self, sink: Callable[[Event], None]) -> None:
         self._sinks.append(sink)
@@ -101,9 +160,25 @@ class EventBus:
         self._subscriptions.append(sub)
         return sub
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def stream(self, maxsize: int) -> EventStream:
+        stream = EventStream(maxsize)
+        self._subscriptions.append(stream)
+        return stream
+
+    def unsubscribe(self, sub: Subscription | EventStream) -> None:
         if sub in self._subscriptions:
             self._subscriptions.remove(sub)
+
+    def since(self, event_id: int) -> list[tuple[int, Event]] | None:
+        """The kept events after `event_id`, oldest first; None when some of them are no longer kept, or
+        the id was never given (a view that saw an earlier run of the daemon)."""
+        if event_id > self.last_id:
+            return None
+        if event_id == self.last_id:
+            return []
+        if not self._recent or self._recent[0][0] > event_id + 1:
+            return None
+        return [(i, e) for i, e in self._recent if i > event_id]
 
     def publish(self, event: Event) -> None:
         if len(self._pending) >= self.max_pending:
@@ -127,11 +202,10 @@ class EventBus:
                 except Exception:  # a sink's bug must not stop the others or the publisher
                     self.sink_errors += 1
                     logger.exception("event sink %r failed on %r", sink, event)
+            self.last_id += 1
+            self._recent.append((self.last_id, bounded(event)))
             for sub in self._subscriptions:
-                try:
-                    sub.queue.put_nowait(event)
-                except asyncio.QueueFull:
-                    sub.dropped += 1
+                sub.offer(self.last_id, event)
 
 
 @dataclass(slots=True)
@@ -192,6 +266,9 @@ class MachineProgress:
     history: deque[Event] = field(default_factory=deque)  # the last events: at most HISTORY, within the budget
     boot_assets: dict[str, EventKind] = field(default_factory=dict)  # asset path -> KERNEL/INITRD
     report: dict[str, str] | None = None  # the machine's last report
+    arch: int | None = None  # option 93 of its firmware's last DHCP request
+    group: str | None = None  # what its last boot config came from
+    profile: str | None = None
     cost: int = 0  # estimated bytes kept for this machine: history, stage details, report
 
     def record(self, event: Event) -> bool:
@@ -217,6 +294,9 @@ class MachineProgress:
             self.boot_assets = {}
         if isinstance(event, BootConfigServed):
             self.boot_assets = _asset_kinds(event)
+            self.group, self.profile = event.group, event.profile
+        if isinstance(event, DhcpServed) and event.arch is not None:
+            self.arch = event.arch
         if isinstance(event, MachineReport):
             self.cost -= _report_cost(self.report)
             self.report = dict(event.fields)
@@ -236,6 +316,8 @@ class MachineProgress:
 
     def as_json(self, *, known: bool, events: bool = False) -> dict[str, Any]:
         current = self.stages[-1] if self.stages else None
+        last = self.history[-1] if self.history else None
+        arch, firmware = describe_arch(self.arch)
         out: dict[str, Any] = {
             "mac": self.mac,
             "name": self.name,
@@ -246,8 +328,18 @@ class MachineProgress:
             "boots": self.boots,
             "stage": current.kind.value if current else None,
             "ok": all(s.ok for s in self.stages),
-            "stages": [s.as_json() for s in self.stages],
+            "stages": [{**s.as_json(), "duration": d} for s, d in zip(self.stages, stage_durations(self.stages))],
             "report": self.report,
+            # for the views (/ui/, `bootd status`):
+            "arch": arch,
+            "firmware": firmware,
+            "group": self.group,
+            "profile": self.profile,
+            "boot_started": self.stages[0].first if self.stages else None,
+            "last_event": None if last is None else {"stage": last.kind.value, "time": last.time,
+                                                     "detail": last.detail, "ok": last.ok},
+            "failure": failure_reason(self.stages),
+            "claim": None if known else claim_hint(self.mac),
         }
         if events:
             out["events"] = [
@@ -255,6 +347,40 @@ class MachineProgress:
                 for e in self.history
             ]
         return out
+
+
+def stage_durations(stages: list[StageMark]) -> list[float]:
+    """How long each stage took: until the next stage began, and the last one until its latest event."""
+    ends = [s.first for s in stages[1:]] + ([stages[-1].last] if stages else [])
+    return [max(0.0, end - mark.first) for mark, end in zip(stages, ends)]
+
+
+def failure_reason(stages: list[StageMark]) -> str | None:
+    """Why the current boot stopped, in words, from the latest stage whose last outcome was a failure."""
+    failed = [s for s in stages if not s.ok]
+    if not failed:
+        return None
+    mark = max(failed, key=lambda s: s.last)
+    if mark.kind in (EventKind.KERNEL, EventKind.INITRD, EventKind.ASSET) and ": not found" in mark.detail:
+        what = mark.kind.value if mark.kind is not EventKind.ASSET else "an"  # "kernel asset", "an asset"
+        return f"{what} asset missing: {mark.detail.split(': not found')[0]}"
+    return f"{mark.kind.value} failed: {mark.detail}"
+
+
+def claim_hint(mac: MacAddress) -> str:
+    """What to add under `machines:` in bootd.yaml to claim a machine bootd does not know."""
+    return f'- {{name: machine-{mac.replace(":", "")[-6:]}, mac: "{mac}"}}'
+
+
+def describe_arch(code: int | None) -> tuple[str | None, str | None]:
+    """Option 93's code as (architecture, firmware kind), e.g. ("EFI_X64", "UEFI"), by dhcp/pxe's table."""
+    if code is None:
+        return None, None
+    entry = ARCH_TABLE.get(code)
+    if entry is None:
+        return f"arch {code}", None
+    kind = ("UEFI HTTP" if entry.http_boot else "UEFI") if entry.uefi else "BIOS"
+    return entry.arch.name, kind
 
 
 def _report_cost(report: dict[str, str] | None) -> int:

@@ -35,7 +35,7 @@ from appliance.dhcp.pxe import (
     PXE_PORT, Ignore, ReplyTemplate, classify_client, compile_template, decide_boot, is_proxy_request, send_target,
     template_key,
 )
-from appliance.events import Event, EventBus, EventKind
+from appliance.events import DhcpServed, Event, EventBus, EventKind, client_arch
 from appliance.mac import MacAddress
 
 logger = logging.getLogger(__name__)
@@ -220,8 +220,8 @@ class DhcpServer:
             address, to_port = "255.255.255.255", 68
         self._send(sock, template.render(data, options.get(Option.GUID)), address, to_port, dgram)
         source = dgram.source[0]
-        self.bus.publish(Event(kind=EventKind.DHCP, mac=mac, peer=source if source != "0.0.0.0" else None,
-                               detail=detail))
+        self.bus.publish(DhcpServed(kind=EventKind.DHCP, mac=mac, peer=source if source != "0.0.0.0" else None,
+                                    detail=detail, arch=client_arch(options.get(Option.ARCH))))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("dhcp %s from %s:%d: %s", mac, source, dgram.source[1], detail)
 
@@ -271,7 +271,8 @@ class DhcpServer:
             peer = None
         # A PXE firmware's DHCP is a boot step; the booted system's own DHCP client only takes a lease.
         kind = EventKind.DHCP if answer.boot is not None else EventKind.LEASE
-        self.bus.publish(Event(kind=kind, mac=answer.mac, peer=peer, detail=answer.summary, ok=ok))
+        self.bus.publish(DhcpServed(kind=kind, mac=answer.mac, peer=peer, detail=answer.summary, ok=ok,
+                                    arch=client_arch(packet.options.get(Option.ARCH))))
 
     def _send(self, sock: socket.socket, data: bytes, address: str, port: int, dgram: Datagram) -> None:
         ancillary = _ANCILLARY.get((dgram.ifindex, dgram.local_ip))

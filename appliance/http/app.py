@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from appliance.http import assets, boot, configs, machines
+from appliance.http import assets, boot, configs, machines, stream, ui
 from appliance.http.common import CONTEXT, HttpContext, not_found, text_response
 
 __all__ = ["HttpContext", "make_app"]
@@ -26,6 +26,9 @@ async def assets_root(request: web.Request) -> web.Response:
 def make_app(context: HttpContext) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[CONTEXT] = context
+    app[stream.STREAMS] = stream.StreamSlots()
+    app[stream.ENCODER] = stream.Encoder(context)
+    app.on_shutdown.append(stream.close_streams)
     get = app.router.add_get
     get("/", home)
     get("/boot.ipxe", boot.boot_ipxe)
@@ -43,6 +46,9 @@ def make_app(context: HttpContext) -> web.Application:
     get("/api/v1/machines", machines.list_machines)
     get("/api/v1/machines/{mac}", machines.get_machine)
     get("/api/v1/stats", machines.stats)
+    get("/api/v1/events", stream.events)
+    get("/ui", ui.ui_root)
+    get("/ui/{name:[^/]*}", ui.ui_file)
     app.router.add_post("/api/v1/machines/{mac}/report", machines.report)
     get("/firmware/{name}", assets.firmware)
     get("/{tail:.*}", fallback)

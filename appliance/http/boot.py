@@ -159,6 +159,11 @@ def server_address(request: web.Request) -> str:
     return f"{host}:{port}"
 
 
+def chosen_ids(chosen: Selection) -> dict[str, str | None]:
+    """The group and profile ids of a boot config's event (the views show them)."""
+    return {"group": chosen.group.id if chosen.group else None, "profile": chosen.profile.id if chosen.profile else None}
+
+
 async def boot_ipxe(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     publish(ctx, request, label_mac(request_labels(request)), kind=EventKind.BOOT_SCRIPT, detail=request.path)
@@ -181,7 +186,7 @@ async def bootd_config(request: web.Request) -> web.Response:
         boot = chosen.profile.boot if chosen.profile else None
         assert boot is not None
         publish(ctx, request, chosen.mac, BootConfigServed, kind=EventKind.BOOT_CONFIG, detail=detail,
-                kernel=boot.kernel, initrds=boot.initrd)
+                kernel=boot.kernel, initrds=boot.initrd, **chosen_ids(chosen))
     else:
         publish(ctx, request, chosen.mac, kind=EventKind.BOOT_CONFIG, detail=detail, ok=False)
     return text_response(answer.script)
@@ -206,5 +211,5 @@ def _boot_config(request: web.Request, render) -> web.Response:
         return failed(ctx, request, mac, EventKind.BOOT_CONFIG, f"{request.path}: {chosen.reason}: profile has no boot")
     body = render(boot)
     publish(ctx, request, mac, BootConfigServed, kind=EventKind.BOOT_CONFIG, detail=f"{request.path}: {chosen.reason}",
-            kernel=boot.kernel, initrds=boot.initrd)
+            kernel=boot.kernel, initrds=boot.initrd, **chosen_ids(chosen))
     return text_response(body)

@@ -1,9 +1,12 @@
-"""The machines' provisioning progress as JSON: GET /api/v1/machines and /api/v1/machines/{mac}."""
+"""The machines' provisioning progress as JSON: GET /api/v1/machines and /api/v1/machines/{mac}.
+
+This JSON is the one data model of the views: /ui/ and `bootd status` show it, and compute nothing else."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from aiohttp import web
 
@@ -29,6 +32,8 @@ async def list_machines(request: web.Request) -> web.Response:
             machines.append(_unseen(machine.mac, machine.name))
     return web.json_response({
         "machines": machines,
+        "now": time.time(),  # the views count a machine's time since power-on from this clock
+        "last_event_id": ctx.bus.last_id,  # a live view's stream starts after it (/api/v1/events?since=)
         "events_dropped": ctx.bus.dropped,
         "machines_evicted": tracker.evicted,
         "bytes_kept": tracker.cost,  # an estimate; clients cannot make it pass bytes_budget
@@ -43,7 +48,7 @@ async def get_machine(request: web.Request) -> web.Response:
         return web.json_response({"error": f"{request.match_info['mac']!r} is not a MAC address"}, status=400)
     progress = ctx.tracker.get(mac)
     if progress is not None:
-        return web.json_response(progress.as_json(known=ctx.tracker.is_known(mac), events=True))
+        return web.json_response({**progress.as_json(known=ctx.tracker.is_known(mac), events=True), "now": time.time()})
     configured = ctx.config.machine_by_mac(mac)
     if configured is not None:
         return web.json_response(_unseen(mac, configured.name))
@@ -52,7 +57,9 @@ async def get_machine(request: web.Request) -> web.Response:
 
 def _unseen(mac: str, name: str) -> dict[str, object]:
     return {"mac": mac, "name": name, "known": True, "ip": None, "first_seen": None, "last_seen": None,
-            "boots": 0, "stage": None, "ok": True, "stages": [], "report": None, "events": []}
+            "boots": 0, "stage": None, "ok": True, "stages": [], "report": None, "events": [], "arch": None,
+            "firmware": None, "group": None, "profile": None, "boot_started": None, "last_event": None,
+            "failure": None, "claim": None}
 
 
 async def report(request: web.Request) -> web.Response:

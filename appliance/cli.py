@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     service.add_argument("--user", default="bootd", help="the system user bootd runs as (created if missing)")
 
     _add_appliance_commands(commands)  # ONBOOT's block, below cmd_probe
+    _add_status_command(commands)  # PROGRESS's block, at the end
     _accept_debug_after_subcommands(parser)
     args = parser.parse_args(argv)
     command = _command_name(parser, args)
@@ -201,6 +202,8 @@ def _command_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "status":
+        return cmd_status(args)
     if args.command == "appliance":
         return cmd_appliance(args)
     if args.command == "lab":
@@ -529,3 +532,32 @@ def _appliance(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --- bootd status (the machines' progress in a terminal; appliance/status.py) ---
+
+def _add_status_command(commands) -> None:
+    status = commands.add_parser(
+        "status", help="the machines' progress as a table (exit 3 when a machine's last boot failed)",
+        description="The machines' progress as /ui/ shows it. Piped: plain text, once. Exit codes: 0 every machine "
+                    "is fine so far, 1 bootd could not be reached, 2 usage or config, 3 a machine's last boot failed.")
+    status.add_argument("--endpoint", metavar="URL", help="bootd's HTTP address (default: the config's http address)")
+    status.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="the config whose HTTP address is the default")
+    status.add_argument("--watch", action="store_true", help="on a terminal, a live view until Ctrl-C")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from appliance import status
+
+    endpoint = args.endpoint
+    if endpoint is None:
+        config = _load(Path(args.config))
+        if config is None:
+            print("bootd status: give --endpoint URL, or a config (-c) with the http address", file=sys.stderr)
+            return 2
+        endpoint = status.default_endpoint(config)
+    try:
+        return status.run(endpoint, watch=args.watch)
+    except status.StatusError as exc:
+        print(f"bootd status: {exc}", file=sys.stderr)
+        return 1

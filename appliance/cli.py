@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     service.add_argument("--user", default="bootd", help="the system user bootd runs as (created if missing)")
 
     _add_appliance_commands(commands)  # ONBOOT's block, below cmd_probe
+    _add_assets_commands(commands)  # ASSETS's block, at the end
     _add_status_command(commands)  # PROGRESS's block, at the end
     _accept_debug_after_subcommands(parser)
     args = parser.parse_args(argv)
@@ -206,6 +207,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_status(args)
     if args.command == "appliance":
         return cmd_appliance(args)
+    if args.command == "assets":
+        return cmd_assets(args)
     if args.command == "lab":
         return cmd_lab(args)
     if args.command == "install-service":
@@ -528,6 +531,166 @@ def _appliance(args: argparse.Namespace) -> int:
         return 0  # never stops bootd from starting with the last good config
     onboot.banner(paths, args.pid)
     return 0
+
+
+# --- bootd assets fetch | list | prune (the OS images profiles boot; appliance/assets/) ---
+
+def _add_assets_commands(commands) -> None:
+    from appliance.assets.sources import ARCHES, CHANNELS, OsName
+
+    assets = commands.add_parser("assets", help="the OS images profiles boot: fetch and verify them, list, prune")
+    assets_commands = assets.add_subparsers(dest="assets_command", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="its http.assets_dir and data dir's profiles")
+    where.add_argument("--data-dir", type=Path, help="a matchbox data dir instead of a config: DIR/assets, "
+                                                     "DIR/profiles")
+    fetch = assets_commands.add_parser(
+        "fetch", parents=[where], help="download a release's PXE kernel and initrd, verify their signatures with "
+                                       "the distribution's key, then point <os>/<arch>/<channel> at it")
+    fetch.add_argument("os", choices=[o.value for o in OsName])
+    channels = sorted({c for names in CHANNELS.values() for c in names})
+    fetch.add_argument("--channel", default="stable", choices=channels,
+                       help="flatcar: stable, beta, alpha, lts; fcos: stable, testing, next (default stable)")
+    fetch.add_argument("--version", default="latest", help="a version, or latest (the channel's current)")
+    fetch.add_argument("--arch", default="amd64", choices=ARCHES)
+    fetch.add_argument("--mirror", help="fetch from this mirror (flatcar: URL/<channel>/<arch>-usr/<version>/, "
+                                        "or put {channel} in URL; fcos: URL/streams/<stream>.json)")
+    fetch.add_argument("--install", action="store_true", help="also the disk image the installer writes")
+    fetch.add_argument("--keyring", type=Path, help="verify with the keys in this file instead of the shipped ones")
+    assets_commands.add_parser("list", parents=[where], help="versions present, channel pointers, what profiles use")
+    prune = assets_commands.add_parser("prune", parents=[where], help="remove old versions; never one a channel "
+                                                                      "pointer or a profile names")
+    prune.add_argument("--keep", type=_in_range(int, 0, 1000), required=True, help="newest versions kept per os/arch")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    from appliance.assets.store import AssetStore
+
+    if args.data_dir is not None:
+        assets_root, profiles_dir = args.data_dir / "assets", args.data_dir / "profiles"
+    else:
+        config = _load(Path(args.config))
+        if config is None:
+            return 2
+        assets_root, profiles_dir = config.http.assets_root, config.http.data_dir / "profiles"
+    store = AssetStore(assets_root)
+    if args.assets_command == "fetch":
+        return _assets_fetch(args, store)
+    if args.assets_command == "list":
+        return _assets_list(store, profiles_dir)
+    return _assets_prune(store, profiles_dir, args.keep, args.dry_run)
+
+
+def _assets_fetch(args: argparse.Namespace, store) -> int:
+    from appliance.assets.fetch import FetchFailed, FetchRequest, fetch_release
+    from appliance.assets.progress import ProgressReporter
+    from appliance.assets.sources import CHANNELS, OsName
+
+    os_name = OsName(args.os)
+    if args.channel not in CHANNELS[os_name]:
+        print(f"bootd assets fetch: {os_name} has no channel {args.channel!r} (its channels: "
+              f"{', '.join(CHANNELS[os_name])})", file=sys.stderr)
+        return 2
+    request = FetchRequest(os=os_name, channel=args.channel, arch=args.arch, mirror=args.mirror,
+                           version=None if args.version == "latest" else args.version, install=args.install,
+                           keyring=args.keyring)
+    progress = ProgressReporter(sys.stdout, tty=sys.stdout.isatty())
+    try:
+        outcome = asyncio.run(fetch_release(store, request, say=lambda line: print(line, flush=True),
+                                            progress=progress))
+    except FetchFailed as exc:
+        print(f"bootd assets fetch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    paths = ", ".join(f"/assets/{request.os}/{request.arch}/{request.channel}/{f.name}" for f in outcome.release.files)
+    print(f"{request.label} is {outcome.release.version}: {paths}")
+    return 0
+
+
+def _profile_uses(profiles_dir: Path) -> tuple[list, list[str]]:
+    """The asset paths the data dir's profiles boot, and the profile files that could not be read."""
+    from appliance.assets.store import profile_uses
+    from appliance.store.model import InvalidDocument, parse_profile
+
+    named, unreadable = [], []
+    for path in sorted(profiles_dir.glob("*.json")) if profiles_dir.is_dir() else []:
+        try:
+            profile = parse_profile(path.read_bytes())
+        except (OSError, InvalidDocument, ValueError) as exc:
+            unreadable.append(f"{path.name}: {exc}")
+            continue
+        if profile.boot is not None:
+            named.append((profile.id, [profile.boot.kernel, *profile.boot.initrd]))
+    return profile_uses(named), unreadable
+
+
+def _assets_list(store, profiles_dir: Path) -> int:
+    from datetime import datetime, timezone
+
+    from appliance.assets.progress import human
+
+    uses, unreadable = _profile_uses(profiles_dir)
+    inventory = store.inventory()
+    for arch in inventory:
+        print(f"{arch.os}/{arch.arch}:")
+        pointed = {}
+        for channel, version in arch.pointers:
+            pointed.setdefault(version, []).append(channel)
+        for stored in reversed(arch.versions):
+            manifest = stored.manifest
+            if manifest is not None:
+                when = datetime.fromtimestamp(manifest.verified_at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+                state = f"verified {when} by key {manifest.signer}"
+            else:
+                state = "not verified by bootd (no manifest)"
+            names = {stored.version, *pointed.get(stored.version, [])}
+            users = sorted({u.profile for u in uses if u.os == arch.os and u.arch == arch.arch
+                            and u.version_or_channel in names})
+            current = f", current for {', '.join(pointed[stored.version])}" if stored.version in pointed else ""
+            used = f", used by {', '.join(users)}" if users else ""
+            print(f"  {stored.version:20s} {human(stored.size):>10s}  {state}{current}{used}")
+        for channel, version in arch.pointers:
+            print(f"  {channel} -> {version}")
+        for version in arch.partials:
+            print(f"  {version}: a partial download (bootd assets fetch resumes it)")
+    for use in uses:
+        if not (store.root / use.path).exists():
+            hint = f" (bootd assets fetch {use.os} --channel {use.version_or_channel} --arch {use.arch})" \
+                if use.os and not use.version_or_channel[:1].isdigit() else ""
+            print(f"warning: profile {use.profile!r} boots /assets/{use.path}, which is missing{hint}")
+    for problem in unreadable:
+        print(f"warning: profiles/{problem}")
+    if not inventory:
+        print(f"no OS images under {store.root} (bootd assets fetch flatcar)")
+    return 0
+
+
+def _assets_prune(store, profiles_dir: Path, keep: int, dry_run: bool) -> int:
+    from appliance.assets.store import StoreError, prunable
+
+    uses, unreadable = _profile_uses(profiles_dir)
+    if unreadable:  # a profile that cannot be read might name a version: remove nothing rather than guess
+        for problem in unreadable:
+            print(f"bootd assets prune: profiles/{problem}: cannot tell what it uses; nothing removed",
+                  file=sys.stderr)
+        return EXIT_FAILED
+    lines = []
+    try:
+        for arch in store.inventory():
+            with store.locked(arch.os, arch.arch):
+                names = {u.version_or_channel for u in uses if u.os == arch.os and u.arch == arch.arch}
+                pointers = dict(arch.pointers)
+                referenced = {pointers.get(name, name) for name in names}
+                for decision in prunable([v.version for v in arch.versions], set(pointers.values()), referenced, keep):
+                    where = f"{arch.os}/{arch.arch}/{decision.version}"
+                    if decision.remove and not dry_run:
+                        store.remove_version(arch.os, arch.arch, decision.version)
+                    verb = ("would remove" if dry_run else "removed") if decision.remove else "kept"
+                    lines.append(f"{verb} {where} ({decision.why})")
+    except StoreError as exc:
+        print(f"bootd assets prune: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return _said(lines)
 
 
 if __name__ == "__main__":

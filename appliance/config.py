@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from appliance.assets.sources import ARCHES, CHANNELS, OsName, ReleaseError, check_mirror
 from appliance.dhcp.modes import DhcpMode, IpxeDetection, UefiStrategy
 from appliance.dns.records import check_extra_record
 from appliance.mac import MacAddress, parse_mac
@@ -167,6 +168,24 @@ class DnsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TrackedChannel:
+    """A channel the daemon keeps current in the assets directory (`assets.track`)."""
+
+    os: str  # appliance.assets.sources.OsName's values
+    channel: str
+    arch: str = "amd64"
+    mirror: str | None = None  # None: the distribution's own servers
+    keyring: Path | None = None  # None: the public keys shipped with bootd
+    install: bool = False  # also the install image
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssetsConfig:
+    track: tuple[TrackedChannel, ...] = ()
+    check_seconds: int = 86400  # `check: daily`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Machine:
     name: str
     mac: MacAddress
@@ -192,6 +211,7 @@ class Config:
     tftp: TftpConfig = TftpConfig()
     dns: DnsConfig = DnsConfig()
     api: ApiConfig = ApiConfig()
+    assets: AssetsConfig = AssetsConfig()
     machines: tuple[Machine, ...] = ()
 
     @property
@@ -414,7 +434,7 @@ class _Reader:
 
     def config(self, root: Node) -> Config | None:
         top = self.fields(root, "", {"state_dir", "user", "listen", "domain", "names", "http", "dhcp", "tftp",
-                                     "dns", "api", "machines"})
+                                     "dns", "api", "assets", "machines"})
         if top is None:
             return None
         kw: dict[str, Any] = {"source": self.file}
@@ -440,6 +460,8 @@ class _Reader:
                 self.error(top["dns"], "domain", "required when dns is on: the zone bootd answers for")
         if "api" in top and (api := self.api(top["api"])) is not None:
             kw["api"] = api
+        if "assets" in top and (assets := self.assets(top["assets"])) is not None:
+            kw["assets"] = assets
         if "machines" in top:
             kw["machines"] = self.machines(top["machines"], kw.get("names", NamesConfig()))
         dhcp = kw.get("dhcp", DhcpConfig())
@@ -533,6 +555,66 @@ class _Reader:
             if (value := self.optional(nodes, key, "api", read)) is not None:
                 kw[key] = value
         return ApiConfig(**kw)
+
+    def assets(self, node: Node) -> AssetsConfig | None:
+        """`assets: {track: [{os, channel, arch, mirror, keyring, install}], check: daily}`."""
+        nodes = self.fields(node, "assets", {"track", "check"})
+        if nodes is None:
+            return None
+        kw: dict[str, Any] = {}
+        if "check" in nodes:
+            text = self.string(nodes["check"], "assets.check")
+            named = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
+            match = re.fullmatch(r"(\d+)([smhd]?)", text or "")
+            if text in named:
+                kw["check_seconds"] = named[text]
+            elif match and 1 <= int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]] <= 2**31:
+                kw["check_seconds"] = int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+            elif text is not None:
+                self.error(nodes["check"], "assets.check", f"{text!r} is not hourly, daily, weekly or a duration "
+                                                           "(e.g. 6h, 1d)")
+        tracked: list[TrackedChannel] = []
+        seen: dict[tuple[str, str, str], int] = {}
+        for i, item in enumerate(self.sequence(nodes["track"], "assets.track") or [] if "track" in nodes else []):
+            where = f"assets.track[{i}]"
+            fields = self.fields(item, where, {"os", "channel", "arch", "mirror", "keyring", "install"})
+            if fields is None:
+                continue
+            os_name = self.optional(fields, "os", where, self.string)
+            if os_name is None:
+                if "os" not in fields:
+                    self.error(item, f"{where}.os", f"required: one of {', '.join(OsName)}")
+                continue
+            if os_name not in set(OsName):
+                self.error(fields["os"], f"{where}.os", f"{os_name!r} is not one of: {', '.join(OsName)}")
+                continue
+            channel = self.optional(fields, "channel", where, self.string) or "stable"
+            if channel not in CHANNELS[OsName(os_name)]:
+                self.error(fields.get("channel", item), f"{where}.channel",
+                           f"{channel!r} is not a {os_name} channel ({', '.join(CHANNELS[OsName(os_name)])})")
+                continue
+            arch = self.optional(fields, "arch", where, self.string) or "amd64"
+            if arch not in ARCHES:
+                self.error(fields.get("arch", item), f"{where}.arch", f"{arch!r} is not one of: {', '.join(ARCHES)}")
+                continue
+            mirror = self.optional(fields, "mirror", where, self.string)
+            if mirror is not None:
+                try:
+                    check_mirror(mirror)
+                except ReleaseError as exc:
+                    self.error(fields["mirror"], f"{where}.mirror", str(exc))
+                    continue
+            key = (os_name, arch, channel)
+            line = item.start_mark.line + 1
+            if key in seen:
+                self.error(item, where, f"{os_name} {arch} {channel} is already tracked on line {seen[key]}")
+                continue
+            seen[key] = line
+            tracked.append(TrackedChannel(os=os_name, channel=channel, arch=arch, mirror=mirror,
+                                          keyring=self.optional(fields, "keyring", where, self.path),
+                                          install=bool(self.optional(fields, "install", where, self.boolean))))
+        kw["track"] = tuple(tracked)
+        return AssetsConfig(**kw)
 
     def tftp(self, node: Node) -> TftpConfig | None:
         nodes = self.fields(node, "tftp", {"enabled", "address", "port", "root", "max_transfers", "max_per_client",

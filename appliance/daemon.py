@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from appliance.assets.track import AssetTracker
 from appliance.config import Config, ConfigInvalid, DhcpMode, IPAddress, load_config
 from appliance.dhcp.leases import LeaseTable
 from appliance.dhcp.policy import DhcpPolicies, available_firmware, build_policies
@@ -187,6 +188,8 @@ class Daemon:
         self.dns: DnsServer | None = None
         self.api = None  # grpc.aio.Server, imported only when the api section is on
         self.api_port: int | None = None
+        self.assets: AssetTracker | None = None  # the background tracker, when `assets.track` lists channels
+        self._assets_task: asyncio.Task[None] | None = None
         self.notifier = Notifier.from_environ()
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
@@ -209,6 +212,9 @@ class Daemon:
             out["tftp"] = self.tftp.stats.as_json()
         if self.dns is not None:
             out["dns"] = self.dns.stats.as_json()
+        if self.assets is not None:
+            out["assets"] = {"checks": self.assets.checks, "switches": self.assets.switches,
+                             "failures": self.assets.failures}
         return out
 
     async def run(self) -> int:
@@ -293,6 +299,13 @@ class Daemon:
             await self._start_dns()
         if self.config.api.enabled:
             await self._start_api()
+        if self.config.assets.track:
+            self._start_assets()
+
+    def _start_assets(self) -> None:
+        """The tracker runs beside the services; it reads the running config at every check."""
+        self.assets = AssetTracker(lambda: (self.config.assets, self.config.http.assets_root), self.bus)
+        self._assets_task = asyncio.get_running_loop().create_task(self.assets.run())
 
     async def _start_http(self) -> None:
         http = self.config.http
@@ -455,6 +468,9 @@ class Daemon:
 
     async def stop(self) -> None:
         logger.info("bootd stopping: draining requests in flight")
+        if self._assets_task is not None:
+            self._assets_task.cancel()  # a download in flight keeps its .part for the next start
+            await asyncio.gather(self._assets_task, return_exceptions=True)
         if self.api is not None:
             await self.api.stop(grace=DRAIN_SECONDS)  # calls in flight finish; their writes are atomic anyway
         if self.dns is not None:
@@ -588,7 +604,12 @@ class Daemon:
         if self.dhcp is not None and parts.dhcp is not None:
             self._use_scope(parts.dhcp)
             self.dhcp.update(parts.dhcp.policies)
+        assets_changed = new.assets != self.config.assets
         self.config = new
+        if assets_changed and self.assets is not None:
+            self.assets.wake()
+        elif assets_changed and new.assets.track:
+            self._start_assets()
         self.tracker.set_known((m.mac, m.name) for m in new.machines)
         self.http_context.config = new
         self.http_context.store = parts.store

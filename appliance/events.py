@@ -567,7 +567,7 @@ def log_event(event: Event, news: bool = True) -> None:
         level = logging.INFO if event.ok else logging.WARNING
     if not logger.isEnabledFor(level):
         return
-    who = event.mac or event.peer or "unknown machine"
+    who = event.mac or event.peer or ("bootd" if event.kind is EventKind.ASSETS else "unknown machine")
     detail = event.detail
     if not detail.isprintable():  # a client's bytes (labels, a report, a TFTP error) never start a line of their own
         detail = "".join(c if c.isprintable() else repr(c)[1:-1] for c in detail)

@@ -144,7 +144,7 @@ def test_render_prints_what_the_machine_gets(installed):
     ipxe = installed.bootd("render", "-c", str(installed.config), "--mac", MAC, "ipxe")
     assert ipxe.returncode == 0, ipxe.stderr
     assert ipxe.stdout.startswith("#!ipxe\n") and ipxe.stdout.rstrip().endswith("boot")
-    assert "kernel ${bootd}/assets/flatcar/current/flatcar_production_pxe.vmlinuz" in ipxe.stdout
+    assert "kernel ${bootd}/assets/flatcar/amd64/stable/flatcar_production_pxe.vmlinuz" in ipxe.stdout
     assert f"group 'node1' (bootd.yaml:" in ipxe.stderr and "profile 'install-controller'" in ipxe.stderr
 
     ignition = installed.bootd("render", "-c", str(installed.config), "--mac", MAC, "ignition")

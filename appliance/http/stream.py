@@ -11,7 +11,9 @@ with `Last-Event-ID` (EventSource sends it when it reconnects) or `?since=N` (th
 Bounds, so that no client (or many) can make bootd hold much:
 - at most MAX_STREAMS streams, MAX_STREAMS_PER_PEER per client address: past the per-address cap a new stream
   gets 429; past the total, a new stream from an address holding fewer streams than the busiest address
-  closes that address's oldest one (so one address cannot keep the others out), else 503;
+  closes that address's oldest one (so a few addresses cannot keep the others out), else 503. (Clients with
+  more than MAX_STREAMS addresses can keep closing each other's streams, a view's included: the page then
+  reconnects and resumes from its last event id.);
 - per stream: a backlog of at most BACKLOG events (references: the bus and the tracker keep the events
   anyway), plus the unsent bytes aiohttp buffers before it waits for the socket (its writer drains past
   64 KiB); a client that takes no bytes for WRITE_SECONDS is closed.
@@ -93,7 +95,7 @@ class StreamSlots:
         if len(self.open) < self.max_streams:
             return None
         busiest, held = per_peer.most_common(1)[0]
-        if held <= per_peer[peer] + 1:
+        if held <= per_peer[peer]:
             return self._refuse(503, f"{self.max_streams} event streams are open (the cap): try again later")
         victim = next(entry for entry in self.open if entry.peer == busiest)
         del self.open[victim]

@@ -148,7 +148,8 @@ function connect() {
     if (selected === data.machine.mac) refreshTimeline();
   });
   source.addEventListener("resync", () => { loadList().catch(() => {}); });
-  source.addEventListener("closed", () => { source.close(); status.textContent = "closed by bootd"; status.className = "connection down"; });
+  // bootd stopping, or making room for another view: EventSource reconnects by itself and resumes
+  source.addEventListener("closed", () => { status.textContent = "reconnecting…"; status.className = "connection down"; });
 }
 
 let timelineBusy = false; // one request at a time; an event meanwhile asks for one more after it

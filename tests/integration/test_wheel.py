@@ -29,7 +29,7 @@ from tests.bootd_process import BootdProcess
 ROOT = Path(__file__).parents[2]
 MAC = "52:54:00:a1:9c:ae"  # node1 of configs/bootd.yaml, a controller
 PACKAGE_DATA = ("appliance/data/ipxe-SHA256SUMS", "appliance/templates/bootd.ipxe.j2",
-                "appliance/api/proto/matchbox/rpc/rpcpb/rpc.proto")
+                "appliance/api/proto/matchbox/rpc/rpcpb/rpc.proto", "appliance/ui/app.js")
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,15 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """Where /metrics is served: on the HTTP port (no `metrics` section), or with `port` only on a listener of
+    its own, apart from the boot network's port (address None: every address of the host)."""
+
+    address: IPAddress | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DhcpConfig:
     mode: DhcpMode = DhcpMode.OFF
     only_known: bool = False  # True: machines not listed under `machines` get no boot offer
@@ -207,6 +216,7 @@ class Config:
     domain: str | None = None
     names: NamesConfig = NamesConfig()
     http: HttpConfig = HttpConfig()
+    metrics: MetricsConfig = MetricsConfig()
     dhcp: DhcpConfig = DhcpConfig()
     tftp: TftpConfig = TftpConfig()
     dns: DnsConfig = DnsConfig()
@@ -433,7 +443,7 @@ class _Reader:
     # --- sections ---------------------------------------------------------------------------------
 
     def config(self, root: Node) -> Config | None:
-        top = self.fields(root, "", {"state_dir", "user", "listen", "domain", "names", "http", "dhcp", "tftp",
+        top = self.fields(root, "", {"state_dir", "user", "listen", "domain", "names", "http", "metrics", "dhcp", "tftp",
                                      "dns", "api", "assets", "machines"})
         if top is None:
             return None
@@ -450,6 +460,8 @@ class _Reader:
             kw["names"] = names
         if "http" in top and (http := self.http(top["http"])) is not None:
             kw["http"] = http
+        if "metrics" in top and (metrics := self.metrics(top["metrics"], kw.get("http", HttpConfig()))) is not None:
+            kw["metrics"] = metrics
         if "dhcp" in top and (dhcp := self.dhcp(top["dhcp"])) is not None:
             kw["dhcp"] = dhcp
         if "tftp" in top and (tftp := self.tftp(top["tftp"])) is not None:
@@ -815,6 +827,25 @@ class _Reader:
             kw["data_dir"] = data_dir
         kw["assets_dir"] = self.optional(nodes, "assets_dir", "http", self.path)
         return HttpConfig(**kw)
+
+    def metrics(self, node: Node, http: HttpConfig) -> MetricsConfig | None:
+        nodes = self.fields(node, "metrics", {"address", "port"})
+        if nodes is None:
+            return None
+        address = self.optional(nodes, "address", "metrics", self.ip)
+        port = self.optional(nodes, "port", "metrics", lambda n, w: self.integer(n, w, 0, 65535))
+        if "port" not in nodes:
+            self.error(node, "metrics.port", "required: the port /metrics is served on apart from the HTTP port "
+                                             "(without a metrics section it is served on the HTTP port)")
+            return None
+        if port is None:
+            return None
+        if (http.enabled and port != 0 and port == http.port
+                and (address is None or http.address is None or address == http.address)):
+            self.error(nodes["port"], "metrics.port", f"{port} is http.port: give another port (or leave the "
+                                                      "metrics section out to serve /metrics on the HTTP port)")
+            return None
+        return MetricsConfig(address=address, port=port)
 
     def machines(self, node: Node, names: NamesConfig) -> tuple[Machine, ...]:
         items = self.sequence(node, "machines") or []

@@ -40,6 +40,7 @@ from appliance.http import HttpContext, make_app
 from appliance.net import NeighbourTable, RouterAdvertiser, interface_addresses
 from appliance.http.boot import SCRIPT_LABELS
 from appliance.http.limits import KEEPALIVE_SECONDS, CappedTCPSite, connection_cap, raise_open_file_limit
+from appliance.metrics import Metrics, ServiceStats, metrics_app
 from appliance.store import DataDir, Group, MatchScope, machine_groups, match_scope
 from appliance.systemd import Notifier, PrivilegeError, describe_user, drop_privileges, limit_bounding_set, \
     lookup_user
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 # How long SIGTERM waits for requests in flight (a kernel download on a slow link) before closing them.
 DRAIN_SECONDS = 10.0
+METRICS_CONNECTIONS = 64  # connections kept open on metrics.port's listener
 
 
 class StartupError(Exception):
@@ -176,6 +178,9 @@ class Daemon:
         self.http_context = HttpContext(config=config, store=build_store(config), bus=self.bus,
                                         tracker=self.tracker, publisher=self.publisher)
         self.http_context.stats = self.stats
+        self.metrics = Metrics(services=self.service_stats, tracker=self.tracker)
+        self.bus.add_sink(self.metrics.stage_timer)  # after the tracker's sink: it reads what the tracker recorded
+        self._metrics_runner: web.AppRunner | None = None  # metrics.port's listener
         self._runner: web.AppRunner | None = None
         self._http_site: CappedTCPSite | None = None
         self.open_file_limit = 1024
@@ -216,6 +221,14 @@ class Daemon:
             out["assets"] = {"checks": self.assets.checks, "switches": self.assets.switches,
                              "failures": self.assets.failures}
         return out
+
+    def service_stats(self) -> ServiceStats:
+        """The running services' counters, for /metrics."""
+        return ServiceStats(dhcp=self.dhcp.stats if self.dhcp is not None else None,
+                            tftp=self.tftp.stats if self.tftp is not None else None,
+                            tftp_active=len(self.tftp.sessions) if self.tftp is not None else 0,
+                            dns=self.dns.stats if self.dns is not None else None,
+                            http=self._http_site.stats if self._http_site is not None else None)
 
     async def run(self) -> int:
         try:
@@ -291,6 +304,8 @@ class Daemon:
             logger.info("open-file limit raised from %d to %d", before, self.open_file_limit)
         if self.config.http.enabled:
             await self._start_http()
+        if self.config.metrics.port is not None:
+            await self._start_metrics()
         if self.config.dhcp.mode is not DhcpMode.OFF:
             self._start_dhcp()
         if self.config.tftp.enabled:
@@ -309,7 +324,7 @@ class Daemon:
 
     async def _start_http(self) -> None:
         http = self.config.http
-        runner = web.AppRunner(make_app(self.http_context), access_log=None, handle_signals=False,
+        runner = web.AppRunner(make_app(self.http_context, self.metrics), access_log=None, handle_signals=False,
                                shutdown_timeout=DRAIN_SECONDS, keepalive_timeout=KEEPALIVE_SECONDS)
         await runner.setup()
         site = CappedTCPSite(runner, str(http.address) if http.address else None, http.port,
@@ -325,6 +340,25 @@ class Daemon:
         for sockname in runner.addresses:
             host, port = sockname[0], sockname[1]
             self.addresses.append(f"http://{'[' + host + ']' if ':' in host else host}:{port}")
+
+    async def _start_metrics(self) -> None:
+        """/metrics on a listener of its own (`metrics.port`), apart from the boot network's HTTP port."""
+        metrics = self.config.metrics
+        runner = web.AppRunner(metrics_app(self.metrics), access_log=None, handle_signals=False,
+                               shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            # a few scrapers at most: a client holding connections open cannot take more descriptors than these
+            await CappedTCPSite(runner, str(metrics.address) if metrics.address else None, metrics.port,
+                                max_connections=METRICS_CONNECTIONS).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(f"metrics: cannot listen on {metrics.address or '*'}:{metrics.port}: "
+                               f"{exc.strerror or exc}") from None
+        self._metrics_runner = runner
+        for sockname in runner.addresses:
+            host, port = sockname[0], sockname[1]
+            self.addresses.append(f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics")
 
     async def _start_api(self) -> None:
         from appliance.api.service import ApiError, Backend, start_api
@@ -371,7 +405,8 @@ class Daemon:
                             address=str(tftp.address) if tftp.address else "", port=tftp.port,
                             max_transfers=tftp.max_transfers, max_per_client=tftp.max_per_client,
                             retries=tftp.retries, timeout=float(tftp.timeout), max_blksize=tftp.max_blksize,
-                            max_windowsize=tftp.max_windowsize)
+                            max_windowsize=tftp.max_windowsize,
+                            stats=self.tftp.stats if self.tftp is not None else None)  # a rebind counts on
         try:
             server.start()
         except OSError:
@@ -442,7 +477,8 @@ class Daemon:
         dns = config.dns
         server = DnsServer(zone=self._zone(config), address=str(dns.address) if dns.address else "",
                            port=dns.port, forward=dns.forward, max_tcp_connections=dns.max_tcp_connections,
-                           tcp_idle_timeout=float(dns.tcp_idle_timeout))
+                           tcp_idle_timeout=float(dns.tcp_idle_timeout),
+                           stats=self.dns.stats if self.dns is not None else None)  # a rebind counts on
         try:
             await server.start()
         except OSError:
@@ -483,6 +519,8 @@ class Daemon:
             self.tftp.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         self.publisher.cancel()
         await self.neighbours.close()
         logger.info("bootd stopped")
@@ -491,9 +529,11 @@ class Daemon:
         """SIGHUP: one reload at a time, between RELOADING=1 and READY=1."""
         async with self._reload_lock:
             self.notifier.reloading()
+            running = self.config
             try:
                 await self._reload()
             finally:
+                self.metrics.reloaded(ok=self.config is not running)  # only a reload that applied swaps it
                 self.notifier.ready(self.serving())
 
     async def _reload(self) -> None:
@@ -508,7 +548,8 @@ class Daemon:
                  != (old.http.address, old.http.port, old.http.enabled)),
                 ("dhcp mode, port or listen", (new.dhcp.mode, new.dhcp.port, new.dhcp.pxe_port, new.listen)
                  != (old.dhcp.mode, old.dhcp.port, old.dhcp.pxe_port, old.listen)),
-                ("user", new.user != old.user)):
+                ("user", new.user != old.user),
+                ("metrics address or port", new.metrics != old.metrics)):
             if changed:
                 logger.warning("reload: a change of %s takes effect at the next restart", what)
         try:

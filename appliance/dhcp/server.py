@@ -57,16 +57,29 @@ _REPORTED = {"unknown-machine", "ignored-machine", "no-profile", "firmware-missi
 
 
 @dataclass(slots=True)
-class DhcpStats:
+class PortCounts:
+    """What one socket (67 or 4011) received, answered and dropped (by reason). Each socket's counts are bound
+    to it once, at start, so counting a packet is an attribute increment, never a lookup (/metrics reads
+    them at scrape time)."""
+
     received: int = 0
     answered: int = 0
-    internal_errors: int = 0
-    lease_write_failures: int = 0  # changes answered while the lease file could not be written (a full disk)
     dropped: Counter[str] = field(default_factory=Counter)
 
+
+@dataclass(slots=True)
+class DhcpStats:
+    dhcp: PortCounts = field(default_factory=PortCounts)  # UDP 67
+    pxe: PortCounts = field(default_factory=PortCounts)  # UDP 4011, PXE's boot server discovery
+    internal_errors: int = 0
+    lease_write_failures: int = 0  # changes answered while the lease file could not be written (a full disk)
+
     def as_json(self) -> dict[str, object]:
-        return {"received": self.received, "answered": self.answered, "internal_errors": self.internal_errors,
-                "lease_write_failures": self.lease_write_failures, "dropped": dict(self.dropped)}
+        dropped = Counter(self.dhcp.dropped)
+        dropped.update(self.pxe.dropped)
+        return {"received": self.dhcp.received + self.pxe.received,
+                "answered": self.dhcp.answered + self.pxe.answered, "internal_errors": self.internal_errors,
+                "lease_write_failures": self.lease_write_failures, "dropped": dict(dropped)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,7 @@ class Datagram:
     source: tuple[str, int]
     ifindex: int
     local_ip: IPv4Address  # the address the packet reached us at (for a broadcast: the interface's)
+    counts: PortCounts  # the counters of the socket it came in on
 
 
 class DhcpServer:
@@ -110,10 +124,10 @@ class DhcpServer:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._ifindexes = frozenset(socket.if_nametoindex(name) for name in self.interfaces)
-        for port in (self.port, self.pxe_port):
+        for port, counts in ((self.port, self.stats.dhcp), (self.pxe_port, self.stats.pxe)):
             sock = _udp_socket(self.bind_address, port)
             self._sockets.append(sock)
-            self._loop.add_reader(sock.fileno(), self._drain, sock, port)
+            self._loop.add_reader(sock.fileno(), self._drain, sock, port, counts)
 
     def close(self) -> None:
         for sock in self._sockets:
@@ -133,7 +147,7 @@ class DhcpServer:
 
     # --- receiving --------------------------------------------------------------------------------
 
-    def _drain(self, sock: socket.socket, port: int) -> None:
+    def _drain(self, sock: socket.socket, port: int, counts: PortCounts) -> None:
         if self._refresh is not None and (now := time.monotonic()) >= self._refresh_at:
             self._refresh_at = now + REFRESH_SECONDS
             try:
@@ -151,13 +165,13 @@ class DhcpServer:
                 return
             ifindex, local_ip = _pktinfo(ancdata)
             try:
-                self.handle_datagram(sock, Datagram(data, source, ifindex, local_ip), port, self._clock())
+                self.handle_datagram(sock, Datagram(data, source, ifindex, local_ip, counts), port, self._clock())
             except Exception:  # our bug: log it once with the traceback, count it, serve the next packet
                 self.stats.internal_errors += 1
                 logger.exception("dhcp: internal error on a packet from %s", source)
 
     def handle_datagram(self, sock: socket.socket, dgram: Datagram, port: int, now: float) -> None:
-        self.stats.received += 1
+        dgram.counts.received += 1
         if self._ifindexes and dgram.ifindex not in self._ifindexes:
             self._drop(Ignore("other-interface"), dgram)
             return
@@ -284,13 +298,13 @@ class DhcpServer:
             _ANCILLARY[dgram.ifindex, dgram.local_ip] = ancillary
         try:
             sock.sendmsg([data], ancillary, 0, (address, port))
-            self.stats.answered += 1
+            dgram.counts.answered += 1
         except OSError as exc:
-            self.stats.dropped["send-failed"] += 1
+            dgram.counts.dropped["send-failed"] += 1
             logger.warning("dhcp: cannot send to %s:%d: %s", address, port, exc)
 
     def _drop(self, ignore: Ignore, dgram: Datagram) -> None:
-        self.stats.dropped[ignore.reason] += 1
+        dgram.counts.dropped[ignore.reason] += 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("dhcp drop from %s: %s %s", dgram.source, ignore.reason, ignore.detail)
         if ignore.mac is not None and ignore.reason in _REPORTED:

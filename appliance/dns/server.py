@@ -101,12 +101,12 @@ class DnsServer:
     def __init__(self, *, zone: Zone, address: str = "", port: int = 53,
                  forward: tuple[tuple[str, int], ...] = (), max_tcp_connections: int = MAX_TCP_CONNECTIONS,
                  tcp_idle_timeout: float = IDLE_SECONDS, attempt_timeout: float = ATTEMPT_SECONDS,
-                 max_upstream_queries: int = MAX_UPSTREAM_QUERIES) -> None:
+                 max_upstream_queries: int = MAX_UPSTREAM_QUERIES, stats: DnsStats | None = None) -> None:
         self.address, self.port = address, port
         self.forward = forward
         self.max_tcp_connections, self.tcp_idle_timeout = max_tcp_connections, tcp_idle_timeout
         self.attempt_timeout, self.max_upstream_queries = attempt_timeout, max_upstream_queries
-        self.stats = DnsStats()
+        self.stats = stats if stats is not None else DnsStats()  # a server bound again at reload keeps counting
         self.zone = zone
         self._answers: OrderedDict[bytes, bytes] = OrderedDict()  # query bytes after the ID -> reply after the ID
         self._udp: socket.socket | None = None

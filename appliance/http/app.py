@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from appliance.http import assets, boot, configs, machines, stream, ui
 from appliance.http.common import CONTEXT, HttpContext, not_found, text_response
+
+if TYPE_CHECKING:
+    from appliance.metrics import Metrics
 
 __all__ = ["HttpContext", "make_app"]
 
@@ -23,7 +28,7 @@ async def assets_root(request: web.Request) -> web.Response:
     raise web.HTTPMovedPermanently(location="/assets/")
 
 
-def make_app(context: HttpContext) -> web.Application:
+def make_app(context: HttpContext, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[CONTEXT] = context
     app[stream.STREAMS] = stream.StreamSlots()
@@ -51,5 +56,10 @@ def make_app(context: HttpContext) -> web.Application:
     get("/ui/{name:[^/]*}", ui.ui_file)
     app.router.add_post("/api/v1/machines/{mac}/report", machines.report)
     get("/firmware/{name}", assets.firmware)
+    if metrics is not None:  # every request counted by its route's pattern
+        app.middlewares.append(metrics.middleware)
+        app.on_startup.append(metrics.on_startup)
+        if context.config.metrics.port is None:  # else only on a listener of its own (the daemon's)
+            get("/metrics", metrics.scrape)
     get("/{tail:.*}", fallback)
     return app

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,11 @@ class ConnectionStats:
     max_connections: int
     open: int = 0
     closed_idle: int = 0  # closed to make room for a new connection
+    malformed: int = 0  # requests aiohttp could not parse (answered 400 before any route saw them)
 
     def as_json(self) -> dict[str, int]:
-        return {"max_connections": self.max_connections, "open": self.open, "closed_idle": self.closed_idle}
+        return {"max_connections": self.max_connections, "open": self.open, "closed_idle": self.closed_idle,
+                "malformed": self.malformed}
 
 
 def in_request(handler: RequestHandler) -> bool:
@@ -106,6 +109,12 @@ class CappedRequestHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cap.lost(self)
         super().connection_lost(exc)
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):  # the parser's; a handler's own errors reach the app's middleware
+            self._cap.stats.malformed += 1
+        return super().handle_error(request, status, exc, message)
 
 
 class CappedTCPSite(web.TCPSite):

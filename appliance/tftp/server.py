@@ -46,11 +46,16 @@ class TftpStats:
     refused: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     internal_errors: int = 0
+    # of the transfers that ended: file bytes the clients acknowledged, DATA packets sent, of them sent again
+    bytes_sent: int = 0
+    data_packets: int = 0
+    retransmitted: int = 0
 
     def as_json(self) -> dict[str, object]:
         return {"requests": self.requests, "started": self.started, "completed": self.completed,
                 "failed": self.failed, "refused": dict(self.refused), "dropped": dict(self.dropped),
-                "internal_errors": self.internal_errors}
+                "internal_errors": self.internal_errors, "bytes_sent": self.bytes_sent,
+                "data_packets": self.data_packets, "retransmitted": self.retransmitted}
 
 
 @dataclass(slots=True, eq=False)
@@ -67,14 +72,14 @@ class Session:
 class TftpServer:
     def __init__(self, *, files: TftpFiles, publisher: PeerPublisher, address: str = "", port: int = 69,
                  max_transfers: int = 100, max_per_client: int = 8, retries: int = 5, timeout: float = 1.0,
-                 max_blksize: int = 65464, max_windowsize: int = 64) -> None:
+                 max_blksize: int = 65464, max_windowsize: int = 64, stats: TftpStats | None = None) -> None:
         self.files = files
         self.publisher = publisher
         self.address, self.port = address, port
         self.max_transfers, self.max_per_client = max_transfers, max_per_client
         self.retries, self.timeout = retries, timeout
         self.max_blksize, self.max_windowsize = max_blksize, max_windowsize
-        self.stats = TftpStats()
+        self.stats = stats if stats is not None else TftpStats()  # a server bound again at reload keeps counting
         self.sessions: dict[tuple[str, int], Session] = {}
         self._per_client: Counter[str] = Counter()
         self._mtu: dict[int, int] = {}
@@ -298,6 +303,9 @@ class TftpServer:
         transfer = session.transfer
         seconds = (self._loop.time() if self._loop else 0.0) - session.started
         stats = transfer.stats
+        self.stats.bytes_sent += len(transfer.content) if transfer.outcome is Outcome.DONE else transfer.bytes_sent
+        self.stats.data_packets += stats.data_sent
+        self.stats.retransmitted += stats.retransmitted
         figures = (f"blksize {transfer.blksize}, windowsize {transfer.windowsize}, {stats.data_sent} DATA, "
                    f"{stats.retransmitted} retransmitted")
         if transfer.outcome is Outcome.DONE:

@@ -123,6 +123,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RelayPool:
+    """Authoritative mode: the addresses of a segment behind a DHCP relay, chosen by the relay's giaddr."""
+
+    subnet: ipaddress.IPv4Network
+    range: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]
+    router: ipaddress.IPv4Address | None = None  # the relay's segment needs its own (bootd is not on it)
+    dns_servers: tuple[ipaddress.IPv4Address, ...] | None = None  # None: dhcp.dns_servers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DhcpConfig:
     mode: DhcpMode = DhcpMode.OFF
     only_known: bool = False  # True: machines not listed under `machines` get no boot offer
@@ -140,6 +150,8 @@ class DhcpConfig:
     lease_seconds: int = 3600
     options: Mapping[int, bytes] = field(default_factory=lambda: MappingProxyType({}))
     router_advertisement: bool = True
+    relay_pools: tuple[RelayPool, ...] = ()  # segments behind DHCP relays (authoritative mode)
+    secure_boot: bool = False  # UEFI x64 PXE clients get the signed shim -> GRUB chain (machines may override)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +215,7 @@ class Machine:
     profile: str | None = None
     ignore: bool = False  # DHCP: never answer this machine
     boot_file: str | None = None  # DHCP: boot this (a TFTP file name or a URL) instead of the iPXE binary
+    secure_boot: bool | None = None  # DHCP: the signed shim -> GRUB chain (None: dhcp.secure_boot)
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     line: int = 0  # where the machine is written, for messages that point back at it
 
@@ -648,7 +661,7 @@ class _Reader:
     def dhcp(self, node: Node) -> DhcpConfig | None:
         nodes = self.fields(node, "dhcp", {
             "mode", "only_known", "port", "pxe_port", "uefi", "uefi_arch", "ipxe_detection", "firmware_dir", "subnet", "range",
-            "router", "dns_servers", "lease", "options", "router_advertisement"})
+            "router", "dns_servers", "lease", "options", "router_advertisement", "relay_pools", "secure_boot"})
         if nodes is None:
             return None
         kw: dict[str, Any] = {}
@@ -657,7 +670,8 @@ class _Reader:
                           ("port", port), ("pxe_port", port), ("uefi", lambda n, w: self.choice(n, w, UefiStrategy)),
                           ("ipxe_detection", lambda n, w: self.choice(n, w, IpxeDetection)),
                           ("firmware_dir", self.path), ("router", self.ipv4),
-                          ("router_advertisement", self.boolean), ("lease", self.duration)):
+                          ("router_advertisement", self.boolean), ("lease", self.duration),
+                          ("secure_boot", self.boolean)):
             if (value := self.optional(nodes, key, "dhcp", read)) is not None:
                 kw["lease_seconds" if key == "lease" else key] = value
         if "uefi_arch" in nodes:
@@ -699,6 +713,8 @@ class _Reader:
                 elif (value := self.option_value(value_node, where, code)) is not None:
                     options[code] = value
             kw["options"] = MappingProxyType(options)
+        if "relay_pools" in nodes:
+            kw["relay_pools"] = self.relay_pools(nodes["relay_pools"], kw.get("subnet"))
         config = DhcpConfig(**kw)
         if config.mode is DhcpMode.AUTHORITATIVE:
             for key, value in (("subnet", config.subnet), ("range", config.range)):
@@ -709,6 +725,45 @@ class _Reader:
             if config.subnet and config.router and config.router not in config.subnet:
                 self.error(nodes["router"], "dhcp.router", f"not inside dhcp.subnet {config.subnet}")
         return config
+
+    def relay_pools(self, node: Node, local: ipaddress.IPv4Network | None) -> tuple[RelayPool, ...]:
+        pools: list[RelayPool] = []
+        for i, item in enumerate(self.sequence(node, "dhcp.relay_pools") or []):
+            where = f"dhcp.relay_pools[{i}]"
+            nodes = self.fields(item, where, {"subnet", "range", "router", "dns_servers"})
+            if nodes is None:
+                continue
+            subnet = ends = None
+            if "subnet" not in nodes or "range" not in nodes:
+                self.error(item, f"{where}.{'subnet' if 'subnet' not in nodes else 'range'}", "required")
+                continue
+            if (text := self.string(nodes["subnet"], f"{where}.subnet")) is not None:
+                try:
+                    subnet = ipaddress.IPv4Network(text, strict=True)
+                except ValueError as exc:
+                    self.error(nodes["subnet"], f"{where}.subnet", f"{text!r} is not an IPv4 network ({exc})")
+            items = self.sequence(nodes["range"], f"{where}.range") or []
+            ends = [self.ipv4(n, f"{where}.range[{j}]") for j, n in enumerate(items)]
+            router = self.optional(nodes, "router", where, self.ipv4)
+            servers = None
+            if "dns_servers" in nodes:
+                listed = self.sequence(nodes["dns_servers"], f"{where}.dns_servers") or []
+                servers = tuple(a for j, n in enumerate(listed) if (a := self.ipv4(n, f"{where}.dns_servers[{j}]")))
+            if subnet is None or len(ends) != 2 or None in ends:
+                if len(items) != 2:
+                    self.error(nodes["range"], f"{where}.range", "expected [first address, last address]")
+                continue
+            if not all(end in subnet for end in ends) or ends[0] > ends[1]:
+                self.error(nodes["range"], f"{where}.range", f"not a range inside {subnet}")
+            elif router is not None and router not in subnet:
+                self.error(nodes["router"], f"{where}.router", f"not inside {subnet}")
+            elif (overlap := next((p.subnet for p in pools if p.subnet.overlaps(subnet)), None)
+                  or (local if local is not None and local.overlaps(subnet) else None)) is not None:
+                self.error(nodes["subnet"], f"{where}.subnet", f"overlaps {overlap}: a relay's address must "
+                                                               "name one pool")
+            else:
+                pools.append(RelayPool(subnet=subnet, range=(ends[0], ends[1]), router=router, dns_servers=servers))
+        return tuple(pools)
 
     def _pairs(self, node: Node, where: str) -> list[tuple[Node, Node]]:
         if not isinstance(node, MappingNode):
@@ -855,7 +910,7 @@ class _Reader:
         for i, item in enumerate(items):
             where = f"machines[{i}]"
             nodes = self.fields(item, where, {"name", "mac", "ip", "role", "profile", "metadata", "ignore",
-                                              "boot_file"})
+                                              "boot_file", "secure_boot"})
             if nodes is None:
                 continue
             for required in ("name", "mac"):
@@ -869,6 +924,7 @@ class _Reader:
                 "profile": self.optional(nodes, "profile", where, self.string),
                 "ignore": self.optional(nodes, "ignore", where, self.boolean),
                 "boot_file": self.optional(nodes, "boot_file", where, self.string),
+                "secure_boot": self.optional(nodes, "secure_boot", where, self.boolean),
                 "line": item.start_mark.line + 1,
             }
             if "metadata" in nodes and (metadata := self.json_mapping(nodes["metadata"], f"{where}.metadata")):

@@ -12,6 +12,10 @@ Rules:
 - PXE clients get the same boot options as in proxy mode (pxe.py) in the same reply, and iPXE gets option
   175.176 (no-pxedhcp) so it does not wait for proxy offers that will never come.
 - `only_known: true` and `ignore: true` machines get no answer at all.
+- Relayed requests (giaddr set, RFC 2131 §4.3.1) get an address from the pool whose subnet holds the
+  relay's address (giaddr): the local subnet or one of `dhcp.relay_pools`. A relay on a segment bootd has no
+  pool for is a reasoned drop, never an address from another segment's subnet (it would not route). A
+  reservation is honoured only on its own subnet's segment.
 """
 
 from __future__ import annotations
@@ -50,9 +54,19 @@ class AddressPolicy:
     reservations: Mapping[MacAddress, Reservation] = field(default_factory=lambda: MappingProxyType({}))
     ignored: frozenset[MacAddress] = frozenset()
     reserved_ips: frozenset[IPv4Address] = frozenset()  # the reservations' addresses, for a set lookup
+    # the pools of segments behind DHCP relays (same reservations, domain, lease and options; own subnet,
+    # range, router and DNS servers): chosen by the relay's address
+    relayed: tuple[AddressPolicy, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reserved_ips", frozenset(r.ip for r in self.reservations.values()))
+
+    def for_segment(self, giaddr: IPv4Address) -> AddressPolicy | None:
+        """The pool of the client's segment: the local one for a request that was not relayed, else the one
+        whose subnet holds the relay's address; None when no pool has it."""
+        if giaddr == ZERO_IP or giaddr in self.subnet:
+            return self
+        return next((pool for pool in self.relayed if giaddr in pool.subnet), None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +89,12 @@ def decide_dhcp(packet: DhcpPacket, table: LeaseTable, policy: AddressPolicy, px
         return Ignore("ignored-machine", "ignore: true in the config", mac=mac)
     if pxe_policy.only_known and mac not in policy.reservations:
         return Ignore("unknown-machine", "only_known: true and the MAC is not in the config", mac=mac)
+    segment = policy.for_segment(packet.giaddr)
+    if segment is None:
+        subnets = ", ".join(str(p.subnet) for p in (policy, *policy.relayed))
+        return Ignore("no-pool-for-relay", f"relayed by {packet.giaddr}, and no pool's subnet holds that address "
+                      f"(pools: {subnets}); add one under dhcp.relay_pools in bootd.yaml", mac=mac)
+    policy = segment
     server_id = packet.option_ip(Option.SERVER_ID)
     if kind == MessageType.DISCOVER:
         ip = choose_address(mac, packet.option_ip(Option.REQUESTED_IP), table, policy, server_ip, now)
@@ -119,7 +139,7 @@ def decide_dhcp(packet: DhcpPacket, table: LeaseTable, policy: AddressPolicy, px
 def choose_address(mac: MacAddress, requested: IPv4Address | None, table: LeaseTable, policy: AddressPolicy,
                    server_ip: IPv4Address, now: float) -> IPv4Address | None:
     reservation = policy.reservations.get(mac)
-    if reservation is not None:
+    if reservation is not None and reservation.ip in policy.subnet:
         return reservation.ip
     for candidate in (_lease_ip(table, mac, now), table.offered_to(mac, now), requested):
         if candidate is not None and _free_for(mac, candidate, table, policy, server_ip, now):
@@ -134,7 +154,7 @@ def choose_address(mac: MacAddress, requested: IPv4Address | None, table: LeaseT
 def may_have(mac: MacAddress, ip: IPv4Address, table: LeaseTable, policy: AddressPolicy, server_ip: IPv4Address,
              now: float) -> bool:
     reservation = policy.reservations.get(mac)
-    if reservation is not None:
+    if reservation is not None and reservation.ip in policy.subnet:
         return ip == reservation.ip
     return _free_for(mac, ip, table, policy, server_ip, now)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import MappingProxyType
@@ -36,7 +36,7 @@ def claimed_macs(config: Config, selectable: frozenset[MacAddress] | None) -> fr
 def build_policies(config: Config, available: frozenset[Firmware], *, http_port: int,
                    selectable: frozenset[MacAddress] | None = None) -> DhcpPolicies:
     """`http_port`: where bootd's HTTP server really listens (the config may say 0: any free port).
-    `selectable`: the MACs some group could select (None: any MAC could be); see pxe.py rule 7."""
+    `selectable`: the MACs some group could select (None: any MAC could be); see pxe.py rule 8."""
     dhcp = config.dhcp
     pxe = PxePolicy(
         available=available,
@@ -44,8 +44,9 @@ def build_policies(config: Config, available: frozenset[Firmware], *, http_port:
         default_uefi=dhcp.uefi,
         ipxe_detection=dhcp.ipxe_detection,
         only_known=dhcp.only_known,
-        machines=MappingProxyType({m.mac: MachinePolicy(ignore=m.ignore, boot_file=m.boot_file)
-                                   for m in config.machines}),
+        machines=MappingProxyType({m.mac: MachinePolicy(ignore=m.ignore, boot_file=m.boot_file,
+                                                        secure_boot=m.secure_boot) for m in config.machines}),
+        secure_boot=dhcp.secure_boot,
         claimed=claimed_macs(config, selectable),
         http_port=http_port,
     )
@@ -60,4 +61,8 @@ def build_policies(config: Config, available: frozenset[Firmware], *, http_port:
                 if isinstance(m.ip, IPv4Address) and not m.ignore}),
             ignored=frozenset(m.mac for m in config.machines if m.ignore),
         )
+        addresses = replace(addresses, relayed=tuple(
+            replace(addresses, subnet=pool.subnet, first=pool.range[0], last=pool.range[1], router=pool.router,
+                    dns_servers=dhcp.dns_servers if pool.dns_servers is None else pool.dns_servers)
+            for pool in dhcp.relay_pools))
     return DhcpPolicies(mode=dhcp.mode, pxe=pxe, addresses=addresses)

@@ -14,7 +14,12 @@ Rules (research/pxe.md, tools.md §6-7):
 5. UEFI HTTP boot (arch 15, 16, 18, 19) gets a URL to the firmware over HTTP and option 60 `HTTPClient`.
 6. A firmware file that is not present is a reasoned drop (the client may find another server), never an
    offer of a file that would fail over TFTP.
-7. Never hijack a machine: a client whose MAC no group could ever select (`PxePolicy.claimed`, computed
+7. Secure Boot (`secure_boot: true` for the machine, or `dhcp.secure_boot` for every one): an x86-64 UEFI
+   client gets Debian's Microsoft-signed shim instead of iPXE (unsigned: such firmware refuses it). shim
+   loads the signed network GRUB from beside it (`grubx64.efi`), GRUB reads its config from bootd (/grub)
+   and boots the profile's (signed) kernel. DHCP cannot see whether a firmware enforces Secure Boot, so
+   this is bootd.yaml's choice, not a guess.
+8. Never hijack a machine: a client whose MAC no group could ever select (`PxePolicy.claimed`, computed
    from the groups whenever they change) gets no boot offer at all, so its firmware goes on to its next
    boot device as it would without bootd on the network. In proxy mode it is not answered; in
    authoritative mode it still gets its address, with no boot file (as dnsmasq does for a client no
@@ -66,6 +71,13 @@ class Firmware(StrEnum):
     IPXE_EFI_IA32 = "ipxe-i386.efi"
     SNP_ARM32 = "snp-arm32.efi"
     SNP_ARM64 = "snp.efi"
+    # Secure Boot (x86-64 UEFI): Debian's shim signed by Microsoft's UEFI CA, and Debian's signed network GRUB
+    # under the name shim loads from beside itself
+    SHIM_X64 = "shimx64.efi"
+    GRUB_X64 = "grubx64.efi"
+
+
+SECURE_BOOT_CHAIN = (Firmware.SHIM_X64, Firmware.GRUB_X64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +135,7 @@ class MachinePolicy:
 
     ignore: bool = False
     boot_file: str | None = None  # instead of the architecture's firmware (a file name or a URL)
+    secure_boot: bool | None = None  # None: the policy's default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +152,14 @@ class PxePolicy:
     claimed: frozenset[MacAddress] | None = None
     http_port: int = 8080
     script_path: str = "/bootd.ipxe"
+    secure_boot: bool = False  # rule 7, for machines that do not say
+
+    def signed_chain(self, mac: MacAddress, entry: ArchEntry) -> bool:
+        """Rule 7: does this client get shim instead of iPXE?"""
+        if entry.firmware is not Firmware.IPXE_EFI_X64:  # Debian signs x86-64 shim and GRUB only
+            return False
+        machine = self.machines.get(mac)
+        return self.secure_boot if machine is None or machine.secure_boot is None else machine.secure_boot
 
     def strategy(self, arch: Arch) -> UefiStrategy:
         return self.uefi.get(arch, self.default_uefi)
@@ -247,16 +268,24 @@ def decide_boot(request: PxeRequest, policy: PxePolicy, server_ip: IPv4Address, 
         decision = "ipxe-script"
     elif machine is not None and machine.boot_file:
         boot_file, decision = machine.boot_file, "configured-boot-file"
-    elif entry.firmware not in policy.available:
+    elif (signed := policy.signed_chain(request.mac, entry)) and (
+            missing := [f.value for f in SECURE_BOOT_CHAIN if f not in policy.available]):
+        return Ignore("firmware-missing", f"no {' and no '.join(missing)} for Secure Boot (arch {entry.arch.value}, "
+                      f"{entry.arch.name}): `bootd firmware fetch` installs Debian's signed ones", mac=request.mac)
+    elif not signed and entry.firmware not in policy.available:
         return Ignore("firmware-missing", f"no {entry.firmware} for arch {entry.arch.value} ({entry.arch.name})",
                       mac=request.mac)
-    elif entry.http_boot:
-        boot_file = f"http://{server_ip}:{policy.http_port}/firmware/{entry.firmware}"
-        vendor_class, vendor_options, decision = b"HTTPClient", None, f"http:{entry.firmware}"
     else:
-        boot_file, decision = entry.firmware.value, f"tftp:{entry.firmware}"
-        if entry.uefi and port != PXE_PORT and policy.strategy(entry.arch) is UefiStrategy.BINL:
-            vendor_options, decision = None, f"binl:{entry.firmware}"
+        firmware = Firmware.SHIM_X64 if signed else entry.firmware
+        if entry.http_boot:
+            boot_file = f"http://{server_ip}:{policy.http_port}/firmware/{firmware}"
+            vendor_class, vendor_options, decision = b"HTTPClient", None, f"http:{firmware}"
+        else:
+            boot_file, decision = firmware.value, f"tftp:{firmware}"
+            if entry.uefi and port != PXE_PORT and policy.strategy(entry.arch) is UefiStrategy.BINL:
+                vendor_options, decision = None, f"binl:{firmware}"
+        if signed:
+            decision += " (Secure Boot: signed shim, then GRUB)"
     if vendor_options is not None and request.boot_item is not None:
         vendor_options = _vendor_options(request.boot_item)
     return BootOffer(

@@ -53,7 +53,7 @@ REFRESH_SECONDS = 1.0
 # Ignore reasons worth a progress event: the machine is real and the operator wants to know why it did not boot.
 # (Each is one event per packet; the progress tracker's bound, not the number of MACs sent, caps the memory.)
 _REPORTED = {"unknown-machine", "ignored-machine", "no-profile", "firmware-missing", "pool-exhausted",
-             "unsupported-arch"}
+             "unsupported-arch", "no-pool-for-relay"}
 
 
 @dataclass(slots=True)
@@ -233,7 +233,8 @@ class DhcpServer:
         else:
             address, to_port = "255.255.255.255", 68
         self._send(sock, template.render(data, options.get(Option.GUID)), address, to_port, dgram)
-        source = dgram.source[0]
+        # a relayed request comes from the relay: its address is not the client's
+        source = dgram.source[0] if data[_GIADDR] == b"\0\0\0\0" else "0.0.0.0"
         self.bus.publish(DhcpServed(kind=EventKind.DHCP, mac=mac, peer=source if source != "0.0.0.0" else None,
                                     detail=detail, arch=client_arch(options.get(Option.ARCH))))
         if logger.isEnabledFor(logging.DEBUG):

@@ -11,6 +11,7 @@ kernel arguments, Ignition and the way back.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from appliance.atomic import write_atomically
 from appliance.lab import own_directory
 
 CACHE = Path(os.environ.get("BOOTD_PAYLOAD_CACHE", "/var/tmp/bootd-payload"))
@@ -62,7 +64,9 @@ poweroff -f
 UDHCPC_SCRIPT = """#!/bin/sh
 case "$1" in
   deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
-  bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/${mask:-24}" dev "$interface" ;;
+  bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/${mask:-24}" dev "$interface"
+    # a machine behind a DHCP relay reaches bootd through its segment's router
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface" ;;
 esac
 exit 0
 """
@@ -72,7 +76,10 @@ def build(cache: Path = CACHE) -> tuple[Path, Path]:
     """(vmlinuz, initrd.gz), built once per cache directory."""
     kernel, initrd = cache / "vmlinuz", cache / "initrd.gz"
     own_directory(cache, 0o755)  # root serves what it finds here: nobody else may have made or filled it
-    if kernel.is_file() and initrd.is_file():
+    # the initrd is made again when what goes into it changed (a cache from an older bootd)
+    recipe = hashlib.sha256("\0".join([INIT, UDHCPC_SCRIPT, *MODULES]).encode()).hexdigest()
+    stamp = cache / "initrd.recipe"
+    if kernel.is_file() and initrd.is_file() and stamp.is_file() and stamp.read_text() == recipe:
         return kernel, initrd
     work = own_directory(cache / "work", 0o755)  # 0755: apt's download user reads here
     debs = sorted(work.glob("linux-image-*.deb"))
@@ -114,8 +121,9 @@ def build(cache: Path = CACHE) -> tuple[Path, Path]:
         path.chmod(0o755)
     archive = subprocess.run("find . | cpio -o -H newc --quiet", shell=True, cwd=tree, capture_output=True,
                              check=True).stdout
-    initrd.write_bytes(gzip.compress(archive, 6))
-    shutil.copy(root / "boot" / f"vmlinuz-{version}", kernel)
+    write_atomically(initrd, gzip.compress(archive, 6), mode=0o644)  # another test may be reading the old one
+    write_atomically(kernel, (root / "boot" / f"vmlinuz-{version}").read_bytes(), mode=0o644)
+    write_atomically(stamp, recipe.encode(), mode=0o644)
     return kernel, initrd
 
 

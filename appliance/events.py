@@ -36,6 +36,7 @@ class EventKind(StrEnum):
 
     DHCP = "dhcp"
     TFTP = "tftp"
+    FIRMWARE = "firmware"  # a boot binary over HTTP (/firmware/: UEFI HTTP boot's iPXE, shim, GRUB)
     BOOT_SCRIPT = "boot-script"  # /boot.ipxe, /bootd.ipxe
     BOOT_CONFIG = "boot-config"  # /ipxe, /grub: kernel, initrd, args of the machine's profile
     KERNEL = "kernel"

@@ -268,6 +268,8 @@ def decide_boot(request: PxeRequest, policy: PxePolicy, server_ip: IPv4Address, 
         decision = "ipxe-script"
     elif machine is not None and machine.boot_file:
         boot_file, decision = machine.boot_file, "configured-boot-file"
+        if entry.http_boot:  # HTTP boot firmware takes only an answer that says HTTPClient
+            vendor_class, vendor_options = b"HTTPClient", None
     elif (signed := policy.signed_chain(request.mac, entry)) and (
             missing := [f.value for f in SECURE_BOOT_CHAIN if f not in policy.available]):
         return Ignore("firmware-missing", f"no {' and no '.join(missing)} for Secure Boot (arch {entry.arch.value}, "

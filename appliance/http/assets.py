@@ -109,6 +109,11 @@ async def firmware(request: web.Request) -> web.StreamResponse:
         logger.warning("%s: refused firmware path %r...: %s", request.remote, name[:200], exc.strerror)
         return not_found()
     if not is_file:
+        # a boot_file URL naming a binary that is not there (DHCP never offers a missing one of its own):
+        # the firmware stops here; say so in its progress
+        publish(ctx, request, None, kind=EventKind.FIRMWARE, ok=False,
+                detail=f"/firmware/{name} over HTTP: not found in {ctx.config.firmware_dir}")
         return not_found()
     return TrackedFileResponse(path, lambda response: publish(
-        ctx, request, None, kind=EventKind.ASSET, detail=f"/firmware/{name} ({response.content_length} bytes)"))
+        ctx, request, None, kind=EventKind.FIRMWARE,
+        detail=f"/firmware/{name} over HTTP ({response.content_length} bytes)"))

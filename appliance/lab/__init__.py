@@ -218,18 +218,37 @@ def qemu_argv(name: str, mac: str, tap: str, firmware: str, directory: Path, nic
     serial = ["-serial", f"file:{log}"] if serial_socket is None else [
         "-chardev", f"socket,id=serial0,path={serial_socket},server=on,wait=off,logfile={log}",
         "-serial", "chardev:serial0"]
-    argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults", "-display", "none",
-            "-no-reboot", *serial,
+    code, template = FIRMWARE_FILES.get(firmware, (None, None))
+    argv = ["qemu-system-aarch64" if firmware == "arm64" else "qemu-system-x86_64", "-accel", "tcg",
+            "-m", "256", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot", *serial,
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
             "-device", f"{model},netdev=n0,mac={mac},bootindex=1" + (f",{options}" if options else "")]
-    if firmware == "uefi":
+    if code is not None and template is not None:
         variables = directory / f"{name}.vars.fd"
-        shutil.copy("/usr/share/OVMF/OVMF_VARS.fd", variables)
-        argv += ["-M", "q35", "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
+        shutil.copy(template, variables)
+        machine = {"arm64": "virt", "secureboot": "q35,smm=on"}.get(firmware, "q35")
+        argv += ["-M", machine, "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={variables}"]
+        if firmware == "arm64":
+            argv += ["-cpu", "cortex-a57", "-m", "512"]  # the later -m wins: an arm64 kernel wants more room
+        if firmware == "secureboot":  # the Secure Boot build keeps its variables in SMM-only flash
+            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        if firmware == "uefi-http":  # no PXE boot options: the firmware goes straight to UEFI HTTP boot
+            argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+                     "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
     else:
         argv += ["-M", "pc,graphics=off"]
     return argv
+
+
+# The UEFI firmware of each `--firmware` (Debian's ovmf and qemu-efi-aarch64): code, and the variable store
+# each machine gets a copy of. secureboot: Secure Boot enabled, Microsoft's keys enrolled (README.Debian).
+FIRMWARE_FILES = {
+    "uefi": ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    "uefi-http": ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    "secureboot": ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
+    "arm64": ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+}
 
 
 def _get(path: str) -> dict:

@@ -60,6 +60,17 @@ def dns_query(name: str, query_id: int) -> bytes:
     return struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + labels + struct.pack("!HH", 1, 1)
 
 
+def tftp_request(rng: random.Random) -> bytes:
+    return b"\0\1" + "/".join(word(rng) for _ in range(rng.randint(1, 3))).encode() + b"\0octet\0"
+
+
+def random_query(rng: random.Random, domain: str) -> bytes:
+    """A random name in the zone (most are not there: NXDOMAIN) or outside it (REFUSED: no forwarding)."""
+    name = word(rng).strip("-_") or "x"
+    return dns_query(f"{name}.{domain}" if rng.random() < 0.8 else f"{name}.{word(rng).strip('-_') or 'y'}",
+                     rng.getrandbits(16))
+
+
 @dataclass
 class UdpKind:
     """One UDP service, closed-loop: a socket, what is left to send, what is out."""
@@ -173,7 +184,8 @@ def main() -> int:
     parser.add_argument("--domain", default="lab.test")
     parser.add_argument("--wait", type=float, default=10.0, help="seconds without any answer before giving up")
     args = parser.parse_args()
-    rng = random.Random(args.seed)
+    # one generator per kind: what each kind sends depends on the seed only, not on how replies interleave
+    rngs = {name: random.Random(f"{args.seed}-{name}") for name, _ in SHARES}
     quota = {name: int(args.count * share) for name, share in SHARES}
     quota["dhcp"] += args.count - sum(quota.values())
     selector = selectors.DefaultSelector()
@@ -193,20 +205,18 @@ def main() -> int:
     client_ip = socket.inet_aton(args.client_ip)
     kinds = [
         UdpKind("dhcp", udp(("0.0.0.0", 68), broadcast=True), ("255.255.255.255", 67),
-                lambda: dhcp_packet(random_mac(rng), next(xid), request=False), quota["dhcp"]),
+                lambda: dhcp_packet(random_mac(rngs["dhcp"]), next(xid), request=False), quota["dhcp"]),
         UdpKind("proxy-dhcp", udp((args.client_ip, 0)), (args.server, 4011),
-                lambda: dhcp_packet(random_mac(rng), next(xid), request=True, ciaddr=client_ip), quota["proxy-dhcp"]),
+                lambda: dhcp_packet(random_mac(rngs["proxy-dhcp"]), next(xid), request=True, ciaddr=client_ip),
+                quota["proxy-dhcp"]),
         UdpKind("tftp", udp(("0.0.0.0", 0)), (args.server, 69),
-                lambda: b"\0\1" + "/".join(word(rng) for _ in range(rng.randint(1, 3))).encode() + b"\0octet\0",
-                quota["tftp"]),
+                lambda: tftp_request(rngs["tftp"]), quota["tftp"]),
         UdpKind("dns", udp(("0.0.0.0", 0)), (args.server, 53),
-                lambda: dns_query(f"{word(rng).strip('-_') or 'x'}." + (args.domain if rng.random() < 0.8
-                                                                         else f"{word(rng).strip('-_') or 'y'}"),
-                                  rng.getrandbits(16)), quota["dns"]),
+                lambda: random_query(rngs["dns"], args.domain), quota["dns"]),
     ]
     for kind in kinds:
         selector.register(kind.sock, selectors.EVENT_READ, kind)
-    http = HttpLoad((args.server, args.http_port), quota["http"], rng, selector)
+    http = HttpLoad((args.server, args.http_port), quota["http"], rngs["http"], selector)
     start = last_answer = time.monotonic()
     while True:
         for kind in kinds:

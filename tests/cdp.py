@@ -165,8 +165,14 @@ class Page:
             raise CdpError(f"not within {within} s: {condition}; console: {self.browser.console[-5:]}")
         return waited
 
-    def screenshot(self, path: Path) -> Path:
-        data = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False})["data"]
+    def screenshot(self, path: Path, down_to: str | None = None) -> Path:
+        """A PNG of the viewport, or of its top down to the bottom of the element `down_to` (a CSS selector)."""
+        params: dict[str, Any] = {"format": "png", "captureBeyondViewport": False}
+        if down_to is not None:
+            box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(down_to)})"
+                                f".getBoundingClientRect(); return [window.innerWidth, r.bottom + 12]; }})()")
+            params["clip"] = {"x": 0, "y": 0, "width": box[0], "height": box[1], "scale": 1}
+        data = self.call("Page.captureScreenshot", params)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path

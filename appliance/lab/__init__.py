@@ -7,8 +7,9 @@ from), one tap per machine, bootd as the only DHCP (authoritative), TFTP and HTT
 (QEMU, TCG; SeaBIOS with its iPXE NIC ROM, or OVMF with EDK2's own PXE). The default profile boots the test
 payload (Debian's kernel and a busybox initrd, or the --kernel/--initrd given), which fetches its Ignition
 config and reports. `up` returns when every machine has reported (or at --timeout) and leaves bootd
-running; `down` ends every process it started, by PID, and deletes the namespace, which removes the bridge
-and the taps. State: <dir>/lab.json.
+running, with its live progress page forwarded to a port on the host's 127.0.0.1 (lab/forward.py) for the
+host's own browser; `down` ends every process it started, by PID, and deletes the namespace, which removes
+the bridge and the taps. State: <dir>/lab.json.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -96,6 +98,9 @@ def up(*, machines: int, firmware: str, kernel: Path | None, initrd: Path | None
         state["pids"].append(bootd.pid)
         _save(directory, state)
         _wait_http(timeout=30)
+        page, forwarder = forward_to_host(NAMESPACE, f"{SERVER}:8080", directory / "forward.log")
+        state["pids"].append(forwarder.pid)
+        _save(directory, state)
         for machine in lab:
             vm = _start(["ip", "netns", "exec", NAMESPACE, *qemu_argv(machine.name, machine.mac, machine.tap, firmware,
                                                                        directory)], directory / f"{machine.name}.qemu.log")
@@ -103,6 +108,8 @@ def up(*, machines: int, firmware: str, kernel: Path | None, initrd: Path | None
         _save(directory, state)
         print(f"bootd lab: {machines} {firmware.upper()} machines powered on; bootd at {HTTP} in netns {NAMESPACE}",
               file=out, flush=True)
+        print(f"bootd lab: live progress page at {page} (forwarded from this host into netns {NAMESPACE}); "
+              f"in a terminal: bootd status --endpoint {page.removesuffix('/ui/')} --watch", file=out, flush=True)
         return _watch(lab, timeout, out)
     except BaseException:
         down(directory, out=out)
@@ -201,6 +208,30 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as output:
         return subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
+
+
+PAGE_PORT = 8080  # on the host's loopback, when free
+
+
+def forward_to_host(namespace: str, to: str, log: Path, port: int = PAGE_PORT) -> tuple[str, subprocess.Popen]:
+    """A port on the host's 127.0.0.1 forwarded to `to` (HOST:PORT) inside `namespace`, so the host's browser
+    reaches the lab's bootd; the page's URL and the forwarder's process. Another port when `port` is taken."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("127.0.0.1", port))
+    except OSError:
+        listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        with open(log, "wb") as output:
+            proc = subprocess.Popen([sys.executable, "-m", "appliance.lab.forward", "--fd", str(listener.fileno()),
+                                     "--netns", namespace, "--to", to], pass_fds=(listener.fileno(),),
+                                    stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        return f"http://127.0.0.1:{listener.getsockname()[1]}/ui/", proc
+    finally:
+        listener.close()  # the forwarder holds its own copy
 
 
 def qemu_argv(name: str, mac: str, tap: str, firmware: str, directory: Path, nic: str | None = None,

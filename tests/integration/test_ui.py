@@ -56,7 +56,7 @@ def ui_lab(netlab, tmp_path):
 
 
 def shots(tmp_path: Path, page: Page, name: str) -> Path:
-    path = page.screenshot(tmp_path / "screenshots" / f"{name}.png")
+    path = page.screenshot(tmp_path / "screenshots" / f"{name}.png", down_to="main")
     if target := os.environ.get("BOOTD_TEST_ARTIFACTS"):
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(target) / path.name)

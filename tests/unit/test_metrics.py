@@ -20,10 +20,6 @@ APPLIANCE = Path(__file__).parents[2] / "appliance"
 A = MacAddress("52:54:00:00:00:0a")
 
 
-def reasons_in(paths: list[Path], pattern: str) -> set[str]:
-    return {m for path in paths for m in re.findall(pattern, path.read_text())}
-
-
 @pytest.mark.parametrize("files, pattern, fixed", [
     pytest.param(["dhcp/pxe.py", "dhcp/authoritative.py", "dhcp/leases.py", "dhcp/packet.py", "dhcp/server.py"],
                  r'(?:Ignore|MalformedPacket)\("([a-z0-9-]+)"|dropped\["([a-z0-9-]+)"\]', DHCP_DROP_REASONS, id="dhcp"),

@@ -5,6 +5,7 @@ Exit codes (the same for every subcommand):
   1   the command did not do it, for a reason it printed (`bootd check` found errors, a download failed
       verification, a file could not be written, the API refused)
   2   a usage or config error: bad arguments, a config file that does not load
+  3   `bootd status`: a machine's last boot failed (so a script can tell it from an unreachable bootd, 1)
   70  a bug in bootd (EX_SOFTWARE, sysexits.h): one line says what failed; --debug or BOOTD_DEBUG=1 prints
       the traceback to put in a bug report
   130 interrupted (Ctrl-C: 128 + SIGINT, as a shell reports it)

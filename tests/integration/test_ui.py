@@ -141,5 +141,21 @@ def test_the_page_follows_a_machine_live_and_shows_why_it_stopped(ui_lab, tmp_pa
     assert page.evaluate("document.querySelectorAll('#machines img, #machines tbody script').length") == 0
     assert page.evaluate("window.__pwned === undefined")
 
+    # a few hundred machines: rows are updated in place (the same element), and an update still shows at once
+    script = ("import http.client\n"
+              f"c = http.client.HTTPConnection('{lab.server_ip}', 8080)\n"
+              "for n in range(300):\n"
+              "    c.request('GET', '/ipxe?mac=52:54:00:7f:%02x:%02x' % (n >> 8, n & 255))\n"
+              "    assert c.getresponse().read()\n")
+    page.evaluate("window.__row = document.querySelector('tr[data-mac=\"52:54:00:7f:00:00\"]')")
+    assert lab.run(client.ns, [sys.executable, "-c", script], timeout=120).returncode == 0
+    page.wait_for("document.querySelectorAll('#machines tbody tr').length === 302")
+    page.evaluate("window.__row = document.querySelector('tr[data-mac=\"52:54:00:7f:00:00\"]')")
+    assert curl(lab, client, f"{base}/api/v1/machines/52:54:00:7f:00:00/report", "-X", "POST",
+                "--data-binary", "{}") == 200
+    assert page.wait_for(f"{cell('52:54:00:7f:00:00', 'stage')} === 'report'", within=1.0) < 1000
+    assert page.evaluate("window.__row === document.querySelector('tr[data-mac=\"52:54:00:7f:00:00\"]')")
+    assert page.evaluate("document.getElementById('summary').textContent").startswith("302 machines")
+
     assert page.evaluate("window.__loadedOnce") == "still the same page"  # never reloaded
     assert not [line for line in browser.console if "rror" in line], browser.console

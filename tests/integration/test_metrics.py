@@ -273,9 +273,14 @@ def test_metrics_port_apart_from_the_boot_port_and_reloads_counted(tmp_path):
         status, content_type, text = get(metrics, accept="application/openmetrics-text; version=1.0.0")
         assert content_type.startswith("application/openmetrics-text") and text.endswith("# EOF\n")
 
+        # a new metrics port applies at the next start (as http's does); the rest of the reload applies now
+        loopback_config(tmp_path, f"metrics:\n  address: 127.0.0.1\n  port: {free_port()}\n")
         mark = len(bootd.lines)
         bootd.send(signal.SIGHUP)
         bootd.wait_for_log(lambda line: line.get("message", "").startswith("reloaded"), start=mark)
+        assert any("a change of metrics address or port takes effect at the next restart" in line.get("message", "")
+                   for line in bootd.lines[mark:])
+        assert get(metrics)[0] == 200
         path.write_text(path.read_text() + "no_such_key: 1\n")
         mark = len(bootd.lines)
         bootd.send(signal.SIGHUP)

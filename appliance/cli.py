@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     service.add_argument("--user", default="bootd", help="the system user bootd runs as (created if missing)")
 
     _add_appliance_commands(commands)  # ONBOOT's block, below cmd_probe
+    _add_power_commands(commands, api_client)  # POWER's block, at the end
     _add_assets_commands(commands)  # ASSETS's block, at the end
     _add_status_command(commands)  # PROGRESS's block, at the end
     _accept_debug_after_subcommands(parser)
@@ -204,6 +205,8 @@ def _command_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("power", "reprovision"):
+        return cmd_power(args)
     if args.command == "status":
         return cmd_status(args)
     if args.command == "appliance":
@@ -725,3 +728,66 @@ def cmd_status(args: argparse.Namespace) -> int:
     except status.StatusError as exc:
         print(f"bootd status: {exc}", file=sys.stderr)
         return 1
+
+
+# --- bootd power | reprovision (a machine's BMC over IPMI or Redfish, through the daemon; appliance/power/) ---
+
+def _add_power_commands(commands, api_client: argparse.ArgumentParser) -> None:
+    power = commands.add_parser(
+        "power", parents=[api_client], help="ask machines' BMCs (bmc: in bootd.yaml) through the running bootd",
+        description="The daemon asks each machine's BMC (IPMI or Redfish), all at once, and answers a line per "
+                    "machine; a failure is one line on stderr and exit 1. Needs the read-write API (api:) and a "
+                    "client certificate, as bootd apply does.")
+    power.add_argument("action", choices=("status", "on", "off", "cycle"), help="cycle: off, then on")
+    reprovision = commands.add_parser(
+        "reprovision", parents=[api_client], help="PXE-boot machines once through their BMC (then they boot from "
+                                                  "disk again): a one-time boot override, then a power cycle",
+        description="Sets each machine's one-time boot override to PXE (IPMI boot device pxe; Redfish "
+                    "BootSourceOverrideTarget Pxe, Once) and power-cycles it (powers it on when off), through the "
+                    "running bootd; its progress shows 'power: PXE boot requested by <you>' and the boot that "
+                    "follows.")
+    for sub in (power, reprovision):
+        sub.add_argument("names", nargs="*", metavar="NAME", help="machines as named in bootd.yaml")
+        sub.add_argument("--all", action="store_true", help="every machine with a bmc:")
+
+
+def requester() -> str:
+    """Who asks, for the machine's progress: the user behind sudo, else the user running bootd."""
+    import pwd
+
+    if name := os.environ.get("SUDO_USER"):
+        return name
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
+def cmd_power(args: argparse.Namespace) -> int:
+    import grpc
+
+    from appliance.api.client import ApiClient, ClientError
+    from appliance.power.model import PowerAction, PowerRequest
+    from appliance.power.service import call
+
+    command = "bootd reprovision" if args.command == "reprovision" else f"bootd power {args.action}"
+    if bool(args.names) == args.all:
+        print(f"{command}: name the machines, or give --all", file=sys.stderr)
+        return 2
+    action = PowerAction.REPROVISION if args.command == "reprovision" else PowerAction(args.action)
+    request = PowerRequest(action=action, machines=tuple(args.names), all=args.all, requested_by=requester())
+    try:
+        client = ApiClient(args.endpoint, Path(args.ca_file), Path(args.cert_file), Path(args.key_file))
+    except ClientError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        outcomes = call(client.channel, request)
+    except grpc.RpcError as exc:
+        print(f"{command}: {args.endpoint}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        client.close()
+    for outcome in outcomes:
+        print(outcome.line(), file=sys.stdout if outcome.ok else sys.stderr)
+    return 0 if all(o.ok for o in outcomes) else EXIT_FAILED

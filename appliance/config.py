@@ -206,6 +206,28 @@ class AssetsConfig:
     check_seconds: int = 86400  # `check: daily`
 
 
+class BmcProtocol(StrEnum):
+    IPMI = "ipmi"
+    REDFISH = "redfish"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BmcConfig:
+    """A machine's BMC (`bootd power`, `bootd reprovision`). The password is never in the config: it is read
+    from `password_file` (not readable by every user) or the environment variable `password_env` at each
+    request, so no Config, log line or error ever holds it."""
+
+    protocol: BmcProtocol
+    address: str  # an IP address or a host name
+    port: int  # default 623 (IPMI) or 443 (Redfish)
+    username: str
+    password_file: Path | None = None
+    password_env: str | None = None
+    system: str | None = None  # Redfish: the system's id under /redfish/v1/Systems (default: the only one)
+    scheme: str = "https"  # Redfish: http only for emulators and labs
+    ca_file: Path | None = None  # Redfish over https: verify the BMC against this (default: the system's CAs)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Machine:
     name: str
@@ -217,6 +239,7 @@ class Machine:
     boot_file: str | None = None  # DHCP: boot this (a TFTP file name or a URL) instead of the iPXE binary
     secure_boot: bool | None = None  # DHCP: the signed shim -> GRUB chain (None: dhcp.secure_boot)
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    bmc: BmcConfig | None = None  # `bootd power` and `bootd reprovision` reach the machine through it
     line: int = 0  # where the machine is written, for messages that point back at it
 
 
@@ -847,6 +870,55 @@ class _Reader:
             out += bytes((network.prefixlen,)) + network.network_address.packed[:significant] + gateway.packed
         return bytes(out)
 
+    def bmc(self, node: Node, where: str) -> BmcConfig | None:
+        """`bmc: {protocol, address, port, username, password_file | password_env, system, scheme, ca_file}`."""
+        nodes = self.fields(node, where, {"protocol", "address", "port", "username", "password", "password_file",
+                                          "password_env", "system", "scheme", "ca_file"})
+        if nodes is None:
+            return None
+        if "password" in nodes:  # said before anything else: the file holds a secret in the clear
+            self.error(nodes["password"], f"{where}.password", "a password is never written in bootd.yaml: put it "
+                                                               "in a file (password_file, mode 0600) or in the "
+                                                               "environment (password_env)")
+        for required in ("protocol", "address", "username"):
+            if required not in nodes:
+                self.error(node, f"{where}.{required}", "required")
+        protocol = self.optional(nodes, "protocol", where, lambda n, w: self.choice(n, w, BmcProtocol))
+        kw: dict[str, Any] = {"protocol": protocol, "address": self.optional(nodes, "address", where, self.string),
+                              "username": self.optional(nodes, "username", where, self.string),
+                              "system": self.optional(nodes, "system", where, self.string),
+                              "ca_file": self.optional(nodes, "ca_file", where, self.path)}
+        port = self.optional(nodes, "port", where, lambda n, w: self.integer(n, w, 1, 65535))
+        kw["port"] = port if port is not None else (443 if protocol is BmcProtocol.REDFISH else 623)
+        if (scheme := self.optional(nodes, "scheme", where, self.string)) is not None:
+            if scheme not in ("https", "http"):
+                self.error(nodes["scheme"], f"{where}.scheme", f"{scheme!r} is not https or http")
+            kw["scheme"] = scheme
+        sources = [key for key in ("password_file", "password_env") if key in nodes]
+        if len(sources) != 1 and "password" not in nodes:
+            self.error(node, f"{where}.password_file", "give password_file (a file only its owner can read) or "
+                                                       "password_env (an environment variable's name), one of them")
+        if (path := self.optional(nodes, "password_file", where, self.path)) is not None:
+            try:
+                mode = path.stat().st_mode
+            except OSError as exc:
+                self.error(nodes["password_file"], f"{where}.password_file", f"{path}: {exc.strerror}")
+            else:
+                if mode & 0o004:
+                    self.error(nodes["password_file"], f"{where}.password_file",
+                               f"{path} is readable by every user (mode {mode & 0o777:04o}): chmod 600 it")
+                else:
+                    kw["password_file"] = path
+        if (env := self.optional(nodes, "password_env", where, self.string)) is not None:
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env) is None:
+                self.error(nodes["password_env"], f"{where}.password_env", f"{env!r} is not an environment "
+                                                                           "variable's name")
+            else:
+                kw["password_env"] = env
+        if None in (kw["protocol"], kw["address"], kw["username"]) or not ({"password_file", "password_env"} & kw.keys()):
+            return None
+        return BmcConfig(**kw)
+
     def listen(self, node: Node) -> ListenConfig | None:
         nodes = self.fields(node, "listen", {"interface", "interfaces", "address"})
         if nodes is None:
@@ -909,7 +981,7 @@ class _Reader:
         reserved = {n: key for key in ("provisioner", "controllers", "workers") if (n := getattr(names, key))}
         for i, item in enumerate(items):
             where = f"machines[{i}]"
-            nodes = self.fields(item, where, {"name", "mac", "ip", "role", "profile", "metadata", "ignore",
+            nodes = self.fields(item, where, {"name", "mac", "ip", "role", "profile", "metadata", "ignore", "bmc",
                                               "boot_file", "secure_boot"})
             if nodes is None:
                 continue
@@ -929,6 +1001,8 @@ class _Reader:
             }
             if "metadata" in nodes and (metadata := self.json_mapping(nodes["metadata"], f"{where}.metadata")):
                 kw["metadata"] = metadata
+            if "bmc" in nodes:
+                kw["bmc"] = self.bmc(nodes["bmc"], f"{where}.bmc")
             # Duplicates: each name, MAC and IP may be used by one machine only.
             for key in ("name", "mac", "ip"):
                 value = kw[key]

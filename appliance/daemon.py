@@ -362,10 +362,12 @@ class Daemon:
 
     async def _start_api(self) -> None:
         from appliance.api.service import ApiError, Backend, start_api
+        from appliance.power.service import power_handler
 
         api = self.config.api
         try:
-            self.api, port = await start_api(api, Backend(store=lambda: self.http_context.store, bus=self.bus))
+            self.api, port = await start_api(api, Backend(store=lambda: self.http_context.store, bus=self.bus),
+                                             (power_handler(lambda: self.config.machines, self.bus.publish),))
         except ApiError as exc:
             raise StartupError(str(exc)) from None
         self.api_port = port

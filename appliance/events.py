@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 class EventKind(StrEnum):
     """A step of a machine's boot. The order of the members is the order of a boot."""
 
+    POWER = "power"  # a BMC asked to PXE-boot the machine (`bootd reprovision`): a new boot starts there
+
     DHCP = "dhcp"
     TFTP = "tftp"
     FIRMWARE = "firmware"  # a boot binary over HTTP (/firmware/: UEFI HTTP boot's iPXE, shim, GRUB)
@@ -88,6 +90,17 @@ class DhcpServed(Event):
     """A firmware's DHCP request answered: its option 93 architecture code, when it sent one."""
 
     arch: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PowerEvent(Event):
+    """A request to a machine's BMC and its outcome (`bootd power`, `bootd reprovision`). Only a PXE boot request
+    (`new_boot`, then its outcome with `timeline`) is a stage of the machine's boot; status, on, off and cycle
+    go to its history and its last seen power state."""
+
+    state: str | None = None  # the power state the BMC reported: "on", "off" (None: not learnt)
+    timeline: bool = False  # a stage of the current boot (the PXE boot request and its outcome)
+    new_boot: bool = False  # the request itself: the timeline of a new boot starts here
 
 
 def client_arch(option_93: bytes | None) -> int | None:
@@ -271,6 +284,8 @@ class MachineProgress:
     group: str | None = None  # what its last boot config came from
     profile: str | None = None
     cost: int = 0  # estimated bytes kept for this machine: history, stage details, report
+    power: str | None = None  # the power state its BMC last reported, and when (bootd power)
+    power_seen: float | None = None
 
     def record(self, event: Event) -> bool:
         """Add `event`; True when it is news: a stage reached for the first time in this boot, or a stage
@@ -283,6 +298,17 @@ class MachineProgress:
         self.cost += cost_of(event)
         while len(self.history) > HISTORY or (self.cost > MACHINE_BUDGET and len(self.history) > 1):
             self.cost -= cost_of(self.history.popleft())
+        if isinstance(event, PowerEvent):
+            news = event.state is not None and event.state != self.power
+            if event.state is not None:
+                self.power, self.power_seen = event.state, event.time
+            if not event.timeline:
+                return news or not event.ok
+            if event.new_boot and self.stages:  # a PXE boot was requested: what came before is the last boot
+                self.cost -= sum(EVENT_OVERHEAD + len(mark.detail) for mark in self.stages)
+                self.stages = []
+                self.boots += 1
+                self.boot_assets = {}
         # A DHCP or boot-script step after the machine got its boot config starts a new boot (the installed
         # system rebooting). Events carry the time of their request and may arrive late (a MAC found in the
         # neighbour table after the next request was answered), so "after" is by that time.
@@ -341,6 +367,7 @@ class MachineProgress:
                                                      "detail": last.detail, "ok": last.ok},
             "failure": failure_reason(self.stages),
             "claim": None if known else claim_hint(self.mac),
+            "power": None if self.power is None else {"state": self.power, "time": self.power_seen},
         }
         if events:
             out["events"] = [

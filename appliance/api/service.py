@@ -296,8 +296,9 @@ def server_credentials(config: ApiConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
 
 
-async def start_api(config: ApiConfig, backend: Backend) -> tuple[grpc.aio.Server, int]:
-    """The running server and the port it listens on."""
+async def start_api(config: ApiConfig, backend: Backend,
+                    more: tuple[grpc.GenericRpcHandler, ...] = ()) -> tuple[grpc.aio.Server, int]:
+    """The running server and the port it listens on; `more`: bootd's own services (bootd.Power)."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
                                       ("grpc.max_send_message_length", config.max_message_bytes),
                                       ("grpc.so_reuseport", 0)])
@@ -306,6 +307,7 @@ async def start_api(config: ApiConfig, backend: Backend) -> tuple[grpc.aio.Serve
     rpc.add_IgnitionServicer_to_server(IgnitionServicer(backend), server)
     rpc.add_GenericServicer_to_server(GenericServicer(backend), server)
     rpc.add_SelectServicer_to_server(SelectServicer(backend), server)
+    server.add_generic_rpc_handlers(more)
     for name in backend.writer.sweep_temp_files():
         logger.warning("api: removed %s, a partial write left by a crash (the old file is intact)", name)
     host = str(config.address) if config.address is not None else "[::]"

@@ -46,6 +46,16 @@ def bootd(tmp_path):
         assert server.stop() == 0
 
 
+@pytest.fixture(scope="module")
+def shared_bootd(tmp_path_factory):
+    """One daemon for the tests that only read and are refused (each starting its own would cost a second)."""
+    root = tmp_path_factory.mktemp("ui-stream")
+    (root / "bootd.yaml").write_text(CONFIG.format(data=data_dir(root), mac=NODE1))
+    server = BootdProcess(root / "bootd.yaml").start()
+    yield server
+    assert server.stop() == 0
+
+
 def mac(n: int) -> str:
     return f"52:54:00:e1:{n >> 8 & 0xff:02x}:{n & 0xff:02x}"
 
@@ -124,9 +134,9 @@ async def test_a_view_resumes_after_its_last_event_id_and_is_told_to_resync_when
     pytest.param({}, "?since=%00%ff", id="since-bytes"),
     pytest.param({"Last-Event-ID": "\u0661"}, "", id="arabic-digit"),
 ])
-async def test_a_bad_event_id_is_a_400(bootd, headers, query):
+async def test_a_bad_event_id_is_a_400(shared_bootd, headers, query):
     async with aiohttp.ClientSession() as session:
-        async with session.get(bootd.url("/api/v1/events" + query), headers=headers) as response:
+        async with session.get(shared_bootd.url("/api/v1/events" + query), headers=headers) as response:
             assert response.status == 400 and "is not an event id" in (await response.json())["error"]
 
 
@@ -140,14 +150,15 @@ async def test_a_bad_event_id_is_a_400(bootd, headers, query):
     pytest.param("GET", "/ui/" + "a" * 5000, 404, id="long-name"),
     pytest.param("DELETE", "/ui/", 405, id="delete-page"),
 ])
-def test_garbage_to_the_page_and_the_stream_gets_4xx(bootd, method, path, status):
-    with socket.create_connection(("127.0.0.1", int(bootd.base_url.rsplit(":", 1)[1])), timeout=10) as sock:
+def test_garbage_to_the_page_and_the_stream_gets_4xx(shared_bootd, method, path, status):
+    with socket.create_connection(("127.0.0.1", int(shared_bootd.base_url.rsplit(":", 1)[1])), timeout=10) as sock:
         sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         head = sock.recv(4096).decode("latin-1")
     assert head.startswith(f"HTTP/1.1 {status} "), head
 
 
-async def test_the_page_is_shipped_whole_and_may_run_only_its_own_script(bootd):
+async def test_the_page_is_shipped_whole_and_may_run_only_its_own_script(shared_bootd):
+    bootd = shared_bootd
     async with aiohttp.ClientSession() as session:
         async with session.get(bootd.url("/ui/")) as response:
             page = await response.text()

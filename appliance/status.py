@@ -111,7 +111,8 @@ def render(listing: dict[str, Any], *, now: float, width: int = 160, color: bool
             clean(m.get("name") or "(unknown)"), clean(m.get("mac")), clean(m.get("ip") or ""),
             clean(" ".join(filter(None, (m.get("arch"), m.get("firmware"))))),
             clean("/".join(filter(None, (m.get("group"), m.get("profile"))))),
-            clean(("FAILED " if m.get("failure") else "") + (m.get("stage") or "-")),
+            clean(("FAILED " if m.get("failure") else "") + (m.get("stage") or "-")
+                  + (f" (power {m['power']['state']})" if m.get("power") else "")),  # as its BMC last said
             duration(elapsed(m, now)),
             clean(f"{last.get('stage', '')}: {last.get('detail', '')}" if last else ""),
         ])

@@ -84,7 +84,8 @@ function showRow(machine) {
   setText(c.ip, machine.ip || "");
   setText(c.arch, [machine.arch, machine.firmware].filter(Boolean).join(" / "));
   setText(c.group, [machine.group, machine.profile].filter(Boolean).join(" / "));
-  setText(c.stageText, machine.stage || (machine.boots ? "" : "not seen yet"));
+  setText(c.stageText, (machine.stage || (machine.boots ? "" : "not seen yet")) +
+    (machine.power ? ` (power ${machine.power.state})` : ""));  // as its BMC last said (bootd power)
   setText(c.failure, machine.failure || "");
   c.failure.hidden = !machine.failure;
   setText(c.elapsed, duration(elapsed(machine)));

@@ -156,6 +156,10 @@ def test_power_through_the_daemon_agrees_with_the_bmc_and_failures_stay_apart(bm
                    for e in view["events"]), view["events"]
         with urllib.request.urlopen(bootd.url("/api/v1/machines"), timeout=10) as response:
             listing = response.read().decode()
+        table = subprocess.run([sys.executable, "-m", "appliance", "status", "--endpoint", bootd.base_url],
+                               capture_output=True, text=True, timeout=60, cwd=ROOT)
+        node_row = next(line for line in table.stdout.splitlines() if line.startswith("node "))
+        assert "power (power off)" in node_row, table.stdout  # bootd status: the stage, and the power last seen
 
         # a certificate from another CA: refused before any BMC is asked
         before = (directory / "boots").read_text()

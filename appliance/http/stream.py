@@ -206,11 +206,12 @@ async def events(request: web.Request) -> web.StreamResponse:
             for event_id, event in replay:
                 await write(response, encoder.message(event_id, event))
         await _follow(response, entry, encoder, bus)
-    except (ClientTooSlow, ConnectionResetError):
-        logger.debug("events: stream to %s ended: the client %s", peer, "took nothing for "
-                     f"{WRITE_SECONDS:.0f} s" if entry.reason is None else "left")
+    except ClientTooSlow:
+        logger.debug("events: closed the stream to %s: it took nothing for %.0f s", peer, WRITE_SECONDS)
         if request.transport is not None:
             request.transport.close()
+    except ConnectionResetError:
+        logger.debug("events: the stream to %s ended: the client left", peer)
     finally:
         bus.unsubscribe(entry.stream)
         slots.open.pop(entry, None)

@@ -2,7 +2,7 @@
 PXE boot (`bootd power`, `bootd reprovision`), so machines boot from disk and are reprovisioned on request.
 
 Invariants:
-- The BMC libraries (pyghmi for IPMI, sushy for Redfish) are imported only when a request reaches a machine
+- The BMC libraries (python-ipmi for IPMI, sushy for Redfish) are imported only when a request reaches a machine
   that has a `bmc:` of that protocol: bootd's start never pays for them.
 - They block, so each machine's request runs in a worker thread of its own with a deadline: a dead BMC
   fails its own machine at its deadline, never another's (`--all` asks every BMC at once).

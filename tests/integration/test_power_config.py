@@ -68,6 +68,6 @@ def test_good_bmc_checks_and_start_imports_no_bmc_library(tmp_path):
              "from appliance.power import service as power; "
              f"c = config.load_config({str(tmp_path / 'bootd.yaml')!r}); "
              "assert [m.bmc.port for m in c.machines] == [623, 443], c.machines; "
-             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyghmi', 'sushy')))")
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyipmi', 'sushy', 'requests')))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded

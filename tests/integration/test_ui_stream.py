@@ -7,6 +7,7 @@ Machines are played by HTTP requests with `mac=` labels (iPXE's /ipxe?mac=...)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -193,29 +194,62 @@ async def test_past_eight_streams_from_one_address_a_clear_429_and_stopping_boot
     assert bootd.stop() == 0
 
 
-async def test_heartbeat_comments_keep_an_idle_stream_alive(tmp_path, monkeypatch):
-    # bootd's own app on a real socket, with the heartbeat's interval made short (15 s in bootd)
-    monkeypatch.setattr(stream, "HEARTBEAT_SECONDS", 0.05)
+@contextlib.asynccontextmanager
+async def own_app(tmp_path: Path):
+    """bootd's HTTP app in this process on a real socket, so a test can shorten its intervals: (app, port)."""
     (tmp_path / "bootd.yaml").write_text(CONFIG.format(data=data_dir(tmp_path), mac=NODE1))
     config = load_config(tmp_path / "bootd.yaml")
     bus, tracker = EventBus(), ProgressTracker()
     bus.add_sink(track_and_log(tracker))
     context = HttpContext(config=config, store=build_store(config), bus=bus, tracker=tracker,
                           publisher=PeerPublisher(bus, tracker))
-    runner = web.AppRunner(make_app(context), shutdown_timeout=1)
+    app = make_app(context)
+    runner = web.AppRunner(app, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/api/v1/events") as response:
-                assert await response.content.readline() == b"retry: 2000\n"
-                assert await response.content.readline() == b"\n"
-                async with asyncio.timeout(10):
-                    assert await response.content.readline() == b": heartbeat\n"
+        yield app, runner.addresses[0][1]
     finally:
         await runner.cleanup()
+
+
+async def test_heartbeat_comments_keep_an_idle_stream_alive(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "HEARTBEAT_SECONDS", 0.05)  # 15 s in bootd
+    async with own_app(tmp_path) as (_, port), aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/api/v1/events") as response:
+            assert await response.content.readline() == b"retry: 2000\n"
+            assert await response.content.readline() == b"\n"
+            async with asyncio.timeout(10):
+                assert await response.content.readline() == b": heartbeat\n"
+
+
+async def test_a_client_that_takes_nothing_is_closed_and_its_place_freed(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "WRITE_SECONDS", 0.5)  # 10 s in bootd
+    async with own_app(tmp_path) as (app, port), aiohttp.ClientSession() as session:
+        hog = socket.socket()
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        hog.connect(("127.0.0.1", port))
+        hog.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        slots = app[stream.STREAMS]
+        async with asyncio.timeout(10):
+            while len(slots.open) != 1:
+                await asyncio.sleep(0.01)
+        # steps whose rows are large (1 KiB of detail each): the hog's buffers fill, bootd's write waits
+        n = 0
+        async with asyncio.timeout(30):
+            while slots.open:
+                async with session.get(f"http://127.0.0.1:{port}/ipxe?mac={mac(n % 50)}&x={'y' * 900}") as r:
+                    assert r.status == 200
+                n += 1
+        hog.setblocking(False)
+        received = b""
+        with contextlib.suppress(BlockingIOError, ConnectionResetError):
+            while chunk := hog.recv(1 << 20):
+                received += chunk
+        hog.close()
+        assert received.startswith(b"HTTP/1.1 200 OK")
+        assert app[stream.STREAMS].as_json()["open"] == 0
 
 
 def rss_kib(pid: int) -> int:

@@ -63,7 +63,10 @@ async def interface_addresses(names: tuple[str, ...]) -> list[ipaddress.IPv4Addr
     found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     async with AsyncIPRoute() as ipr:
         for name in names:
-            indexes = [link["index"] async for link in await ipr.link("get", ifname=name)]
+            # pyroute2 0.9 answers a "get" with a list (a dump is an async generator)
+            links = await ipr.link("get", ifname=name)
+            indexes = [link["index"] for link in links] if isinstance(links, list) else \
+                [link["index"] async for link in links]
             for index in indexes:
                 async for entry in await ipr.get_addr(index=index):
                     address = ipaddress.ip_address(entry.get("IFA_ADDRESS"))

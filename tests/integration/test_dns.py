@@ -560,3 +560,19 @@ def test_tcp_connections_are_capped_and_the_least_recently_active_make_room(tmp_
         for sock in connections:
             sock.close()
         assert bootd.stop() == 0
+
+
+def test_listen_interfaces_start_dns_with_the_interfaces_addresses(tmp_path):
+    """listen.interfaces and no listen.address: names.provisioner comes from the interfaces' addresses, read
+    through pyroute2 at startup (its "get" answers a list: bootd once crashed there, exit 70)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "bootd.yaml").write_text(
+        "domain: example.com\nlisten: {interfaces: [lo]}\nnames: {provisioner: matchbox}\n"
+        f"http: {{address: 127.0.0.1, port: 0, data_dir: {tmp_path / 'data'}}}\n"
+        "dns: {address: 127.0.0.1, port: 0}\n")
+    bootd = BootdProcess(tmp_path / "bootd.yaml").start()
+    try:
+        bootd.dns_port = int(next(a for a in bootd.addresses if a.startswith("dns://")).rsplit(":", 1)[1])
+        assert short(bootd, "example.com", "SOA"), "bootd does not answer for its zone"
+    finally:
+        assert bootd.stop() == 0

@@ -73,7 +73,7 @@ def test_piped_status_is_plain_text_once_and_its_exit_code_says_a_boot_failed(bo
     assert f'  - {{name: machine-5a0004, mac: "{STRANGER}"}}' in lines  # how to claim the unknown one
 
     assert get(bootd, f"/ipxe?mac={BROKEN}") == 404
-    result = status("--endpoint", bootd.base_url)
+    result = status("--endpoint", bootd.base_url, "--watch")  # not a terminal: once, as without --watch
     assert result.returncode == 3
     assert "broken: boot-config failed: /ipxe: group 'broken' (groups/broken.json): profile 'missing' not found" \
         in result.stdout.splitlines()

@@ -194,6 +194,9 @@ async def test_past_eight_streams_from_one_address_a_clear_429_and_stopping_boot
     assert bootd.stop() == 0
 
 
+BIG_REPORT = {"note": "y" * 4000}  # kept whole (4 KiB): every message carrying its machine's row is that big
+
+
 @contextlib.asynccontextmanager
 async def own_app(tmp_path: Path):
     """bootd's HTTP app in this process on a real socket, so a test can shorten its intervals: (app, port)."""
@@ -235,12 +238,13 @@ async def test_a_client_that_takes_nothing_is_closed_and_its_place_freed(tmp_pat
         async with asyncio.timeout(10):
             while len(slots.open) != 1:
                 await asyncio.sleep(0.01)
-        # steps whose rows are large (1 KiB of detail each): the hog's buffers fill, bootd's write waits
+        # steps whose rows are large (a 4 KiB report each): the hog's buffers fill, bootd's write waits
         n = 0
         async with asyncio.timeout(30):
             while slots.open:
-                async with session.get(f"http://127.0.0.1:{port}/ipxe?mac={mac(n % 50)}&x={'y' * 900}") as r:
-                    assert r.status == 200
+                async with session.post(f"http://127.0.0.1:{port}/api/v1/machines/{mac(n % 50)}/report",
+                                        json=BIG_REPORT) as response:
+                    assert response.status == 200
                 n += 1
         hog.setblocking(False)
         received = b""
@@ -250,6 +254,35 @@ async def test_a_client_that_takes_nothing_is_closed_and_its_place_freed(tmp_pat
         hog.close()
         assert received.startswith(b"HTTP/1.1 200 OK")
         assert app[stream.STREAMS].as_json()["open"] == 0
+
+
+async def test_a_view_that_falls_behind_its_backlog_is_told_to_resync(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "BACKLOG", 4)  # 256 in bootd
+    async with own_app(tmp_path) as (app, port), aiohttp.ClientSession() as session:
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        slow.connect(("127.0.0.1", port))
+        slow.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        slots = app[stream.STREAMS]
+        async with asyncio.timeout(10):
+            while len(slots.open) != 1:
+                await asyncio.sleep(0.01)
+        [entry] = slots.open
+        n = 0
+        async with asyncio.timeout(30):
+            while not entry.stream.behind:  # steps until its buffers are full and 4 more wait
+                async with session.post(f"http://127.0.0.1:{port}/api/v1/machines/{mac(n % 50)}/report",
+                                        json=BIG_REPORT) as response:
+                    assert response.status == 200
+                n += 1
+        assert entry.stream.queue.qsize() == 4  # never more than its backlog
+        received = b""
+        slow.settimeout(10)
+        while b"event: resync\n" not in received:  # it reads again: bootd says start again from the list
+            chunk = await asyncio.to_thread(slow.recv, 1 << 16)
+            assert chunk, "closed before the resync"
+            received += chunk
+        slow.close()
 
 
 def rss_kib(pid: int) -> int:

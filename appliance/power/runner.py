@@ -142,7 +142,7 @@ async def run_request(request: PowerRequest, machines: Sequence[Machine], publis
         except BmcFailed as exc:
             outcome = PowerOutcome(machine=machine.name, ok=False, message=str(exc),
                                    seconds=time.monotonic() - started)
-        except asyncio.TimeoutError:
+        except TimeoutError:  # asyncio.wait_for past the deadline
             outcome = PowerOutcome(machine=machine.name, ok=False, seconds=time.monotonic() - started,
                                    message=f"{target.bmc.protocol.value} {target.bmc.address}:{target.bmc.port}: "
                                            f"no outcome within {deadline:g} s")

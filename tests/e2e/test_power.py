@@ -11,7 +11,8 @@ Everything runs inside one network namespace (tests/netns.py) on its bridge:
   SHA-256 RAKP proposal with a SHA-1 suite and the client fails in RAKP2; and it does not answer the RMCP
   ping python-ipmi sends first.)
 - Redfish: sushy-tools' `sushy-emulator` over libvirt domains (libvirtd from tests/libvirtd.py), with HTTP
-  basic authentication; its BootSourceOverride moves the NIC first in the domain's boot order.
+  basic authentication over HTTPS (a certificate bootd checks against `ca_file`, from `bootd certs init`);
+  its BootSourceOverride moves the NIC first in the domain's boot order.
 - bootd: authoritative DHCP, TFTP, HTTP and the read-write API (mutual TLS) that `bootd power` and
   `bootd reprovision` talk to; the CLI runs with SUDO_USER=alice so the progress names who asked.
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.bootd_process import BootdProcess
-from tests.e2e.test_boot import firmware, make_lab_config
+from tests.e2e.test_boot import make_lab_config
 from tests.libvirtd import Libvirtd
 from tests.netns import NetLab
 
@@ -145,10 +146,10 @@ def write_config(tmp: Path, tls: Path) -> Path:
     bmc = {
         "ipmi1": f"{{protocol: ipmi, address: 192.0.2.1, port: {IPMI_PORT}, username: admin, "
                  f"password_file: {secret(tmp, 'ipmi1', PASSWORDS['ipmi'])}}}",
-        "redfish1": f"{{protocol: redfish, scheme: http, address: 192.0.2.1, port: {REDFISH_PORT}, "
+        "redfish1": f"{{protocol: redfish, address: 192.0.2.1, port: {REDFISH_PORT}, ca_file: {tls / 'ca.crt'}, "
                     f"username: admin, system: redfish1, password_env: BOOTD_TEST_REDFISH_PASSWORD}}",
-        "badpass": f"{{protocol: redfish, scheme: http, address: 192.0.2.1, port: {REDFISH_PORT}, username: admin, "
-                   f"system: badpass, password_file: {secret(tmp, 'badpass', PASSWORDS['wrong'])}}}",
+        "badpass": f"{{protocol: redfish, address: 192.0.2.1, port: {REDFISH_PORT}, ca_file: {tls / 'ca.crt'}, "
+                   f"username: admin, system: badpass, password_file: {secret(tmp, 'badpass', PASSWORDS['wrong'])}}}",
         "deadbmc": f"{{protocol: ipmi, address: 192.0.2.254, username: admin, "
                    f"password_file: {secret(tmp, 'deadbmc', PASSWORDS['dead'])}}}",
     }
@@ -236,7 +237,8 @@ def test_reprovision_over_ipmi_and_redfish_while_broken_bmcs_fail_alone(qemu, tm
             (tmp_path / "sushy.conf").write_text(f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}\n")
             lab.start(lab.server_ns, [str(Path(sys.executable).parent / "sushy-emulator"), "--config",
                                       str(tmp_path / "sushy.conf"), "-i", "192.0.2.1", "-p", str(REDFISH_PORT),
-                                      "--libvirt-uri", libvirt.uri],
+                                      "--libvirt-uri", libvirt.uri, "--ssl-certificate", str(tls / "server.crt"),
+                                      "--ssl-key", str(tls / "server.key")],
                       stdin=subprocess.DEVNULL, stdout=open(tmp_path / "sushy.log", "wb"), stderr=subprocess.STDOUT)
 
             environment = {"BOOTD_TEST_REDFISH_PASSWORD": PASSWORDS["redfish"]}
@@ -325,7 +327,7 @@ def _prove(lab: NetLab, libvirt: Libvirtd, bootd: BootdProcess, cli: Cli, tmp: P
     ok, failed = lines_by_machine(result.stdout), lines_by_machine(result.stderr)
     assert set(ok) == {"ipmi1", "redfish1"} and set(failed) == {"badpass", "deadbmc", "nobmc"}, result
     assert "boot device pxe" in ok["ipmi1"] and "powered on" in ok["ipmi1"], ok
-    assert "boot override Pxe once" in ok["redfish1"], ok
+    assert "redfish https://192.0.2.1" in ok["redfish1"] and "boot override Pxe once" in ok["redfish1"], ok
     assert "wrong username or password" in failed["badpass"], failed
     assert "192.0.2.254" in failed["deadbmc"] and "unreachable" in failed["deadbmc"], failed
     assert "no bmc:" in failed["nobmc"], failed
@@ -333,8 +335,8 @@ def _prove(lab: NetLab, libvirt: Libvirtd, bootd: BootdProcess, cli: Cli, tmp: P
     reported = {}
     for name in ("ipmi1", "redfish1"):
         mac = MACHINES[name][0]
-        line = bootd.wait_for_log(lambda l, mac=mac: l.get("stage") == "report" and l.get("mac") == mac,
-                                  timeout=BOOT_SECONDS - (time.monotonic() - asked))
+        bootd.wait_for_log(lambda l, mac=mac: l.get("stage") == "report" and l.get("mac") == mac,
+                           timeout=BOOT_SECONDS - (time.monotonic() - asked))
         reported[name] = time.monotonic() - asked
     assert "power on, network first" in (ipmi_dir / "chassis.log").read_text()
 

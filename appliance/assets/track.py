@@ -44,10 +44,10 @@ class AssetTracker:
 
     async def run(self) -> None:
         while True:
+            self._wake.clear()  # a reload during the checks below wakes the next round at once
             assets, root = self.settings()
             for tracked in assets.track:
                 await self.check(tracked, root)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=assets.check_seconds if assets.track else None)
             except TimeoutError:

@@ -307,3 +307,29 @@ def test_a_keyring_that_is_not_a_key_is_one_line(tmp_path, mirror, key):
                    "--keyring", str(bad))
     assert result.returncode == 1
     assert result.stderr == f"bootd assets fetch: {bad}: not an OpenPGP key (neither armored nor binary packets)\n"
+
+
+def test_on_a_terminal_the_progress_is_a_bar_redrawn_in_place(tmp_path, mirror, key):
+    import pty
+
+    publish_flatcar(mirror.root, key, "1.0.0", flatcar_files("1.0.0"))
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "appliance", "assets", "fetch", "flatcar", "--data-dir",
+                                str(tmp_path / "data"), "--mirror", mirror.url, "--keyring", str(key.public)],
+                               stdout=terminal, stderr=subprocess.PIPE, cwd=ROOT, env=ENV)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    assert process.wait(60) == 0, process.stderr.read()
+    process.stderr.close()
+    text = output.decode()
+    assert f"\r\x1b[K{KERNEL} [{'#' * 24}] 293.0 KiB / 293.0 KiB, " in text
+    assert f"{KERNEL} 100%" not in text  # the plain lines are for pipes only

@@ -1,7 +1,8 @@
 """`bootd power` and `bootd reprovision` against a real IPMI BMC (OpenIPMI's ipmi_sim on loopback, whose
 chassis-control program keeps the power and the boot device in files), through the running daemon's
 read-write API: what the CLI prints agrees with the BMC; a wrong password, a BMC that does not answer, an
-unknown name and a machine without `bmc:` each fail on one line; a client certificate from another CA
+unknown name, a machine without `bmc:` and a BMC that refuses the one-time boot override each fail on one
+line (the last is not power-cycled); a client certificate from another CA
 reaches no BMC; a reload changes which BMC a machine has; no password in the log, the CLI's output or the
 machines' JSON. (tests/e2e/test_power.py boots QEMU machines this way, over IPMI and Redfish.)"""
 
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
   case "$op:$1" in
     get:power) if [ -f "$dir/on" ]; then echo power:1; else echo power:0; fi; shift ;;
     get:boot) echo "boot:$(cat "$dir/boot" 2>/dev/null || echo default)"; shift ;;
-    set:boot) echo "$2" > "$dir/boot"; shift 2 ;;
+    set:boot) [ -f "$dir/refuse-boot" ] && exit 1; echo "$2" > "$dir/boot"; shift 2 ;;
     set:power)
       if [ "$2" = 1 ] && [ ! -f "$dir/on" ]; then
         echo "on from $(cat "$dir/boot" 2>/dev/null || echo disk)" >> "$dir/boots"; rm -f "$dir/boot"; touch "$dir/on"
@@ -161,8 +162,15 @@ def test_power_through_the_daemon_agrees_with_the_bmc_and_failures_stay_apart(bm
         node_row = next(line for line in table.stdout.splitlines() if line.startswith("node "))
         assert "power (power off)" in node_row, table.stdout  # bootd status: the stage, and the power last seen
 
-        # a certificate from another CA: refused before any BMC is asked
+        # a BMC that refuses the one-time override: said, and the machine is not power-cycled into its disk
         before = (directory / "boots").read_text()
+        (directory / "refuse-boot").touch()
+        refused = cli("reprovision", "node")
+        assert refused.returncode == 1 and "boot device pxe failed" in lines_by_machine(refused.stderr)["node"], refused
+        assert (directory / "boots").read_text() == before and not (directory / "on").exists()
+        (directory / "refuse-boot").unlink()
+
+        # a certificate from another CA: refused before any BMC is asked
         refused = cli("power", "on", "node", cert="other/client")
         assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused
         assert (directory / "boots").read_text() == before and not (directory / "on").exists()

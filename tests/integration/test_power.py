@@ -2,9 +2,9 @@
 chassis-control program keeps the power and the boot device in files), through the running daemon's
 read-write API: what the CLI prints agrees with the BMC; a wrong password, a BMC that does not answer, an
 unknown name, a machine without `bmc:` and a BMC that refuses the one-time boot override each fail on one
-line (the last is not power-cycled); a client certificate from another CA
-reaches no BMC; a reload changes which BMC a machine has; no password in the log, the CLI's output or the
-machines' JSON. (tests/e2e/test_power.py boots QEMU machines this way, over IPMI and Redfish.)"""
+line (the last one is not power-cycled); a client certificate from another CA reaches no BMC; a reload
+changes which BMC a machine has; no password in the log, the CLI's output or the machines' JSON.
+(tests/e2e/test_power.py boots QEMU machines this way, over IPMI and Redfish.)"""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ def scrub(text: str, password: str) -> str:
 
 
 MAX_WHO = 64  # characters of the requester's name kept (the client chooses it)
+MAX_MACHINES = 4096  # names in one request (the progress tracker's machine bound)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +54,10 @@ class PowerRequest:
             if not (isinstance(machines, list) and all(isinstance(m, str) for m in machines)
                     and isinstance(who, str) and isinstance(obj.get("all", False), bool)):
                 raise ValueError("bad field types")
+            # names are logged and echoed: nothing that could start a log line or steer a terminal
+            if len(machines) > MAX_MACHINES or not all(0 < len(m) <= 253 and m.isprintable() for m in machines):
+                raise ValueError("machine names must be printable, at most 253 characters, at most "
+                                 f"{MAX_MACHINES} of them")
             who = "".join(c for c in who if c.isprintable())[:MAX_WHO]
             return cls(action=PowerAction(obj["action"]), machines=tuple(machines), all=obj.get("all", False),
                        requested_by=who)

@@ -41,7 +41,9 @@ def test_all_without_any_bmc_says_so():
 @pytest.mark.parametrize("body", [b"", b"\xff", b"[]", b'{"action": "explode", "machines": ["a"]}',
                                   b'{"action": "on", "machines": "a"}', b'{"action": "on", "machines": []}',
                                   b'{"action": "on", "machines": ["a"], "all": true}',
-                                  b'{"action": "on", "machines": ["a"], "requested_by": 5}'])
+                                  b'{"action": "on", "machines": ["a"], "requested_by": 5}',
+                                  b'{"action": "on", "machines": ["a\\nFAKE LOG LINE"]}',
+                                  b'{"action": "on", "machines": [""]}'])
 def test_a_request_that_is_not_one_is_a_value_error(body):
     with pytest.raises(ValueError):
         PowerRequest.decode(body)

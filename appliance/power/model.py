@@ -74,7 +74,9 @@ class PowerOutcome:
     seconds: float = 0.0
 
     def line(self) -> str:
-        return f"{self.machine}: {self.message}"
+        """For a terminal: a BMC's words (an error's detail) cannot move the cursor or start another line."""
+        text = f"{self.machine}: {self.message}"
+        return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def encode_outcomes(outcomes: list[PowerOutcome]) -> bytes:

@@ -56,6 +56,10 @@ def test_requester_is_cut_and_cleaned():
     assert PowerRequest.decode(request.encode()) == request
 
 
+def test_an_outcome_line_is_one_line_of_plain_text():
+    assert PowerOutcome(machine="a", ok=False, message="refused (\x1b[2Jgone\nx)").line() == "a: refused (\\x1b[2Jgone\\nx)"
+
+
 def test_scrub_removes_the_password():
     assert scrub("login as admin/hunter22 failed", "hunter22") == "login as admin/*** failed"
     assert scrub("text", "") == "text"

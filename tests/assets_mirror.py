@@ -47,7 +47,7 @@ class SigningKey:
         return signature
 
     def close(self) -> None:
-        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=self.env, capture_output=True)
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=self.env, capture_output=True, check=False)
         shutil.rmtree(self.home, ignore_errors=True)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from appliance.assets.sources import OsName
 
 SHIPPED_KEYS = {OsName.FLATCAR: "flatcar.asc", OsName.FCOS: "fedora.asc"}
-_ARMOR = re.compile(r"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PGP PUBLIC KEY BLOCK-----", re.S)
+_ARMOR = re.compile(r"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PGP PUBLIC KEY BLOCK-----", re.DOTALL)
 
 
 class KeyFileError(ValueError):

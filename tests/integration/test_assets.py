@@ -25,7 +25,7 @@ ENV = {**{k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy",
 
 def bootd(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT, env=env or ENV)
+                          cwd=ROOT, env=env or ENV, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_a_full_disk_removes_the_partial_version_and_keeps_stable(tmp_path, mirr
               f"cat {small}/err; readlink {small}/assets/flatcar/amd64/stable; echo $(ls -A {small}/assets/flatcar/amd64); "
               f"sha256sum {small}/assets/flatcar/amd64/stable/{KERNEL}")
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT, env=ENV)
+                            capture_output=True, text=True, timeout=120, cwd=ROOT, env=ENV, check=False)
     lines = result.stdout.splitlines()
     assert "fetched" not in lines, result.stdout
     assert lines[0].startswith("bootd assets fetch: ") and "no space left on device" in lines[0], result.stdout

@@ -83,7 +83,7 @@ def test_the_tracker_switches_to_a_new_version_and_refuses_a_tampered_one(tmp_pa
             assert get(bootd, f"/assets/flatcar/amd64/1.0.0/{KERNEL}") == (200, flatcar_files("1.0.0")[KERNEL])
             bootd.wait_for_log(assets_line("3.0.0 is current"), timeout=30, start=start)
 
-            status, body = get(bootd, "/api/v1/stats")
+            _, body = get(bootd, "/api/v1/stats")
             stats = json.loads(body)["assets"]
             assert stats["switches"] == 2 and stats["failures"] >= 1 and stats["checks"] >= 4, stats
 

@@ -22,3 +22,5 @@ apt-get install -y -qq --no-install-recommends \
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
+# The mark tells tests/conftest.py that everything is installed: from now on a skipped test fails.
+touch .venv/bootd-test-setup-done

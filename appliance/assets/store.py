@@ -100,8 +100,11 @@ class AssetStore:
     def locked(self, os_name: str, arch: str) -> Iterator[None]:
         """One writer per <os>/<arch> (a `bootd assets fetch` beside the daemon's tracker)."""
         directory = self.arch_dir(os_name, arch)
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # bootd's user cannot write the assets dir (chown it), a read-only mount, ...
+            raise StoreError(f"{exc.filename or directory}: {exc.strerror}") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

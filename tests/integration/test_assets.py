@@ -333,3 +333,13 @@ def test_on_a_terminal_the_progress_is_a_bar_redrawn_in_place(tmp_path, mirror, 
     text = output.decode()
     assert f"\r\x1b[K{KERNEL} [{'#' * 24}] 293.0 KiB / 293.0 KiB, " in text
     assert f"{KERNEL} 100%" not in text  # the plain lines are for pipes only
+
+
+def test_an_assets_dir_bootd_cannot_write_is_one_line(tmp_path, mirror, key):
+    publish_flatcar(mirror.root, key, "1.0.0", flatcar_files("1.0.0"))
+    data = tmp_path / "data"
+    (data / "assets").mkdir(parents=True)
+    (data / "assets/flatcar").write_text("a file where the directory goes")
+    result = fetch(data, mirror, key)
+    assert result.returncode == 1
+    assert result.stderr == f"bootd assets fetch: {data}/assets/flatcar/amd64: Not a directory\n"

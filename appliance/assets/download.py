@@ -170,6 +170,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         return f"cannot reach the proxy {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
+        reason = "connection refused" if isinstance(exc.os_error, ConnectionRefusedError) \
+            else exc.os_error.strerror or str(exc.os_error)
+        return f"cannot connect to {exc.host}:{exc.port}: {reason}"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import urllib.error
 import urllib.request
@@ -139,3 +140,25 @@ class _named:
     def __init__(self, mirror: Mirror, url: str) -> None:
         self.url = url
         self.requests = mirror.requests
+
+
+def test_a_reload_that_adds_the_assets_section_starts_tracking(tmp_path, key):
+    mirror = Mirror(tmp_path / "mirror").start()
+    try:
+        publish_flatcar(mirror.root, key, "1.0.0", flatcar_files("1.0.0"))
+        data = tmp_path / "data"
+        (data / "assets").mkdir(parents=True)
+        config = tmp_path / "bootd.yaml"
+        plain = f"state_dir: {tmp_path / 'state'}\nhttp: {{address: 127.0.0.1, port: 0, data_dir: {data}}}\n"
+        config.write_text(plain)
+        bootd = BootdProcess(config).start()
+        try:
+            config.write_text(plain + f"assets:\n  track:\n    - {{os: flatcar, mirror: '{mirror.url}', "
+                                      f"keyring: {key.public}}}\n")
+            bootd.send(signal.SIGHUP)
+            bootd.wait_for_log(assets_line("flatcar/amd64/stable: switched to 1.0.0 (was nothing)"), timeout=30)
+            assert get(bootd, f"/assets/flatcar/amd64/stable/{KERNEL}") == (200, flatcar_files("1.0.0")[KERNEL])
+        finally:
+            assert bootd.stop() == 0
+    finally:
+        mirror.close()

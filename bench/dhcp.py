@@ -1,17 +1,26 @@
 """DHCP side by side: bootd and dnsmasq answer the same PXE DISCOVERs; offers/s and latency ratios.
 
 Topology (research/bench.md §5): a server namespace and a client namespace joined by a veth pair
-(192.0.2.0/24 exists only inside them). Server on CPU 1, load (bench/dhcp_load.py) on CPU 0.
+(10.96.0.0/16 exists only inside them). Server on CPU 1, load (bench/dhcp_load.py) on CPU 0.
 Workloads, each round alternating the servers:
 - proxy, closed loop (32 outstanding), a new MAC per DISCOVER: max offers/s. bootd runs with its
-  per-machine decision and progress events on (every OFFER is an event), logging at WARNING as dnsmasq
-  runs with --quiet-dhcp.
+  per-machine decision and progress events on (every OFFER is an event), at its default log level (info)
+  as dnsmasq runs with --quiet-dhcp; "proxy varied" does the same with clients as varied as real firmware
+  (a random GUID each, BIOS and UEFI, five vendor-class and parameter-list kinds).
 - proxy, open loop at 1000/s: p50/p99 latency.
-- authoritative, closed loop over 200 MACs (a pool of 241 addresses): bootd vs dnsmasq --no-ping.
+- authoritative (a /16 range: 10.96.0.10-10.96.255.250), bootd vs dnsmasq --no-ping:
+  "authoritative max": DISCOVER->OFFER, closed loop over 200 MACs;
+  "authoritative DORA": whole DISCOVER-OFFER-REQUEST-ACK exchanges, a new MAC each (sequential, as perfdhcp),
+  64 in flight; bootd's ACK leaves only once its lease is fsynced to the journal (dnsmasq's lease file is
+  /dev/null here: it keeps nothing);
+  "authoritative fill": 60,000 new clients take a lease (DORA, 64 in flight) from a fresh server (the range
+  92% taken by the end); the ACK rate over the first and the last tenth (allocation must cost the same when
+  the range is full).
 Before measuring, one sample OFFER from each server is checked: OFFER, server id, GUID echoed, option
 60 PXEClient, and a boot path (bootd: the file; dnsmasq: its PXE menu, which names the same file on 4011).
 
 Usage (root): python -m bench.dhcp [--rounds 3] [--secs 5] [--smoke]
+(--smoke: one short round, a fill of 2,000: both servers' answers checked, no performance asserted)
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ from bench.common import LOAD_CPU, SERVER_CPU, cpu_seconds, median, wait_quiet, 
 from tests.netns import NetLab, _end_group
 
 ROOT = Path(__file__).parents[1]
-SERVER_IP = "192.0.2.1"
+SERVER_IP = "10.96.0.1"
+FILL = 60_000
 
 
 def dnsmasq(interface: str, authoritative: bool) -> list[str]:
@@ -37,9 +47,9 @@ def dnsmasq(interface: str, authoritative: bool) -> list[str]:
             "--bind-interfaces", "--quiet-dhcp", "--log-facility=-", "--dhcp-leasefile=/dev/null",
             "--dhcp-userclass=set:ipxe,iPXE"]
     if authoritative:
-        return argv + ["--dhcp-range=192.0.2.10,192.0.2.250,255.255.255.0,1h", "--no-ping", "--dhcp-authoritative",
+        return argv + ["--dhcp-range=10.96.0.10,10.96.255.250,255.255.0.0,1h", "--no-ping", "--dhcp-authoritative", "--dhcp-lease-max=70000",
                        "--dhcp-boot=tag:!ipxe,undionly.kpxe", f"--dhcp-boot=tag:ipxe,http://{SERVER_IP}:8080/bootd.ipxe"]
-    return argv + ["--dhcp-range=192.0.2.0,proxy,255.255.255.0",
+    return argv + ["--dhcp-range=10.96.0.0,proxy,255.255.0.0",
                    "--pxe-service=tag:!ipxe,0,PXE chainload to iPXE,undionly.kpxe",
                    "--pxe-service=tag:!ipxe,7,PXE chainload to iPXE UEFI,ipxe.efi",
                    f"--pxe-service=tag:ipxe,0,iPXE,http://{SERVER_IP}:8080/bootd.ipxe"]
@@ -55,12 +65,13 @@ def bootd_config(work: Path, authoritative: bool) -> Path:
     (work / "state/firmware").mkdir(parents=True, exist_ok=True)
     for name in ("undionly.kpxe", "ipxe.efi"):
         (work / "state/firmware" / name).write_bytes(b"\0" * 1024)
-    dhcp = ("  mode: authoritative\n  subnet: 192.0.2.0/24\n  range: [192.0.2.10, 192.0.2.250]\n  lease: 1h\n"
+    dhcp = ("  mode: authoritative\n  subnet: 10.96.0.0/16\n  range: [10.96.0.10, 10.96.255.250]\n  lease: 1h\n"
             if authoritative else "  mode: proxy\n")
     path = work / f"bootd-{'auth' if authoritative else 'proxy'}.yaml"
     path.write_text(f"state_dir: {work / 'state'}\nhttp:\n  address: {SERVER_IP}\n  port: 8080\n"
                     f"  data_dir: {work / 'data'}\ndhcp:\n{dhcp}")
     (work / "state/leases.json").unlink(missing_ok=True)
+    (work / "state/leases.journal").unlink(missing_ok=True)
     return path
 
 
@@ -72,7 +83,7 @@ def load(lab: NetLab, client, *args: str, secs: float) -> dict:
     return json.loads(result.stdout)
 
 
-def check_offer(name: str, sample_hex: str) -> str:
+def check_offer(name: str, sample_hex: str, fixed_guid: bool = True) -> str:
     """What a person would check in the OFFER; returns the boot path it names, or raises."""
     offer = parse_packet(bytes.fromhex(sample_hex))
     problems = []
@@ -80,7 +91,8 @@ def check_offer(name: str, sample_hex: str) -> str:
         problems.append(f"message type {offer.message_type}")
     if offer.options.get(Option.SERVER_ID) != bytes(map(int, SERVER_IP.split("."))):
         problems.append("server id")
-    if Option.GUID in offer.options and offer.options[Option.GUID] != b"\x00" + bytes(range(16)):
+    guid = offer.options.get(Option.GUID)
+    if guid is not None and (guid[:1] != b"\x00" or len(guid) != 17 or fixed_guid and guid[1:] != bytes(range(16))):
         problems.append("GUID not echoed")
     if offer.file or Option.BOOT_FILE in offer.options:
         boot = (offer.file or offer.options[Option.BOOT_FILE].rstrip(b"\0")).decode()
@@ -119,38 +131,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/bootd-bench/dhcp"))
     args = parser.parse_args(argv)
     rounds, secs = (1, 1.0) if args.smoke else (args.rounds, args.secs)
+    fill = 2000 if args.smoke else FILL
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    workloads = [  # name, authoritative, load arguments
-        ("proxy max", False, ["--window", "32"]),
-        ("proxy 1000/s", False, ["--rate", "1000"]),
-        ("authoritative max", True, ["--window", "32", "--macs", "200"]),
+    workloads = [  # name, server mode, load arguments
+        ("proxy max", "proxy", ["--window", "32"]),
+        ("proxy varied", "proxy", ["--window", "32", "--varied"]),
+        ("proxy 1000/s", "proxy", ["--rate", "1000", "--varied"]),
+        ("authoritative max", "authoritative", ["--window", "32", "--macs", "200"]),
+        ("authoritative DORA", "authoritative", ["--window", "64", "--dora", "--sequential", "--first", "1000000"]),
+        ("authoritative fill", "fill", ["--window", "64", "--dora", "--sequential", "--count", str(fill), "--deciles"]),
     ]
     samples: dict[str, dict[str, list[dict]]] = {}
     boots: dict[str, str] = {}
     busy: list[float] = []
-    with NetLab(f"bd{os.getpid() % 100000}", server_address=f"{SERVER_IP}/24") as lab:
+    with NetLab(f"bd{os.getpid() % 100000}", server_address=f"{SERVER_IP}/16") as lab:
         client = lab.add_client()
         server_if = f"{lab.name[:8]}s0"
         for r in range(rounds):
             servers = ["dnsmasq", "bootd"] if r % 2 == 0 else ["bootd", "dnsmasq"]
-            for authoritative in (False, True):
+            for mode in ("proxy", "authoritative", "fill"):
+                authoritative = mode != "proxy"
                 for name in servers:
                     argv = (dnsmasq(server_if, authoritative) if name == "dnsmasq" else
-                            [sys.executable, "-m", "appliance", "run", "-c", str(bootd_config(work, authoritative)),
-                             "--log-level", "warning"])
+                            [sys.executable, "-m", "appliance", "run", "-c", str(bootd_config(work, authoritative))])
                     busy.append(0.0 if args.smoke else wait_quiet())
                     proc = run_server(lab, argv, work / f"{name}.log")
                     try:
-                        extra = ["--macs", "200"] if authoritative else []
-                        wait_answering(lab, client, extra)
-                        for label, auth, load_args in workloads:
-                            if auth != authoritative:
+                        wait_answering(lab, client, ["--macs", "200"] if authoritative else [])
+                        for label, server_mode, load_args in workloads:
+                            if server_mode != mode:
                                 continue
                             c0, t0 = cpu_seconds(proc.pid), time.monotonic()
-                            result = load(lab, client, *load_args, secs=secs)
+                            result = load(lab, client, *load_args, secs=secs if mode != "fill" else 120)
                             result["server_cpu_pct"] = round(100 * (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0))
-                            boots[f"{name} {'authoritative' if auth else 'proxy'}"] = check_offer(name, result.pop("sample"))
+                            sample = result.pop("sample")
+                            if "--dora" not in load_args:
+                                boots[f"{name} {'authoritative' if authoritative else 'proxy'}"] = check_offer(name, sample, "--varied" not in load_args)
+                            elif not sample or parse_packet(bytes.fromhex(sample)).message_type != MessageType.ACK:
+                                raise RuntimeError(f"{name}: {label}: no ACK")
+                            if mode == "fill" and name == "bootd" and result["offers"] != fill:
+                                raise RuntimeError(f"{name}: fill: {result['offers']} offers of {fill}")
                             samples.setdefault(label, {}).setdefault(name, []).append(result)
                     finally:
                         stop(proc)
@@ -166,10 +187,18 @@ def main(argv: list[str] | None = None) -> int:
                          "loss_pct": median([r["loss_pct"] for r in runs]),
                          "server_cpu_pct": median([r["server_cpu_pct"] for r in runs])}
         row["ratio"] = row["bootd"]["offers_per_s"] / max(row["dnsmasq"]["offers_per_s"], 1e-9)
+        for name in ("dnsmasq", "bootd"):
+            tenths = [r["deciles_per_s"] for r in by_server[name] if r.get("deciles_per_s")]
+            if tenths:  # the fill: the last tenth's rate against the first's, per run, median
+                row[name]["last_vs_first_tenth"] = median([t[-1] / t[0] for t in tenths if t[0] and t[-1]])
         table[label] = row
         d, b = row["dnsmasq"], row["bootd"]
         print(f"{label:18s} {d['offers_per_s']:10.0f}/s {b['offers_per_s']:10.0f}/s {row['ratio']:6.2f}x   "
               f"{d['p99_ms']:.2f}/{b['p99_ms']:.2f}   {d['server_cpu_pct']:.0f}/{b['server_cpu_pct']:.0f}")
+    for name in ("dnsmasq", "bootd"):
+        if "last_vs_first_tenth" in table.get("authoritative fill", {}).get(name, {}):
+            print(f"fill of {fill}: {name}: last tenth / first tenth = "
+                  f"{table['authoritative fill'][name]['last_vs_first_tenth']:.2f}x")
     for name, boot in sorted(boots.items()):
         print(f"OFFER checked: {name}: {boot}")
     print("answers checked: yes")

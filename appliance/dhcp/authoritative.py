@@ -3,7 +3,8 @@
 Rules:
 - A machine in the config gets its reserved address and its name; no other client ever gets that address.
 - Otherwise a client keeps its lease, or the address it was just offered, or the address it asks for if it
-  is free, or the first free address of the range. Free: not leased or offered to another client, not
+  is free, or a free address of the range (the next one never handed out, else one freed
+  since: leases.py's hints, O(1) per client). Free: not leased or offered to another client, not
   declined recently, not reserved, not the server's or the router's.
 - REQUEST: ACK when the address is one this client may have; NAK when it is not (wrong subnet, another
   client's); silence when the client chose another server (option 54).
@@ -144,8 +145,8 @@ def choose_address(mac: MacAddress, requested: IPv4Address | None, table: LeaseT
     for candidate in (_lease_ip(table, mac, now), table.offered_to(mac, now), requested):
         if candidate is not None and _free_for(mac, candidate, table, policy, server_ip, now):
             return candidate
-    for number in range(int(policy.first), int(policy.last) + 1):
-        candidate = IPv4Address(number)
+    # O(1) per new client: the table's hints (freed addresses, then a cursor through the range), each checked
+    for candidate in table.candidates(policy.first, policy.last, now):
         if _free_for(mac, candidate, table, policy, server_ip, now):
             return candidate
     return None

@@ -4,8 +4,19 @@ Invariants:
 - An address is bound to at most one MAC, and a MAC holds at most one bound address.
 - Decisions only read a `LeaseTable`; what they decide comes back as a `LeaseChange` value that the server
   applies with `apply` (then `save`s when the change binds or frees an address).
-- `save` writes the whole table atomically (temp file, fsync, rename, fsync of the directory), so a crash
-  leaves the old or the new file, never a partial one. `load` skips entries it cannot read, with a warning.
+- On disk: a snapshot (`leases.json`, written whole and atomically: temp file, fsync, rename, fsync of the
+  directory) and a journal beside it (`leases.journal`): one line per change since that snapshot, appended
+  and fsynced in groups by `LeaseWriter`. The durability rule: an ACK that binds an address leaves only after
+  the journal line that records it is on disk (fdatasync returned), so kill -9 or a power cut never loses an
+  ACKed lease. The one exception is a failing disk (full, I/O error): then bootd logs an error, counts
+  the failure and answers anyway (the lease lives in memory and is written with the next write that works).
+- The snapshot names a generation, the journal's first line too; `load` replays a journal only over the
+  snapshot of its own generation (a crash between writing a new snapshot and starting its journal leaves an
+  older journal, already in the snapshot, which is then skipped). A last line cut short is skipped.
+- Allocation hints (`candidates`) make a new client's address O(1): a cursor through the range (addresses
+  never looked at yet) and the addresses freed since; the decision still checks each candidate, so a hint
+  can be stale but never wrong. When both run out, the cursor starts over (at most once a second), which
+  finds leases and offers that expired.
 - Times are wall-clock seconds (leases outlive restarts); the caller passes `now`.
 """
 
@@ -14,8 +25,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -26,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 OFFER_HOLD_SECONDS = 30.0  # an OFFERed address is kept for its client this long (RFC 2131 §4.3.1 "SHOULD")
 QUARANTINE_SECONDS = 600.0  # a DECLINEd address is in use by someone we don't know; leave it alone
+GROUP_SECONDS = 0.010  # at most one journal fsync per this long: changes that come meanwhile share the next one
+RESCAN_SECONDS = 1.0  # an exhausted range is walked again (for what expired) at most this often
+JOURNAL_SUFFIX = ".journal"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,45 +81,125 @@ class Decline:
 LeaseChange = HoldOffer | Bind | Release | Decline
 
 
+def journal_path(path: Path) -> Path:
+    return path.with_suffix(JOURNAL_SUFFIX)
+
+
+def _record(change: LeaseChange) -> bytes:
+    """The journal line for a change that `apply` said alters what is persisted."""
+    match change:
+        case Bind(lease):
+            return (json.dumps({"ip": str(lease.ip), "mac": lease.mac, "expires": lease.expires,
+                                "hostname": lease.hostname}, separators=(",", ":")) + "\n").encode()
+        case Release(ip, mac) | Decline(ip, mac, _):
+            return f'{{"release":"{ip}","mac":"{mac}"}}\n'.encode()
+    raise AssertionError(f"not persisted: {change!r}")
+
+
 class LeaseWriter:
-    """Writes the lease table off the event loop (a temp file, fsync and rename took milliseconds per ACK
-    on the loop), one write at a time, group-committed: what waits for a change to be on disk (an ACK that
-    binds an address) is called when a write that includes that change has finished, with whether it
-    succeeded. A failed write (a full disk) is logged as an error and retried with the next change; the
+    """Persists lease changes off the event loop, group-committed (a whole-table rewrite with fsync took
+    milliseconds per ACK on the loop, and grew with the table).
+
+    `commit(change, then)`: the change (already applied to the table) is appended to the journal, and
+    `then(ok)` is called on the loop once the line is on disk. One write is in flight at a time, on its own
+    thread; changes that arrive meanwhile wait and go together in the next one, which starts no sooner than
+    GROUP_SECONDS after the previous one started (so at most ~100 fsyncs a second, each covering every
+    change that waited). When the journal has grown past twice the table (and a floor), the next write is a
+    new snapshot instead (a copy of the leases taken on the loop, encoded and written on the thread).
+    A failed write (a full disk) is logged as an error and the next write is a full snapshot again: the
     table in memory stays right, so serving goes on.
     """
 
-    def __init__(self, table: LeaseTable, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, table: LeaseTable, loop: asyncio.AbstractEventLoop, *,
+                 group_seconds: float = GROUP_SECONDS) -> None:
         self.table = table
         self.loop = loop
         self.failures = 0
+        self.fsyncs = 0
+        self.group_seconds = group_seconds
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="bootd-leases")
         self._writing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_start = -1.0
+        self._records: list[bytes] = []
         self._pending: list[Callable[[bool], None]] = []
-        self._dirty = False
+        self._journal_fd: int | None = None
+        self._journal_lines = 0
+        self._snapshot_next = False
 
-    def commit(self, then: Callable[[bool], None]) -> None:
-        """Persist the table as it is now, then call `then(ok)`."""
+    def commit(self, change: LeaseChange, then: Callable[[bool], None]) -> None:
+        """Persist `change` (already applied to the table), then call `then(ok)` on the loop."""
+        if self.table.path is None:
+            then(True)
+            return
+        self._records.append(_record(change))
         self._pending.append(then)
-        self._dirty = True
-        if not self._writing:
-            self._write()
+        if not self._writing and self._timer is None:
+            wait = self._last_start + self.group_seconds - self.loop.time()
+            if wait > 0:
+                self._timer = self.loop.call_later(wait, self._write)
+            else:
+                self._write()
 
     def _write(self) -> None:
-        waiting, self._pending, self._dirty = self._pending, [], False
-        if self.table.path is None:
-            for then in waiting:
-                then(True)
-            return
+        self._timer = None
+        records, waiting = self._records, self._pending
+        self._records, self._pending = [], []
         self._writing = True
-        future = self.loop.run_in_executor(None, write_atomically, self.table.path, self.table.encoded())
-        future.add_done_callback(lambda done: self._written(done, waiting))
+        self._last_start = self.loop.time()
+        self._journal_lines += len(records)
+        if self._snapshot_next or self._journal_lines > max(4096, 2 * len(self.table._bound)):
+            self._snapshot_next = False
+            self._journal_lines = 0
+            leases = list(self.table._bound.values())  # frozen values: this copy is the state as of now
+            job = self._thread.submit(self._snapshot, leases, self.table.generation + 1)
+            self.table.generation += 1
+        else:
+            job = self._thread.submit(self._append, b"".join(records))
+        job.add_done_callback(lambda done: self.loop.call_soon_threadsafe(self._written, done, waiting))
 
-    def _written(self, done: asyncio.Future, waiting: list[Callable[[bool], None]]) -> None:
+    # --- on the writer's thread -------------------------------------------------------------------
+
+    def _append(self, data: bytes) -> None:
+        path = self.table.path
+        assert path is not None
+        if self._journal_fd is None:
+            self._journal_fd = _open_journal(path, self.table.generation)
+        fd = self._journal_fd
+        size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        except OSError:
+            try:  # leave no part of a line behind: the next line would be glued to it
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise
+        finally:
+            self.fsyncs += 1
+
+    def _snapshot(self, leases: list[Lease], generation: int) -> None:
+        path = self.table.path
+        assert path is not None
+        write_atomically(path, encode_snapshot(leases, generation))
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+        # the old journal is in the snapshot now; until this new one is in place, load skips the old one
+        self._journal_fd = _open_journal(path, generation, fresh=True)
+        self.fsyncs += 1
+
+    # --- back on the loop -------------------------------------------------------------------------
+
+    def _written(self, done, waiting: list[Callable[[bool], None]]) -> None:
         self._writing = False
         error = done.exception()
         if error is not None:
             self.failures += 1
-            self._dirty = True  # written again with the next change
+            self._snapshot_next = True  # what this write held is written with the next one, as a snapshot
             logger.error("leases: cannot write %s: %s (leases are kept in memory; bootd keeps serving)",
                          self.table.path, error)
         for then in waiting:
@@ -110,8 +207,63 @@ class LeaseWriter:
                 then(error is None)
             except Exception:  # one caller's bug must not strand the others' replies
                 logger.exception("leases: after a write")
-        if self._pending:
-            self._write()
+        if self._pending and self._timer is None:
+            wait = self._last_start + self.group_seconds - self.loop.time()
+            if wait > 0:
+                self._timer = self.loop.call_later(wait, self._write)
+            else:
+                self._write()
+
+    def close(self) -> None:
+        """At shutdown: finish the write in flight, then leave one whole snapshot (and an empty journal)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._thread.shutdown(wait=True)
+        if self.table.path is not None:
+            try:
+                self._snapshot(list(self.table._bound.values()), self.table.generation + 1)
+                self.table.generation += 1
+            except OSError as exc:
+                logger.error("leases: cannot write %s at shutdown: %s (the journal still has them)",
+                             self.table.path, exc)
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+
+
+def _open_journal(path: Path, generation: int, *, fresh: bool = False) -> int:
+    """The journal for `generation`, opened to append; a new one (or `fresh`) starts with its header line."""
+    journal = journal_path(path)
+    header = f'{{"journal":{generation}}}\n'.encode()
+    if fresh or _journal_generation(journal) != generation:
+        write_atomically(journal, header)
+    return os.open(journal, os.O_WRONLY | os.O_APPEND)
+
+
+def _journal_generation(journal: Path) -> int | None:
+    try:
+        with open(journal, "rb") as f:
+            return int(json.loads(f.readline())["journal"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def encode_snapshot(leases: list[Lease], generation: int) -> bytes:
+    records = [{"ip": str(l.ip), "mac": l.mac, "expires": l.expires, "hostname": l.hostname}
+               for l in sorted(leases, key=lambda l: l.ip)]
+    return json.dumps({"version": 1, "generation": generation, "leases": records}, indent=1).encode()
+
+
+@dataclass(slots=True)
+class _PoolHints:
+    """Where to look for a free address in one range (as integers): freed ones first, then the cursor."""
+
+    first: int
+    last: int
+    cursor: int
+    freed: deque[int] = field(default_factory=deque)
+    restart_at: float = 0.0
 
 
 class LeaseTable:
@@ -123,6 +275,38 @@ class LeaseTable:
         self._offer_by_mac: dict[MacAddress, IPv4Address] = {}
         self._quarantine: dict[IPv4Address, float] = {}
         self._next_sweep = 0.0
+        self._pools: dict[tuple[int, int], _PoolHints] = {}
+        self.generation = 0  # the snapshot's; the journal being appended to has the same
+
+    # --- allocation hints -------------------------------------------------------------------------
+
+    def candidates(self, first: IPv4Address, last: IPv4Address, now: float) -> Iterator[IPv4Address]:
+        """Addresses of the range worth checking for a new client, each O(1): freed ones, then the ones the
+        cursor has not passed yet. The caller checks each and stops at the first free one; what it passed
+        over is taken (so it is not offered again until freed or until the next walk). Only hints: a walk
+        over the whole range restarts, at most once per RESCAN_SECONDS, when both run out."""
+        key = (int(first), int(last))
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _PoolHints(first=key[0], last=key[1], cursor=key[0])
+        while pool.freed:
+            yield IPv4Address(pool.freed.popleft())
+        restarted = False
+        while True:
+            while pool.cursor <= pool.last:
+                yield IPv4Address(pool.cursor)  # left where it is when this one is taken: checked again next time
+                pool.cursor += 1
+            if restarted or now < pool.restart_at:
+                return
+            pool.cursor, pool.restart_at, restarted = pool.first, now + RESCAN_SECONDS, True
+
+    def _freed(self, ip: IPv4Address) -> None:
+        number = int(ip)
+        for pool in self._pools.values():
+            if pool.first <= number <= pool.last:
+                if len(pool.freed) < pool.last - pool.first + 1:
+                    pool.freed.append(number)
+                return
 
     # --- reads (decisions) ------------------------------------------------------------------------
 
@@ -164,6 +348,7 @@ class LeaseTable:
                 old_ip = self._offer_by_mac.get(mac)
                 if old_ip is not None and old_ip != ip:
                     self._offers.pop(old_ip, None)
+                    self._freed(old_ip)
                 self._offers[ip] = (mac, until)
                 self._offer_by_mac[mac] = ip
                 return False
@@ -173,6 +358,7 @@ class LeaseTable:
                 old_ip = self._by_mac.get(lease.mac)
                 if old_ip is not None and old_ip != lease.ip:
                     self._bound.pop(old_ip, None)
+                    self._freed(old_ip)
                 previous = self._bound.get(lease.ip)
                 if previous is not None and previous.mac != lease.mac:
                     self._by_mac.pop(previous.mac, None)
@@ -185,22 +371,34 @@ class LeaseTable:
                 if lease is not None and lease.mac == mac:
                     del self._bound[ip]
                     self._by_mac.pop(mac, None)
+                    if not isinstance(change, Decline):
+                        self._freed(ip)
                     return True
                 return False
             case Decline(ip, mac, until):
-                self._quarantine[ip] = until
-                changed = self.apply(Release(ip, mac))
-                return changed
+                self._quarantine[ip] = until  # found again by the cursor's next walk, after the quarantine
+                self._drop_offer(mac)
+                lease = self._bound.get(ip)
+                if lease is not None and lease.mac == mac:
+                    del self._bound[ip]
+                    self._by_mac.pop(mac, None)
+                    return True
+                return False
         raise AssertionError(f"unknown lease change {change!r}")
 
     def _drop_offer(self, mac: MacAddress) -> None:
         ip = self._offer_by_mac.pop(mac, None)
         if ip is not None and self._offers.get(ip, (None, 0.0))[0] == mac:
             del self._offers[ip]
+            if ip not in self._bound:
+                self._freed(ip)
 
     def expire(self, now: float) -> None:
         """Forget offers and quarantines that ran out (bound leases stay until replaced: their history
         lets a returning client get its address back)."""
+        for ip, offer in self._offers.items():
+            if offer[1] <= now and ip not in self._bound:
+                self._freed(ip)
         self._offers = {ip: o for ip, o in self._offers.items() if o[1] > now}
         self._offer_by_mac = {o[0]: ip for ip, o in self._offers.items()}
         self._quarantine = {ip: t for ip, t in self._quarantine.items() if t > now}
@@ -220,21 +418,22 @@ class LeaseTable:
     # --- persistence ------------------------------------------------------------------------------
 
     def encoded(self) -> bytes:
-        """The table as the lease file holds it: a snapshot, taken on the event loop, written elsewhere."""
-        records = [{"ip": str(l.ip), "mac": l.mac, "expires": l.expires, "hostname": l.hostname}
-                   for l in sorted(self._bound.values(), key=lambda l: l.ip)]
-        return json.dumps({"version": 1, "leases": records}, indent=1).encode()
+        """The table as the snapshot holds it."""
+        return encode_snapshot(list(self._bound.values()), self.generation)
 
     def save(self) -> None:
+        """Write a snapshot now, on this thread (tests and tools; the server persists through LeaseWriter)."""
         if self.path is None:
             return
-        write_atomically(self.path, self.encoded())
+        self.generation += 1
+        write_atomically(self.path, self.encoded())  # a journal left from before has an older generation: skipped
 
     @classmethod
     def load(cls, path: Path) -> LeaseTable:
+        """The snapshot, then its journal's changes in order (a line cut short by a crash is skipped)."""
         table = cls(path)
-        for temp in path.parent.glob(f".{path.name}.*"):  # a write that a crash (kill -9) cut short
-            try:
+        for temp in [*path.parent.glob(f".{path.name}.*"), *path.parent.glob(f".{journal_path(path).name}.*")]:
+            try:  # a write that a crash (kill -9) cut short
                 temp.unlink()
                 logger.info("leases: removed %s, left by an interrupted write", temp.name)
             except OSError as exc:
@@ -242,19 +441,60 @@ class LeaseTable:
         try:
             raw = json.loads(path.read_bytes())
         except FileNotFoundError:
-            return table
+            raw = {}
         except (OSError, ValueError) as exc:
             logger.warning("leases: cannot read %s (%s); starting with no leases", path, exc)
-            return table
-        for record in raw.get("leases", []) if isinstance(raw, dict) else []:
-            try:
-                mac = try_parse_mac(record["mac"])
-                lease = Lease(ip=IPv4Address(record["ip"]), mac=mac, expires=float(record["expires"]),
-                              hostname=str(record.get("hostname", "")))
-                if mac is None:
-                    raise ValueError(f"bad MAC {record['mac']!r}")
-            except (KeyError, TypeError, ValueError) as exc:
-                logger.warning("leases: skipping an unreadable entry in %s: %s", path, exc)
-                continue
-            table.apply(Bind(lease))
+            raw = {}
+        if not isinstance(raw, dict):
+            raw = {}
+        try:
+            table.generation = int(raw.get("generation", 0))
+        except (TypeError, ValueError):
+            table.generation = 0
+        for record in raw.get("leases", []):
+            lease = _lease_from(record, path)
+            if lease is not None:
+                table.apply(Bind(lease))
+        table._replay(journal_path(path))
         return table
+
+    def _replay(self, journal: Path) -> None:
+        try:
+            lines = journal.read_bytes().split(b"\n")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            logger.warning("leases: cannot read %s (%s); the leases since the last snapshot are lost", journal,
+                           exc)
+            return
+        if _journal_generation(journal) != self.generation:
+            return  # already in the snapshot: a crash came between the snapshot and the new journal
+        for number, line in enumerate(lines[1:], start=2):
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+                if "release" in record:
+                    mac = try_parse_mac(record["mac"])
+                    if mac is None:
+                        raise ValueError(f"bad MAC {record['mac']!r}")
+                    self.apply(Release(IPv4Address(record["release"]), mac))
+                    continue
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.warning("leases: skipping line %d of %s (cut short by a crash?): %s", number, journal, exc)
+                continue
+            lease = _lease_from(record, journal)
+            if lease is not None:
+                self.apply(Bind(lease))
+
+
+def _lease_from(record: object, path: Path) -> Lease | None:
+    try:
+        mac = try_parse_mac(record["mac"])  # type: ignore[index]
+        if mac is None:
+            raise ValueError(f"bad MAC {record['mac']!r}")  # type: ignore[index]
+        return Lease(ip=IPv4Address(record["ip"]), mac=mac, expires=float(record["expires"]),  # type: ignore[index]
+                     hostname=str(record.get("hostname", "")))  # type: ignore[union-attr]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        logger.warning("leases: skipping an unreadable entry in %s: %s", path, exc)
+        return None

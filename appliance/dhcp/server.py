@@ -135,6 +135,9 @@ class DhcpServer:
                 self._loop.remove_reader(sock.fileno())
             sock.close()
         self._sockets.clear()
+        if self._writer is not None:  # the write in flight finishes; one whole snapshot is left
+            self._writer.close()
+            self._writer = None
 
     def update(self, policies: DhcpPolicies) -> None:
         """Reload: new decisions from the next packet on; leases are kept."""
@@ -264,7 +267,8 @@ class DhcpServer:
             if self._writer is None:
                 assert self._loop is not None
                 self._writer = LeaseWriter(self.leases, self._loop)
-            self._writer.commit(lambda ok: self._answer(sock, packet, answer, dgram, changed=True, written=ok))
+            self._writer.commit(answer.change,
+                                lambda ok: self._answer(sock, packet, answer, dgram, changed=True, written=ok))
             return
         self._answer(sock, packet, answer, dgram, changed=False)
 

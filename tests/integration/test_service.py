@@ -266,7 +266,7 @@ dhcp:
         # DHCP (bound to 67 before the drop) hands out a lease, written to the state dir it now owns
         lease = udhcpc(lab, client)
         assert lease.get("ip") == "192.0.2.100", lease
-        leases = root / "state/leases.json"
+        leases = root / "state/leases.journal"  # the lease journal (the snapshot, leases.json, comes later)
         assert "192.0.2.100" in leases.read_text() and leases.stat().st_uid == user.pw_uid
         assert stat.S_IMODE((root / "state").stat().st_mode) & 0o002 == 0
         threads = os.listdir(f"/proc/{pid}/task")
@@ -337,7 +337,7 @@ dhcp:
             listening_sockets(bootd.proc.pid)
         assert not any("running as root" in line.get("message", "") for line in bootd.lines)
         assert udhcpc(lab, client).get("ip") == "192.0.2.100"
-        assert "192.0.2.100" in (root / "state/leases.json").read_text()
+        assert "192.0.2.100" in (root / "state/leases.journal").read_text()
     finally:
         assert bootd.stop() == 0
 

@@ -2,7 +2,13 @@
 
 Layout: profiles/<id>.json, groups/*.json, ignition/<name>, generic/<name>, assets/.
 - Edits on disk are seen by the next request: every lookup stats the file (groups: one directory scan plus a
-  stat per file), and a file is read and parsed again only when its mtime, size or inode changed.
+  stat per file), and a file is read and parsed again only when its mtime, size or inode changed. The
+  groups and profiles (what /ipxe reads per request) skip even the stats while nothing changed: an inotify
+  watch on the data dir, groups/, profiles/ and each of their files read (a watch on a file follows a
+  symlink to its target and sees writes through any hard link) is read without blocking before each
+  lookup, and any event (or an overflow of its queue) drops what was remembered. The kernel queues the
+  event within the write, rename or unlink itself, so a request that comes after an edit always sees it.
+  Where inotify is not available the stats are done every time.
 - A file matchbox would fail to load is skipped with a warning (logged once per version of the file), as
   matchbox skips it; the other files keep serving.
 - Names are confined to their subdirectory (`ignition_id: ../profiles/x.json` is refused); matchbox confines
@@ -13,11 +19,13 @@ Layout: profiles/<id>.json, groups/*.json, ignition/<name>, generic/<name>, asse
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +103,50 @@ class _ParsedFiles(Generic[T]):
             del self._entries[path]
 
 
+class _Watch:
+    """Whether anything under the watched paths may have changed since the last `changed()` (inotify)."""
+
+    # IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE, IN_DELETE_SELF,
+    # IN_MOVE_SELF (an overflow of the queue is always reported, and read as a change too)
+    MASK = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._add = libc.inotify_add_watch
+        self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.fd = fd
+        self.watched: set[Path] = set()
+        weakref.finalize(self, os.close, fd)  # a reload builds a new DataDir: the old one's watch goes with it
+
+    def add(self, path: Path) -> bool:
+        """Watch `path` (a directory's entries, or a file's content); False when it cannot be watched."""
+        if path in self.watched:
+            return True
+        if self._add(self.fd, os.fsencode(path), self.MASK) < 0:
+            return False
+        self.watched.add(path)
+        return True
+
+    def changed(self) -> bool:
+        try:
+            os.read(self.fd, 65536)
+        except BlockingIOError:
+            return False
+        self.watched.clear()  # a watch may be gone (a file replaced): every path is added again when read
+        return True
+
+
+def _new_watch() -> _Watch | None:
+    try:
+        return _Watch()
+    except (OSError, AttributeError) as exc:  # no inotify (another OS, a seccomp filter): stat every time
+        logger.info("data dir: no inotify (%s); every lookup stats its files", exc)
+        return None
+
+
 def machine_groups(config: Config) -> tuple[Group, ...]:
     """One group per configured machine that names a profile: selector mac, metadata from the config."""
     groups = []
@@ -148,12 +200,38 @@ class DataDir:
         self._inside: dict[Path, tuple[int, int]] = {}
         self._ordered: tuple[tuple[object, ...], list[Group]] | None = None
         self._listing: tuple[_Version, list[Path]] | None = None
+        # What groups() and profile() returned, kept while the watch reports no change (None: not kept)
+        self._watch = _new_watch()
+        self._quiet_groups: list[Group] | None = None
+        self._quiet_profiles: dict[str, Profile | None] = {}
+
+    def _still_quiet(self) -> bool:
+        """False (and what was kept forgotten) when something under the watch changed, or there is no watch."""
+        if self._watch is None:
+            return False
+        if self._watch.changed():
+            self._quiet_groups = None
+            self._quiet_profiles.clear()
+            # parsed again too: an edit of the same size within the same clock tick keeps mtime and size
+            self._groups.forget_except(set())
+            self._profiles.forget_except(set())
+            self._ordered = None
+            return False
+        return True
+
+    def _watched(self, *paths: Path) -> bool:
+        """Watch these paths (and the data dir with them); True when all are watched."""
+        watch = self._watch
+        return watch is not None and all(watch.add(p) for p in (self.root, *paths))
 
     # --- reads on the request path ----------------------------------------------------------------
 
     @_serialised
     def groups(self) -> list[Group]:
         """Every group in selection order: configured machines first, then groups/*.json by file name."""
+        if self._still_quiet() and self._quiet_groups is not None:
+            return self._quiet_groups
+        watched = self._watched(self.groups_dir)  # before the reads: an edit during them is an event
         loaded: list[Group] = []
         signature: list[object] = []
         for path in self._group_files():
@@ -163,6 +241,7 @@ class DataDir:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue
+            watched = watched and self._watch is not None and self._watch.add(path)
             group, _reason = self._groups.get(path, st)
             signature.append((path.name, _Version.of(st)))
             if group is not None:
@@ -170,6 +249,7 @@ class DataDir:
         key = tuple(signature)
         if self._ordered is None or self._ordered[0] != key:
             self._ordered = (key, order_groups([*self.extra_groups, *loaded]))
+        self._quiet_groups = self._ordered[1] if watched else None
         return self._ordered[1]
 
     def _group_files(self) -> list[Path]:
@@ -189,8 +269,15 @@ class DataDir:
 
     @_serialised
     def profile(self, profile_id: str) -> Profile | None:
-        found = self._locate(self.profiles_dir, profile_id + ".json")
-        return self._profiles.get(*found)[0] if found else None
+        if self._still_quiet() and profile_id in self._quiet_profiles:
+            return self._quiet_profiles[profile_id]
+        name = profile_id + ".json"
+        watched = _plain_name(name) and self._watched(self.profiles_dir, self.profiles_dir / name)
+        found = self._locate(self.profiles_dir, name)
+        profile = self._profiles.get(*found)[0] if found else None
+        if watched and len(self._quiet_profiles) < 10_000:
+            self._quiet_profiles[profile_id] = profile
+        return profile
 
     @_serialised
     def ignition(self, name: str) -> bytes | None:

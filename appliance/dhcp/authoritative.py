@@ -162,7 +162,8 @@ def may_have(mac: MacAddress, ip: IPv4Address, table: LeaseTable, policy: Addres
 
 def _free_for(mac: MacAddress, ip: IPv4Address, table: LeaseTable, policy: AddressPolicy, server_ip: IPv4Address,
               now: float) -> bool:
-    if not policy.first <= ip <= policy.last or ip in (server_ip, policy.router):
+    number = int(ip)  # integers: IPv4Address's own comparisons cost a method call each
+    if not int(policy.first) <= number <= int(policy.last) or ip == server_ip or ip == policy.router:
         return False
     if ip in policy.reserved_ips or table.quarantined(ip, now):
         return False
@@ -181,22 +182,11 @@ def _hostname(mac: MacAddress, policy: AddressPolicy) -> str:
 
 def _answer(packet: DhcpPacket, kind: MessageType, ip: IPv4Address | None, mac: MacAddress, policy: AddressPolicy,
             pxe_policy: PxePolicy, server_ip: IPv4Address, change: LeaseChange | None) -> DhcpAnswer:
-    options: dict[int, bytes] = {Option.MESSAGE_TYPE: bytes((kind,)), Option.SERVER_ID: server_ip.packed}
-    if ip is not None:  # not for INFORM (RFC 2131 §4.3.5: no lease time, no yiaddr)
-        options[Option.LEASE_TIME] = policy.lease_seconds.to_bytes(4, "big")
-        options[Option.RENEWAL_TIME] = (policy.lease_seconds // 2).to_bytes(4, "big")
-        options[Option.REBINDING_TIME] = (policy.lease_seconds * 7 // 8).to_bytes(4, "big")
-    options[Option.SUBNET_MASK] = policy.subnet.netmask.packed
-    if policy.router is not None:
-        options[Option.ROUTER] = policy.router.packed
-    if policy.dns_servers:
-        options[Option.DNS] = b"".join(a.packed for a in policy.dns_servers)
+    before, after = _base_options(policy, kind, ip is not None, server_ip)
     if hostname := _hostname(mac, policy):
-        options[Option.HOSTNAME] = hostname.encode()
-    if policy.domain:
-        options[Option.DOMAIN] = policy.domain.encode()
-        options[Option.DOMAIN_SEARCH] = _search_list(policy.domain)
-    options.update(policy.extra_options)
+        options = {**before, Option.HOSTNAME: hostname.encode(), **after}
+    else:
+        options = {**before, **after}
     sname = file = b""
     boot: BootOffer | Ignore | None = None
     request = classify_client(packet)
@@ -219,6 +209,38 @@ def _answer(packet: DhcpPacket, kind: MessageType, ip: IPv4Address | None, mac: 
     elif isinstance(boot, Ignore):
         what += f", no boot: {boot.detail or boot.reason}"
     return DhcpAnswer(reply=reply, change=change, mac=mac, ip=ip, boot=boot, summary=what)
+
+
+_BASE_OPTIONS: dict[tuple[int, int, bool, IPv4Address], tuple[AddressPolicy, dict[int, bytes], dict[int, bytes]]] = {}
+
+
+def _base_options(policy: AddressPolicy, kind: MessageType, with_lease: bool,
+                  server_ip: IPv4Address) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """The options every client of `policy` gets in this kind of reply, those before the hostname and those
+    after it (in the order they are sent). Built once per policy (a reload makes a new policy object)."""
+    key = (id(policy), kind, with_lease, server_ip)
+    cached = _BASE_OPTIONS.get(key)
+    if cached is not None and cached[0] is policy:
+        return cached[1], cached[2]
+    before: dict[int, bytes] = {Option.MESSAGE_TYPE: bytes((kind,)), Option.SERVER_ID: server_ip.packed}
+    if with_lease:  # not for INFORM (RFC 2131 §4.3.5: no lease time, no yiaddr)
+        before[Option.LEASE_TIME] = policy.lease_seconds.to_bytes(4, "big")
+        before[Option.RENEWAL_TIME] = (policy.lease_seconds // 2).to_bytes(4, "big")
+        before[Option.REBINDING_TIME] = (policy.lease_seconds * 7 // 8).to_bytes(4, "big")
+    before[Option.SUBNET_MASK] = policy.subnet.netmask.packed
+    if policy.router is not None:
+        before[Option.ROUTER] = policy.router.packed
+    if policy.dns_servers:
+        before[Option.DNS] = b"".join(a.packed for a in policy.dns_servers)
+    after: dict[int, bytes] = {}
+    if policy.domain:
+        after[Option.DOMAIN] = policy.domain.encode()
+        after[Option.DOMAIN_SEARCH] = _search_list(policy.domain)
+    after.update(policy.extra_options)
+    if len(_BASE_OPTIONS) >= 256:
+        _BASE_OPTIONS.clear()
+    _BASE_OPTIONS[key] = (policy, before, after)
+    return before, after
 
 
 def _search_list(domain: str) -> bytes:

@@ -34,6 +34,8 @@ from appliance.dhcp.server import DhcpServer
 from appliance.dns.server import DnsServer
 from appliance.dns.zone import ExtraRecord, Zone, build_zone
 from appliance.tftp.files import TftpFiles
+from appliance.grubnet import NetworkGrub
+from appliance.secureboot import RefusedBinaryWatch
 from appliance.tftp.server import TftpServer
 from appliance.events import EventBus, PeerPublisher, ProgressTracker, track_and_log
 from appliance.http import HttpContext, make_app
@@ -172,6 +174,7 @@ class Daemon:
         self.bus = EventBus()
         self.tracker = ProgressTracker()
         self.bus.add_sink(track_and_log(self.tracker))
+        self.bus.add_sink(RefusedBinaryWatch(self.bus).see)  # Secure Boot refusing unsigned iPXE, in words
         self.neighbours = NeighbourTable()
         self.tracker.set_known((m.mac, m.name) for m in config.machines)
         self.publisher = PeerPublisher(self.bus, self.tracker, self.neighbours.lookup)
@@ -400,10 +403,15 @@ class Daemon:
         if self.dhcp is not None and self.http_context.store.groups() is not self._scope_groups:
             self.dhcp.update(self._dhcp_policies(self.config, self.http_context.store))
 
+    def _tftp_files(self, config: Config) -> TftpFiles:
+        """The firmware dir and tftp.root; for the network GRUB (Secure Boot) its config and the assets."""
+        grub = NetworkGrub(http_port=self.http_port, store=lambda: self.http_context.store, publisher=self.publisher)
+        return TftpFiles(firmware_roots(config), grub, {"/assets/": config.http.assets_root})
+
     def _bind_tftp(self, config: Config) -> TftpServer:
         """A started TFTP server for `config`; OSError if its socket cannot be bound."""
         tftp = config.tftp
-        server = TftpServer(files=TftpFiles(firmware_roots(config)), publisher=self.publisher,
+        server = TftpServer(files=self._tftp_files(config), publisher=self.publisher,
                             address=str(tftp.address) if tftp.address else "", port=tftp.port,
                             max_transfers=tftp.max_transfers, max_per_client=tftp.max_per_client,
                             retries=tftp.retries, timeout=float(tftp.timeout), max_blksize=tftp.max_blksize,
@@ -596,7 +604,7 @@ class Daemon:
         store = _building("the data dir", store_of)
         dhcp = _building("the DHCP tables", lambda: self._build_dhcp_policies(new, store)) \
             if self.dhcp is not None else None
-        files = _building("the TFTP roots", lambda: TftpFiles(firmware_roots(new))) if self.tftp is not None else None
+        files = _building("the TFTP roots", lambda: self._tftp_files(new)) if self.tftp is not None else None
         zone = _building("the DNS zone", lambda: self._zone(new)) if self.dns is not None else None
         return _ReloadParts(store=store, dhcp=dhcp, tftp_files=files, zone=zone)
 

@@ -1,5 +1,6 @@
 """The iPXE binaries: fetched from Debian's `ipxe` package and checked against the sums bootd ships
-(appliance/data/ipxe-SHA256SUMS, package data).
+(appliance/data/ipxe-SHA256SUMS, package data); with `--signed`, also the Secure Boot chain from Debian's
+shim-signed and grub-efi-amd64-signed packages, checked the same way (appliance/data/signed-SHA256SUMS).
 
 `bootd firmware fetch` downloads the package by name with apt (`apt-get download ipxe`), extracts it with
 dpkg-deb, checks each file's sha256 against the sums shipped with bootd, and writes the files atomically
@@ -28,6 +29,7 @@ class KnownFile:
     name: str
     sha256: str
     package_path: str
+    package: str = PACKAGE
 
 
 class FirmwareError(Exception):
@@ -45,14 +47,27 @@ def known_files(text: str | None = None) -> list[KnownFile]:
     return files
 
 
+def signed_files(text: str | None = None) -> list[KnownFile]:
+    """The Secure Boot chain's files: lines of package, name, sha256, path."""
+    if text is None:
+        text = _sums_text(SIGNED_SUMS)
+    files = []
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            package, name, digest, path = line.split()
+            files.append(KnownFile(name, digest, path, package))
+    return files
+
+
 SUMS = "ipxe-SHA256SUMS"  # in appliance.data: package data, so a wheel installed anywhere has it
+SIGNED_SUMS = "signed-SHA256SUMS"
 
 
-def _sums_text() -> str:
+def _sums_text(name: str = SUMS) -> str:
     try:
-        return resources.files("appliance.data").joinpath(SUMS).read_text(encoding="utf-8")
+        return resources.files("appliance.data").joinpath(name).read_text(encoding="utf-8")
     except OSError as exc:
-        raise FirmwareError(f"cannot read the known sums appliance/data/{SUMS} (a broken install?): "
+        raise FirmwareError(f"cannot read the known sums appliance/data/{name} (a broken install?): "
                             f"{exc.strerror}") from None
 
 
@@ -64,22 +79,32 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(destination: Path, *, deb: Path | None = None) -> list[str]:
-    """Install the known files from the Debian package into `destination`; the lines to print."""
+def fetch(destination: Path, *, deb: Path | None = None, signed: bool = False) -> list[str]:
+    """Install the known files from the Debian packages into `destination`; the lines to print. `signed`:
+    also the Secure Boot chain (shim and the network GRUB)."""
     if destination.exists() and not destination.is_dir():  # said before the download, not after it
         raise FirmwareError(f"{destination} is not a directory")
     try:
         destination.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FirmwareError(f"{destination}: cannot make the firmware directory: {exc.strerror}") from None
+    lines = _install(destination, PACKAGE, known_files(), deb)
+    if signed:
+        chain = signed_files()
+        for package in dict.fromkeys(f.package for f in chain):
+            lines += _install(destination, package, [f for f in chain if f.package == package], None)
+    return lines
+
+
+def _install(destination: Path, package: str, known: list[KnownFile], deb: Path | None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="bootd-firmware-") as work:
         workdir = Path(work)
         if deb is None:
             os.chmod(workdir, 0o755)  # apt's download user must be able to write here
-            result = subprocess.run(["apt-get", "download", PACKAGE], cwd=workdir, capture_output=True, text=True)
-            debs = sorted(workdir.glob(f"{PACKAGE}_*.deb"))
+            result = subprocess.run(["apt-get", "download", package], cwd=workdir, capture_output=True, text=True)
+            debs = sorted(workdir.glob(f"{package}_*.deb"))
             if result.returncode != 0 or not debs:
-                raise FirmwareError(f"apt-get download {PACKAGE} failed: {result.stderr.strip() or result.stdout.strip()}"
+                raise FirmwareError(f"apt-get download {package} failed: {result.stderr.strip() or result.stdout.strip()}"
                                     " (run `apt-get update` first?)")
             deb = debs[0]
         tree = workdir / "tree"
@@ -88,20 +113,20 @@ def fetch(destination: Path, *, deb: Path | None = None) -> list[str]:
             raise FirmwareError(f"dpkg-deb -x {deb.name} failed: {result.stderr.strip()}")
         lines = [f"package: {deb.name}"]
         problems = []
-        for known in known_files():
-            source = _inside(tree, tree / known.package_path)
+        for file in known:
+            source = _inside(tree, tree / file.package_path)
             if source is None or not source.is_file():
-                problems.append(f"{known.name}: not in the package at {known.package_path}")
+                problems.append(f"{file.name}: not in the package at {file.package_path}")
                 continue
             digest = sha256_of(source)
-            if digest != known.sha256:
-                problems.append(f"{known.name}: sha256 {digest} is not the known {known.sha256}")
+            if digest != file.sha256:
+                problems.append(f"{file.name}: sha256 {digest} is not the known {file.sha256}")
                 continue
             try:
-                write_atomically(destination / known.name, source.read_bytes(), mode=0o644)
+                write_atomically(destination / file.name, source.read_bytes(), mode=0o644)
             except OSError as exc:
-                raise FirmwareError(f"{destination / known.name}: cannot write: {exc.strerror}") from None
-            lines.append(f"installed {destination / known.name} (sha256 {digest[:16]}..., verified)")
+                raise FirmwareError(f"{destination / file.name}: cannot write: {exc.strerror}") from None
+            lines.append(f"installed {destination / file.name} (sha256 {digest[:16]}..., verified)")
         if problems:
             raise FirmwareError("; ".join(problems))
         return lines
@@ -120,8 +145,13 @@ def _inside(tree: Path, path: Path) -> Path | None:
 def verify(directory: Path) -> dict[str, str]:
     """name -> "verified" | "unknown sha256" for the known files present in `directory`."""
     out = {}
-    for known in known_files():
+    try:
+        chain = signed_files()
+    except FirmwareError:  # an install without the signed chain's sums: its files are simply not known
+        chain = []
+    for known in [*known_files(), *chain]:
         path = directory / known.name
         if path.is_file():
             out[known.name] = "verified" if sha256_of(path) == known.sha256 else "present, sha256 not Debian's"
     return out
+

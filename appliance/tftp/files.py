@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,15 +62,28 @@ class FileBlocks:
 
 
 class TftpFiles:
-    def __init__(self, roots: list[Path]) -> None:
+    def __init__(self, roots: list[Path], generated: Callable[[str], bytes | None] | None = None,
+                 mounts: Mapping[str, Path] | None = None) -> None:
         self.roots = roots
+        # What the network GRUB asks for by absolute name (appliance/grubnet.py): files bootd makes itself
+        # (`generated`: name -> content, None when not one of them) and directories under a fixed prefix
+        # (`mounts`: "/assets/" -> the assets root). Every other absolute name stays refused.
+        self.generated = generated
+        self.mounts = dict(mounts or {})
         self._cache: OrderedDict[Path, _Entry] = OrderedDict()
         self._cached_bytes = 0
 
     def read(self, name: str) -> bytes | FileBlocks | None:
         """The file's content (a FileBlocks past WHOLE_FILE: the caller closes it), None when no root has it;
         FileRefused for a name that is not allowed."""
-        for root in self.roots:
+        if self.generated is not None and (content := self.generated(name)) is not None:
+            return content
+        roots = self.roots
+        for prefix, root in self.mounts.items():
+            if name.startswith(prefix):
+                roots, name = [root], name[len(prefix):]
+                break
+        for root in roots:
             try:
                 path = confine(root, name)
             except OutsideRoot as exc:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.events import EventKind, PeerPublisher
+from appliance.grubnet import tftp_event_kind
 from appliance.tftp.files import FileBlocks, FileRefused, TftpFiles
 from appliance.tftp.protocol import (
     WRQ, Accept, ErrorCode, Limits, MalformedPacket, Outcome, ReadTransfer, Refuse, encode_error, negotiate,
@@ -325,7 +326,8 @@ class TftpServer:
             detail, ok = (f"{session.filename}: {why}; {transfer.acked} of {transfer.blocks} blocks acknowledged "
                           f"({transfer.bytes_sent} bytes), {figures}"), False
         self._close(session)
-        self.publisher.publish(session.client[0], None, kind=EventKind.TFTP, detail=detail, ok=ok)
+        kind = tftp_event_kind(self.publisher, session.filename, session.client[0])  # GRUB's kernel, initrd
+        self.publisher.publish(session.client[0], None, kind=kind, detail=detail, ok=ok)
 
     def _close(self, session: Session) -> None:
         if self.sessions.pop(session.client, None) is None:

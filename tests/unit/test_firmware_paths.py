@@ -149,3 +149,52 @@ def test_secure_boot_config_per_machine_and_default():
     assert pxe_policy.secure_boot and pxe_policy.machines["52:54:00:00:00:01"].secure_boot is False
     assert any("machines[0].secure_boot" in e for e in errors_of(
         'state_dir: /s\nmachines:\n  - {name: a, mac: "52:54:00:00:00:01", secure_boot: maybe}\n'))
+
+
+# --- Secure Boot refusing unsigned iPXE: the words in the machine's progress --------------------------
+
+def watched(*events: tuple[str, str, bool]) -> list:
+    from appliance.events import Event, EventBus, EventKind
+    from appliance.secureboot import RefusedBinaryWatch
+
+    bus = EventBus()
+    seen: list = []
+    bus.add_sink(seen.append)
+    bus.add_sink(RefusedBinaryWatch(bus).see)
+    for kind, detail, ok in events:
+        bus.publish(Event(kind=EventKind(kind), mac="52:54:00:00:00:01", peer=None, detail=detail, ok=ok))
+    return [e for e in seen if not e.ok]
+
+
+SENT = ("tftp", "sent ipxe.efi: 850528 bytes in 0.6 s, blksize 1468", True)
+FIRMWARE_DHCP = ("dhcp", "ACK 192.0.2.100, boot binl:ipxe.efi ipxe.efi", True)
+
+
+@pytest.mark.parametrize("events, refused", [
+    pytest.param([SENT, FIRMWARE_DHCP], True, id="firmware-asked-again"),
+    pytest.param([("firmware", "/firmware/ipxe.efi over HTTP (850528 bytes)", True), FIRMWARE_DHCP], True,
+                 id="http-boot-then-firmware-again"),
+    pytest.param([SENT, ("dhcp", "ACK 192.0.2.100, boot ipxe-script http://192.0.2.1:8080/bootd.ipxe", True),
+                  ("boot-script", "/bootd.ipxe", True), FIRMWARE_DHCP], False, id="ipxe-ran"),
+    pytest.param([("tftp", "sent shimx64.efi: 1048504 bytes", True), FIRMWARE_DHCP], False, id="signed-shim"),
+    pytest.param([("tftp", "sent undionly.kpxe: 1 bytes", True), FIRMWARE_DHCP], False, id="bios-no-secure-boot"),
+    pytest.param([("tftp", "ipxe.efi: no answer after 5 retries", False), FIRMWARE_DHCP], False, id="never-sent"),
+])
+def test_a_sent_ipxe_that_never_ran_is_said_in_words(events, refused):
+    failures = [e for e in watched(*events) if "did not start" in e.detail]
+    assert bool(failures) == refused
+    if refused:
+        assert "Secure Boot" in failures[0].detail and "secure_boot: true" in failures[0].detail
+
+
+# --- the network GRUB's files ------------------------------------------------------------------------
+
+def test_network_grub_names_only_its_own_files():
+    from appliance.grubnet import NetworkGrub
+
+    grub = NetworkGrub(http_port=8080, store=lambda: None, publisher=None)
+    assert b'set bootd="http://$bootd_server:8080"' in grub("/grub/grub.cfg")
+    assert b'configfile "/grub/machines/$net_default_mac"' in grub("/grub/grub.cfg")
+    assert grub("/grub/x86_64-efi/command.lst") == b""
+    assert grub("/grub/other.cfg") is None and grub("grub/grub.cfg") is None and grub("/etc/passwd") is None
+    assert b"is not a MAC address" in grub("/grub/machines/../../etc/passwd")

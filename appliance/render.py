@@ -8,6 +8,8 @@ it into a 404 and an event on the machine's progress.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +60,35 @@ def ignition_for(profile: Profile, store: DataDir, data: dict[str, Any]) -> Rend
     text = render_template(source, data, where)
     if isinstance(text, Refusal):
         return text
+    return _translated(text, where)
+
+
+# Butane -> Ignition translations, keyed by what they depend on: the rendered text (and the file's name, which
+# the detail and the refusals name). Never stale: another text is another key. A fleet rendering one template
+# gets the same text for machines whose data is the same, and translating was most of /ignition's time.
+_TRANSLATIONS: OrderedDict[tuple[str, str], Rendered | Refusal] = OrderedDict()
+_TRANSLATIONS_LOCK = threading.Lock()  # /ignition renders in worker threads
+_TRANSLATIONS_KEPT = 256
+_TRANSLATION_KEPT_CHARS = 256 * 1024  # a large inline file is not kept (a few of them would be megabytes)
+
+
+def _translated(text: str, where: str) -> Rendered | Refusal:
+    key = (where, text)
+    with _TRANSLATIONS_LOCK:
+        found = _TRANSLATIONS.get(key)
+        if found is not None:
+            _TRANSLATIONS.move_to_end(key)
+            return found
+    result = _translate(text, where)
+    if len(text) <= _TRANSLATION_KEPT_CHARS:
+        with _TRANSLATIONS_LOCK:
+            _TRANSLATIONS[key] = result
+            if len(_TRANSLATIONS) > _TRANSLATIONS_KEPT:
+                _TRANSLATIONS.popitem(last=False)
+    return result
+
+
+def _translate(text: str, where: str) -> Rendered | Refusal:
     try:
         translated = translate_butane(text)
     except ButaneError as exc:

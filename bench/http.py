@@ -1,7 +1,9 @@
 """HTTP side by side: bootd and nginx serve the same files, wrk loads them, bootd/nginx ratios are printed.
 
 Workloads (research/bench.md §6): a 50 MB asset with 1 and with 16 connections (MB/s), and the boot
-scripts `/ipxe?mac=...` and `/boot.ipxe` with 16 connections (requests/s). nginx serves the scripts as
+scripts `/ipxe?mac=...` and `/boot.ipxe` and a Butane template's `/ignition?mac=...` with 16 connections
+(requests/s). bootd runs at its default log level with its progress events on; `/ipxe` against the static
+`/boot.ipxe` from the same bootd is the per-machine cost (issue 16: >= 0.9x; /ignition >= 0.5x). nginx serves the scripts as
 static files holding bootd's exact answers, so both servers send the same bytes; the run checks that
 before it measures. Server on CPU 1 (nginx with one worker, sendfile on), wrk on CPU 0, in a loopback-only
 namespace; servers alternate each round, and medians are reported.
@@ -32,7 +34,32 @@ WORKLOADS = (  # name, path, connections, metric
     ("50MB c16", "/assets/f50m.bin", 16, "MB_s"),
     ("ipxe c16", f"/ipxe?mac={MAC}", 16, "rps"),
     ("boot.ipxe c16", "/boot.ipxe", 16, "rps"),
+    ("ignition c16", f"/ignition?mac={MAC}", 16, "rps"),
 )
+BUTANE = """\
+variant: flatcar
+version: 1.1.0
+passwd:
+  users:
+    - name: core
+      ssh_authorized_keys:
+        - "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchBenchBenchBenchBenchBenchBenchBench bench"
+storage:
+  files:
+    - path: /etc/hostname
+      mode: 0644
+      contents:
+        inline: "{{.request.query.mac}}"
+systemd:
+  units:
+    - name: bench.service
+      enabled: true
+      contents: |
+        [Service]
+        ExecStart=/usr/bin/echo {{.request.query.mac}}
+        [Install]
+        WantedBy=multi-user.target
+"""
 NGINX_CONF = """\
 user root;  # the benchmark work dir may be private to root (pytest tmp dirs are 0700)
 worker_processes 1;
@@ -48,6 +75,7 @@ http {{
     location /assets/ {{ alias {data}/assets/; }}
     location = /ipxe {{ default_type "text/plain; charset=utf-8"; alias {work}/static/ipxe; }}
     location = /boot.ipxe {{ default_type "text/plain; charset=utf-8"; alias {work}/static/boot.ipxe; }}
+    location = /ignition {{ default_type "application/json"; alias {work}/static/ignition; }}
   }}
 }}
 """
@@ -58,7 +86,8 @@ def prepare(work: Path, asset_bytes: int) -> Path:
     data = work / "data"
     for sub in ("profiles", "groups", "assets", "ignition"):
         (data / sub).mkdir(parents=True, exist_ok=True)
-    (data / "profiles/p.json").write_text(json.dumps({"id": "p", "boot": {
+    (data / "ignition/bench.yaml").write_text(BUTANE)
+    (data / "profiles/p.json").write_text(json.dumps({"id": "p", "ignition_id": "bench.yaml", "boot": {
         "kernel": "${bootd}/assets/f50m.bin", "initrd": ["${bootd}/assets/initrd.img"],
         "args": ["console=ttyS0", "flatcar.config.url=${bootd}/ignition?mac=${mac:hexhyp}"]}}))
     (data / "groups/default.json").write_text(json.dumps({"id": "default", "profile": "p"}))
@@ -78,7 +107,7 @@ def prepare(work: Path, asset_bytes: int) -> Path:
 def servers(work: Path) -> dict[str, list[str]]:
     return {
         "nginx": ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work), "-e", str(work / "nginx-error.log")],
-        "bootd": [sys.executable, "-m", "appliance", "run", "-c", str(work / "bootd.yaml"), "--log-level", "warning"],
+        "bootd": [sys.executable, "-m", "appliance", "run", "-c", str(work / "bootd.yaml")],
     }
 
 
@@ -129,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             curl(ns, f"/ipxe?mac={MAC}", work / "static/ipxe")
             curl(ns, "/boot.ipxe", work / "static/boot.ipxe")
+            curl(ns, f"/ignition?mac={MAC}", work / "static/ignition")
             reference = answers(ns, work, "bootd")
         finally:
             stop(proc)
@@ -161,11 +191,17 @@ def main(argv: list[str] | None = None) -> int:
                         "server_cpu_pct": {"nginx": cpu[0], "bootd": cpu[1]}}
         unit = "MB/s" if metric == "MB_s" else "req/s"
         print(f"{label:16s} {peer:10.1f} {unit[:2]} {ours:10.1f} {unit[:2]} {ratio:6.2f}x  {cpu[0]:.0f}/{cpu[1]:.0f}")
+    per_machine = {}
+    for label in ("ipxe c16", "ignition c16"):
+        static = median([s["rps"] for s in samples["bootd"]["boot.ipxe c16"]])
+        per_machine[label] = median([s["rps"] for s in samples["bootd"][label]]) / static if static else float("nan")
+        print(f"bootd {label.split()[0]} / its static boot.ipxe: {per_machine[label]:.2f}x")
     print("answers identical: yes")
     if not args.smoke:
         nginx_version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
         path = write_results("http", {"rounds": rounds, "secs": secs, "busy_before_each_server": busy_seen,
-                                      "peer": nginx_version, "results": table, "samples": samples})
+                                      "peer": nginx_version, "results": table, "samples": samples,
+                                      "bootd_per_machine_vs_static": per_machine})
         print(f"results: {path}")
     return 0
 

@@ -20,6 +20,8 @@ ROOT = Path(__file__).parents[2]
     ("tftp", ["answers identical: yes", "64x1MB ws8"]),
     ("dns", ["answers identical: yes", "cap 40%"]),
     ("bootstorm", ["every machine reported: yes"]),
+    ("kea", ["answers checked: yes", "DORA 100/s"]),
+    ("fleet", ["every machine completed: yes", "N=20 bootd: 20/20 booted"]),
 ])
 def test_benchmark_smoke(tmp_path, benchmark, expected):
     result = subprocess.run([sys.executable, "-m", f"bench.{benchmark}", "--smoke", "--work", str(tmp_path)], cwd=ROOT,

@@ -100,3 +100,37 @@ async def test_every_edit_is_seen_by_the_next_request(live, tmp_path):
         assert await kernel() == "/kswap"
         (data / "profiles/p.json").write_text(profile_json("/kSWAP"))  # and the new one is watched too
         assert await kernel() == "/kSWAP"
+
+
+BUTANE = """\
+variant: flatcar
+version: 1.1.0
+storage:
+  files:
+    - path: /etc/hostname
+      contents:
+        inline: {{.request.query.mac}}-VERSION
+"""
+
+
+async def test_ignition_translations_are_kept_but_never_stale(live):
+    """The Butane translation is kept per rendered text: each machine still gets its own, an edited
+    template is served at the next request, and going back to an earlier text serves that text's result."""
+    data: Path = live.data
+    (data / "ignition").mkdir()
+    (data / "ignition/t.yaml").write_text(BUTANE.replace("VERSION", "v1"))
+    (data / "profiles/p.json").write_text(json.dumps({"id": "p", "ignition_id": "t.yaml", "boot": {"kernel": "/k"}}))
+    async with aiohttp.ClientSession() as session:
+        async def hostname(mac: str) -> str:
+            async with session.get(live.url(f"/ignition?mac={mac}")) as resp:
+                assert resp.status == 200, await resp.text()
+                source = (await resp.json())["storage"]["files"][0]["contents"]["source"]
+                return source.split(",", 1)[1]
+
+        for _ in range(3):
+            assert await hostname("52-54-00-00-00-01") == "52:54:00:00:00:01-v1"
+            assert await hostname("52-54-00-00-00-02") == "52:54:00:00:00:02-v1"
+        (data / "ignition/t.yaml").write_text(BUTANE.replace("VERSION", "v2"))
+        assert await hostname("52-54-00-00-00-01") == "52:54:00:00:00:01-v2"
+        (data / "ignition/t.yaml").write_text(BUTANE.replace("VERSION", "v1"))
+        assert await hostname("52-54-00-00-00-01") == "52:54:00:00:00:01-v1"

@@ -1,0 +1,445 @@
+"""A fleet: N simulated machines each do what firmware does, against bootd and against dnsmasq + nginx.
+
+Each machine (a coroutine in bench/fleet.py's client, on CPU 0; the servers on CPU 1):
+ 1. PXE ROM DHCP: DISCOVER -> OFFER -> REQUEST -> ACK (BIOS, arch 0); the boot file named is fetched next;
+ 2. TFTP of that file (undionly.kpxe, 70 KB, blksize 1456 lock-step as PXE ROMs do);
+ 3. iPXE DHCP (user class iPXE): DISCOVER -> OFFER -> REQUEST -> ACK; the script URL named is fetched next;
+ 4. GET the script (/bootd.ipxe), then GET /ipxe?mac=... (its boot configuration);
+ 5. GET the kernel and the initrd (small assets, 256 KiB each);
+ 6. a pause as the kernel boots (0.5-1.5 s), GET /ignition?mac=...;
+ 7. a pause (0.2-0.6 s), the report (bootd: POST /api/v1/machines/MAC/report; nginx: POST /report/MAC).
+Machines start at random moments within a window (N / 200 s: the same arrival rate for every N). Every
+answer is checked (the OFFER names a file, TFTP gives the file's bytes, every HTTP answer is 200 with the
+expected bytes). Printed per N: machines completed, per-stage p50/p99 (ms), seconds from the first DISCOVER
+to the last report, the server's CPU seconds per machine and its peak RSS (VmHWM, MB; dnsmasq + nginx
+summed). dnsmasq + nginx serve the same files (nginx serves what bootd rendered for each path).
+
+bootd runs authoritative DHCP (a /16), TFTP and HTTP at its default log level, events on.
+
+Usage (root): python -m bench.fleet [--sizes 100,1000,10000] [--smoke]
+(--smoke: 20 machines on each side; every machine must complete; no performance asserted)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import LOAD_CPU, SERVER_CPU, cpu_seconds, median, wait_quiet, write_results
+from tests.netns import NetLab, _end_group
+
+ROOT = Path(__file__).parents[1]
+SERVER = "10.95.0.1"
+CLIENT = "10.95.255.254"
+PORT = 8080
+FIRMWARE_BYTES = 70_000
+ASSET_BYTES = 256 * 1024
+STAGES = ("dhcp_pxe", "tftp", "dhcp_ipxe", "script", "config", "kernel", "initrd", "ignition", "report")
+IGNITION = '{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/hostname","contents":{"source":"data:,{{.mac}}"}}]}}'
+NGINX = """worker_processes 1;
+daemon off;
+user root;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  sendfile on; default_type application/octet-stream; access_log off;
+  server {{
+    listen {server}:{port} backlog=4096;
+    root {work}/www;
+    location = /bootd.ipxe {{ default_type text/plain; try_files /bootd.ipxe =404; }}
+    location = /ipxe {{ default_type text/plain; try_files /ipxe.txt =404; }}
+    location = /ignition {{ default_type application/json; try_files /ignition.json =404; }}
+    location /report/ {{ return 200 "ok"; }}
+  }}
+}}
+"""
+
+
+def prepare(work: Path) -> dict[str, list[str]]:
+    rng = random.Random(7)
+    firmware = work / "firmware"
+    firmware.mkdir(parents=True, exist_ok=True)
+    (firmware / "undionly.kpxe").write_bytes(rng.randbytes(FIRMWARE_BYTES))
+    (firmware / "ipxe.efi").write_bytes(rng.randbytes(FIRMWARE_BYTES))
+    data = work / "data"
+    for sub in ("profiles", "groups", "ignition", "assets"):
+        (data / sub).mkdir(parents=True, exist_ok=True)
+    (data / "assets/vmlinuz").write_bytes(rng.randbytes(ASSET_BYTES))
+    (data / "assets/initrd.img").write_bytes(rng.randbytes(ASSET_BYTES))
+    (data / "profiles/fleet.json").write_text(json.dumps({"id": "fleet", "ignition_id": "fleet.ign", "boot": {
+        "kernel": f"http://{SERVER}:{PORT}/assets/vmlinuz", "initrd": [f"http://{SERVER}:{PORT}/assets/initrd.img"],
+        "args": ["console=ttyS0", f"ignition.config.url=http://{SERVER}:{PORT}/ignition?mac=${{mac:hexhyp}}"]}}))
+    (data / "groups/default.json").write_text(json.dumps({"id": "default", "profile": "fleet"}))
+    (data / "ignition/fleet.ign").write_text(IGNITION.replace("{{.mac}}", "fleet"))
+    state = work / "state"
+    state.mkdir(exist_ok=True)
+    (work / "bootd.yaml").write_text(
+        f"state_dir: {state}\nlisten: {{address: {SERVER}}}\nhttp: {{address: {SERVER}, port: {PORT}, "
+        f"data_dir: {data}}}\ndhcp:\n  mode: authoritative\n  firmware_dir: {firmware}\n  subnet: 10.95.0.0/16\n"
+        f"  range: [10.95.0.10, 10.95.255.250]\n  router: {SERVER}\n  lease: 1h\ntftp: {{address: {SERVER}}}\n")
+    www = work / "www"
+    (www / "assets").mkdir(parents=True, exist_ok=True)
+    for name in ("vmlinuz", "initrd.img"):
+        (www / "assets" / name).write_bytes((data / "assets" / name).read_bytes())
+    (work / "nginx.conf").write_text(NGINX.format(work=work, server=SERVER, port=PORT))
+    dnsmasq = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
+               "--user=root", "--dhcp-range=10.95.0.10,10.95.255.250,255.255.0.0,1h", "--no-ping",
+               "--dhcp-authoritative", "--dhcp-lease-max=70000", "--dhcp-leasefile=/dev/null", "--enable-tftp",
+               f"--tftp-root={firmware}", f"--dhcp-option=3,{SERVER}", "--dhcp-userclass=set:ipxe,iPXE",
+               "--dhcp-match=set:bios,option:client-arch,0", "--dhcp-boot=tag:bios,tag:!ipxe,undionly.kpxe",
+               f"--dhcp-boot=tag:ipxe,http://{SERVER}:{PORT}/bootd.ipxe", "--log-facility=-", "--quiet-dhcp",
+               "--tftp-max=10000"]
+    return {"bootd": [sys.executable, "-m", "appliance", "run", "-c", str(work / "bootd.yaml")],
+            "dnsmasq": dnsmasq, "nginx": ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]}
+
+
+def reset_state(work: Path) -> None:
+    for name in ("leases.json", "leases.journal"):
+        (work / "state" / name).unlink(missing_ok=True)
+
+
+# --- the client: runs inside the client namespace (python -m bench.fleet --client ...) ---------------------
+
+def dhcp_packet(kind: int, mac: bytes, xid: int, ipxe: bool, requested: bytes = b"", server: bytes = b"") -> bytes:
+    header = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, xid, 0, 0x8000, bytes(4), bytes(4), bytes(4),
+                         bytes(4), mac.ljust(16, b"\0"), b"", b"")
+
+    def option(code: int, value: bytes) -> bytes:
+        return bytes((code, len(value))) + value
+
+    options = option(53, bytes((kind,))) + option(57, struct.pack("!H", 1472)) + option(93, b"\0\0") \
+        + option(94, b"\x01\x02\x01") + option(97, b"\0" + mac.ljust(16, b"\xee")) \
+        + option(60, b"PXEClient:Arch:00000:UNDI:002001") + option(55, bytes([1, 3, 6, 43, 60, 66, 67]))
+    if ipxe:
+        options += option(77, b"iPXE") + option(175, b"\x13\x01\x01")
+    if requested:
+        options += option(50, requested) + option(54, server)
+    return header + b"\x63\x82\x53\x63" + options + b"\xff"
+
+
+def dhcp_option(data: bytes, code: int) -> bytes:
+    i = 240
+    while i < len(data) - 1 and data[i] != 255:
+        if data[i] == 0:
+            i += 1
+            continue
+        if data[i] == code:
+            return data[i + 2 : i + 2 + data[i + 1]]
+        i += 2 + data[i + 1]
+    return b""
+
+
+class DhcpClient(asyncio.DatagramProtocol):
+    """One socket on :68 for every simulated machine; replies go to the exchange waiting on (xid, type)."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[tuple[int, int], asyncio.Future] = {}
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if len(data) < 240:
+            return
+        future = self.waiting.pop((int.from_bytes(data[4:8], "big"), (dhcp_option(data, 53) or b"\0")[0]), None)
+        if future is not None and not future.done():
+            future.set_result(data)
+
+    async def exchange(self, transport, packet: bytes, xid: int, answer: int, tries: int = 4) -> bytes:
+        for attempt in range(tries):
+            future = asyncio.get_running_loop().create_future()
+            self.waiting[(xid, answer)] = future
+            transport.sendto(packet, ("255.255.255.255", 67))
+            try:
+                return await asyncio.wait_for(future, 1.0 + attempt)
+            except TimeoutError:
+                self.waiting.pop((xid, answer), None)
+        raise RuntimeError(f"no DHCP answer (type {answer}) for xid {xid:#x}")
+
+    async def dora(self, transport, mac: bytes, xid: int, ipxe: bool) -> bytes:
+        offer = await self.exchange(transport, dhcp_packet(1, mac, xid, ipxe), xid, 2)
+        server = dhcp_option(offer, 54) or offer[20:24]
+        await self.exchange(transport, dhcp_packet(3, mac, xid, ipxe, offer[16:20], server), xid, 5)
+        return offer
+
+
+async def tftp_get(name: str, blksize: int = 1456, tries: int = 5) -> bytes:
+    """A PXE ROM's TFTP read: blksize and tsize, lock-step, a retransmission after 1 s of silence, and no
+    dally after the last block (the ROM runs what it got)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.bind((CLIENT, 0))
+    try:
+        last = b"\0\1" + f"{name}\0octet\0blksize\0{blksize}\0tsize\0000\0".encode()
+        target = (SERVER, 69)
+        sock.sendto(last, target)
+        received, expected, size = bytearray(), 1, 512
+        while True:
+            for attempt in range(tries):
+                try:
+                    data, source = await asyncio.wait_for(loop.sock_recvfrom(sock, 65536), 1.0)
+                    break
+                except TimeoutError:
+                    sock.sendto(last, target)
+            else:
+                raise RuntimeError(f"TFTP {name}: no answer at block {expected}")
+            opcode = data[1]
+            if opcode == 5:
+                message = data[4:].split(b"\0")[0]
+                raise RuntimeError(f"TFTP {name}: error {message!r}")
+            target = source
+            if opcode == 6:  # OACK
+                fields = data[2:].split(b"\0")
+                options = dict(zip(fields[0::2], fields[1::2]))
+                size = int(options.get(b"blksize", b"512"))
+                last = b"\0\4\0\0"
+                sock.sendto(last, target)
+                continue
+            if opcode != 3:
+                continue
+            block = int.from_bytes(data[2:4], "big")
+            if block == expected & 0xFFFF:
+                received += data[4:]
+                expected += 1
+            last = b"\0\4" + data[2:4]
+            sock.sendto(last, target)
+            if block == (expected - 1) & 0xFFFF and len(data) - 4 < size:
+                return bytes(received)
+    finally:
+        sock.close()
+
+
+async def machine(index: int, start_at: float, dhcp: DhcpClient, transport, session, peer: str,
+                  expect: dict, rng: random.Random) -> dict[str, float]:
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    mac = bytes((2, 0x95)) + index.to_bytes(4, "big")
+    hexhyp = mac.hex("-")
+    times: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def done(stage: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        times[stage] = now - mark
+        mark = now
+
+    times["start"] = mark
+    offer = await dhcp.dora(transport, mac, 0x95000000 + index, ipxe=False)
+    boot_file = offer[108:236].split(b"\0")[0].decode() or dhcp_option(offer, 67).rstrip(b"\0").decode()
+    if boot_file != "undionly.kpxe":
+        raise RuntimeError(f"PXE OFFER names {boot_file!r}")
+    done("dhcp_pxe")
+    got = await tftp_get(boot_file)
+    if hashlib.sha256(got).hexdigest() != expect["firmware_sha256"]:
+        raise RuntimeError(f"TFTP gave {len(got)} bytes, not the file's")
+    done("tftp")
+    offer = await dhcp.dora(transport, mac, 0x96000000 + index, ipxe=True)
+    script_url = offer[108:236].split(b"\0")[0].decode() or dhcp_option(offer, 67).rstrip(b"\0").decode()
+    if not script_url.startswith("http://"):
+        raise RuntimeError(f"iPXE OFFER names {script_url!r}")
+    done("dhcp_ipxe")
+
+    async def get(url: str, expected: bytes | None, method: str = "GET") -> None:
+        async with session.request(method, url) as resp:
+            body = await resp.read()
+            if resp.status != 200 or (expected is not None and body != expected):
+                raise RuntimeError(f"{method} {url}: {resp.status} ({len(body)} bytes)")
+
+    base = f"http://{SERVER}:{PORT}"
+    await get(script_url, expect["script"])
+    done("script")
+    await get(f"{base}/ipxe?mac={hexhyp}", expect["config"].replace(b"MACHINE", hexhyp.encode()) if peer == "bootd"
+              else None)
+    done("config")
+    await get(f"{base}/assets/vmlinuz", expect["kernel"])
+    done("kernel")
+    await get(f"{base}/assets/initrd.img", expect["initrd"])
+    done("initrd")
+    await asyncio.sleep(rng.uniform(0.5, 1.5))  # the kernel boots
+    mark = time.monotonic()
+    await get(f"{base}/ignition?mac={hexhyp}", None)
+    done("ignition")
+    await asyncio.sleep(rng.uniform(0.2, 0.6))
+    mark = time.monotonic()
+    report = f"{base}/api/v1/machines/{mac.hex(':')}/report" if peer == "bootd" else f"{base}/report/{hexhyp}"
+    await get(report, None, method="POST")
+    done("report")
+    times["end"] = time.monotonic()
+    return times
+
+
+async def run_client(count: int, window: float, iface: str, peer: str, work: Path) -> dict:
+    import aiohttp
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.bind(("0.0.0.0", 68))
+    dhcp = DhcpClient()
+    transport, _ = await loop.create_datagram_endpoint(lambda: dhcp, sock=sock)
+    expect = {"firmware_sha256": hashlib.sha256((work / "firmware/undionly.kpxe").read_bytes()).hexdigest(),
+              "script": (work / "expected-script").read_bytes(), "config": (work / "expected-config").read_bytes(),
+              "kernel": (work / "data/assets/vmlinuz").read_bytes(),
+              "initrd": (work / "data/assets/initrd.img").read_bytes()}
+    rng = random.Random(count)
+    begin = time.monotonic() + 0.2
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)  # a machine opens its own connections
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        tasks = [machine(i, begin + rng.uniform(0, window), dhcp, transport, session, peer, expect,
+                         random.Random(i)) for i in range(count)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    transport.close()
+    failures = [repr(r) for r in results if isinstance(r, BaseException)]
+    runs = [r for r in results if isinstance(r, dict)]
+    stages = {}
+    for stage in STAGES:
+        values = sorted(r[stage] for r in runs)
+        if values:
+            stages[stage] = {"p50_ms": round(1000 * values[len(values) // 2], 2),
+                             "p99_ms": round(1000 * values[min(len(values) - 1, int(0.99 * len(values)))], 2)}
+    first = min((r["start"] for r in runs), default=0.0)
+    last = max((r["end"] for r in runs), default=0.0)
+    return {"machines": count, "completed": len(runs), "failed": len(failures), "failures": failures[:5],
+            "seconds_first_discover_to_last_report": round(last - first, 2), "stages": stages}
+
+
+# --- the driver ------------------------------------------------------------------------------------------
+
+def peak_rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total / 1024, 1)
+
+
+def server_pids(procs: list[subprocess.Popen]) -> list[int]:
+    """The servers' own PIDs (under `ip netns exec` and taskset, which exec into them)."""
+    pids = []
+    for proc in procs:
+        pids.append(proc.pid)
+        try:
+            pids += [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def http_get(lab: NetLab, path: str) -> bytes:
+    return lab.run(lab.server_ns, ["curl", "-sf", "--retry", "30", "--retry-connrefused", "--retry-delay", "0",
+                                   f"http://{SERVER}:{PORT}{path}"], text=False).stdout
+
+
+def run_size(lab: NetLab, client, work: Path, argvs: dict[str, list[str]], peer: str, count: int) -> dict:
+    reset_state(work)
+    server_if = f"{lab.name[:8]}s0"
+    names = ["bootd"] if peer == "bootd" else ["dnsmasq", "nginx"]
+    procs = []
+    for name in names:
+        argv = argvs[name] + ([f"--interface={server_if}"] if name == "dnsmasq" else [])
+        with open(work / f"{name}.log", "wb") as log:
+            procs.append(lab.start(lab.server_ns, ["taskset", "-c", SERVER_CPU, *argv], stdout=log,
+                                   stderr=subprocess.STDOUT, cwd=ROOT))
+    try:
+        http_get(lab, "/bootd.ipxe" if peer == "bootd" else "/report/x")  # up
+        time.sleep(0.5)
+        pids = server_pids(procs)
+        c0 = sum(cpu_seconds(p.pid) for p in procs)
+        window = max(0.5, count / 200)
+        result = lab.run(client.ns, ["taskset", "-c", LOAD_CPU, sys.executable, "-m", "bench.fleet", "--client",
+                                     "--count", str(count), "--window", str(window), "--iface", client.ifname,
+                                     "--peer", peer, "--work", str(work)], cwd=ROOT, timeout=count / 10 + 600)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr[-3000:])
+        out = json.loads(result.stdout)
+        c1 = sum(cpu_seconds(p.pid) for p in procs)
+        out["server_cpu_s_per_machine"] = round((c1 - c0) / count, 5)
+        out["server_peak_rss_mb"] = peak_rss_mb(pids)
+        return out
+    finally:
+        for proc in procs:
+            _end_group(proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100,1000,10000")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/bootd-bench/fleet"))
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--window", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--iface", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--peer", default="bootd", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    work = args.work
+    if args.client:
+        json.dump(asyncio.run(run_client(args.count, args.window, args.iface, args.peer, work)), sys.stdout)
+        return 0
+    sizes = [20] if args.smoke else [int(s) for s in args.sizes.split(",")]
+    work.mkdir(parents=True, exist_ok=True)
+    argvs = prepare(work)
+    results: dict[str, dict[str, dict]] = {}
+    with NetLab(f"bf{os.getpid() % 100000}", server_address=f"{SERVER}/16") as lab:
+        client = lab.add_client(f"{CLIENT}/16")
+        # bootd renders the script and the boot configuration; nginx serves exactly those bytes
+        boot = lab.start(lab.server_ns, argvs["bootd"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         cwd=ROOT)
+        try:
+            script = http_get(lab, "/bootd.ipxe")
+            config = http_get(lab, "/ipxe?mac=MACHINE")
+            ignition = http_get(lab, "/ignition?mac=02-95-00-00-00-00")
+        finally:
+            _end_group(boot)
+        www = work / "www"
+        (www / "bootd.ipxe").write_bytes(script)
+        (www / "ipxe.txt").write_bytes(config)
+        (www / "ignition.json").write_bytes(ignition)
+        (work / "expected-script").write_bytes(script)
+        (work / "expected-config").write_bytes(config)
+        for count in sizes:
+            for peer in ("dnsmasq+nginx", "bootd") if count % 2 == 0 else ("bootd", "dnsmasq+nginx"):
+                if not args.smoke:
+                    wait_quiet()
+                out = run_size(lab, client, work, argvs, "bootd" if peer == "bootd" else "nginx", count)
+                results.setdefault(str(count), {})[peer] = out
+                print(f"N={count} {peer}: {out['completed']}/{count} booted in "
+                      f"{out['seconds_first_discover_to_last_report']} s, server CPU "
+                      f"{1000 * out['server_cpu_s_per_machine']:.2f} ms/machine, peak RSS {out['server_peak_rss_mb']} MB"
+                      + (f", failures: {out['failures']}" if out["failed"] else ""), flush=True)
+                print("   " + ", ".join(f"{stage} {v['p50_ms']:.0f}/{v['p99_ms']:.0f}"
+                                        for stage, v in out["stages"].items()) + " (p50/p99 ms)", flush=True)
+                if out["completed"] != count:
+                    print(f"{peer}: only {out['completed']} of {count} machines completed", file=sys.stderr)
+                    return 1
+    ours = {n: r["bootd"]["server_cpu_s_per_machine"] for n, r in results.items()}
+    if len(ours) > 1:
+        smallest, largest = str(min(map(int, ours))), str(max(map(int, ours)))
+        print(f"bootd CPU per machine at N={largest} / at N={smallest}: {ours[largest] / ours[smallest]:.2f}x")
+    for n, r in results.items():
+        print(f"N={n}: bootd CPU per machine / dnsmasq+nginx's: "
+              f"{r['bootd']['server_cpu_s_per_machine'] / max(r['dnsmasq+nginx']['server_cpu_s_per_machine'], 1e-9):.2f}x")
+    print("every machine completed: yes")
+    if not args.smoke:
+        path = write_results("fleet", {"sizes": sizes, "results": results})
+        print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

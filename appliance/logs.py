@@ -145,6 +145,12 @@ class BatchedStreamHandler(logging.StreamHandler):
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
+    # Neither format shows the caller's file and line, thread or process: don't look them up per record (the
+    # logging HOWTO's "Optimization"; finding the caller walks the stack at every line)
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = BatchedStreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

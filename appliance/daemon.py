@@ -14,6 +14,7 @@ RELOADING=1 before and READY=1 after, whatever the outcome.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -246,6 +247,9 @@ class Daemon:
                         extra={"addresses": ",".join(self.addresses)})
             self.notifier.ready(self.serving())
             self.notifier.start_watchdog(asyncio.get_running_loop())
+            # What start-up made (modules, config, caches) lives as long as bootd: out of the collector's
+            # sight, so a full collection while serving walks only what serving made (one took 45-50 ms).
+            gc.freeze()
             await self._stopping.wait()
         finally:
             await self.stop()

@@ -170,15 +170,22 @@ def parse_options(data: bytes, start: int = 0, *, end: int | None = None) -> dic
 
 
 def encode_options(options: Mapping[int, bytes] | list[tuple[int, bytes]]) -> bytes:
-    out = bytearray()
+    parts: list[bytes] = []
+    add = parts.append
     items = options.items() if isinstance(options, Mapping) else options
     for code, value in items:
-        if not value:
-            out += bytes((code, 0))
-        for i in range(0, len(value), 255):
-            part = value[i : i + 255]
-            out += bytes((code, len(part))) + part
-    return bytes(out)
+        size = len(value)
+        if 0 < size <= 255:  # nearly every option: one part (per reply on the hot path)
+            add(bytes((code, size)))
+            add(value)
+        elif not size:
+            add(bytes((code, 0)))
+        else:
+            for i in range(0, size, 255):
+                part = value[i : i + 255]
+                add(bytes((code, len(part))))
+                add(part)
+    return b"".join(parts)
 
 
 def encode_packet(packet: DhcpPacket) -> bytes:

@@ -22,5 +22,13 @@ apt-get install -y -qq --no-install-recommends \
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
+# promtool (tests/integration/test_metrics.py) from Debian's prometheus package, unpacked beside the venv's
+# python: installing the package would also start a Prometheus server on this machine.
+if [ ! -x .venv/bin/promtool ]; then
+  work=$(mktemp -d)
+  (cd "$work" && apt-get download -q prometheus >/dev/null 2>&1 && dpkg-deb -x prometheus_*.deb root) && \
+    install -m 0755 "$work/root/usr/bin/promtool" .venv/bin/promtool
+  rm -rf "$work"
+fi
 # The mark tells tests/conftest.py that everything is installed: from now on a skipped test fails.
 touch .venv/bootd-test-setup-done

@@ -100,8 +100,11 @@ def busy_fraction(seconds: float = 1.0) -> float:
     return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
-def wait_quiet(limit: float = 60.0, threshold: float = 0.10) -> float:
-    """Wait (bounded) until the machine is under `threshold` busy; returns the last busy fraction seen."""
+def wait_quiet(limit: float | None = None, threshold: float = 0.10) -> float:
+    """Wait (bounded: `limit`, else $BENCH_QUIET_WAIT, else 60 s) until the machine is under `threshold` busy;
+    returns the last busy fraction seen (kept in each results file: how loaded the machine was)."""
+    if limit is None:
+        limit = float(os.environ.get("BENCH_QUIET_WAIT", "60"))
     deadline = time.monotonic() + limit
     busy = busy_fraction()
     while busy > threshold and time.monotonic() < deadline:
@@ -116,7 +119,8 @@ def median(values: list[float]) -> float:
 def write_results(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    payload = {"benchmark": name, "when": stamp, "host": platform.node(), "cpus": os.cpu_count(), **payload}
+    payload = {"benchmark": name, "when": stamp, "host": platform.node(), "cpus": os.cpu_count(),
+               "loadavg_at_end": [round(x, 2) for x in os.getloadavg()], **payload}
     path = RESULTS / f"{name}-{stamp}.json"
     path.write_text(json.dumps(payload, indent=1) + "\n")
     return path

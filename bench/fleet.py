@@ -8,7 +8,9 @@ Each machine (a coroutine in bench/fleet.py's client, on CPU 0; the servers on C
  5. GET the kernel and the initrd (small assets, 256 KiB each);
  6. a pause as the kernel boots (0.5-1.5 s), GET /ignition?mac=...;
  7. a pause (0.2-0.6 s), the report (bootd: POST /api/v1/machines/MAC/report; nginx: POST /report/MAC).
-Machines start at random moments within a window (N / 200 s: the same arrival rate for every N). Every
+A NAK (dnsmasq offers the same address to machines whose MACs hash alike, and NAKs all but the first
+to ask for it) makes a machine start over, up to 8 times. Machines start at random moments within a window (N / 100 s: the same arrival rate, 100 a second, for
+every N). Every
 answer is checked (the OFFER names a file, TFTP gives the file's bytes, every HTTP answer is 200 with the
 expected bytes). Printed per N: machines completed, per-stage p50/p99 (ms), seconds from the first DISCOVER
 to the last report, the server's CPU seconds per machine and its peak RSS (VmHWM, MB; dnsmasq + nginx
@@ -87,7 +89,10 @@ def prepare(work: Path) -> dict[str, list[str]]:
     (work / "bootd.yaml").write_text(
         f"state_dir: {state}\nlisten: {{address: {SERVER}}}\nhttp: {{address: {SERVER}, port: {PORT}, "
         f"data_dir: {data}}}\ndhcp:\n  mode: authoritative\n  firmware_dir: {firmware}\n  subnet: 10.95.0.0/16\n"
-        f"  range: [10.95.0.10, 10.95.255.250]\n  router: {SERVER}\n  lease: 1h\ntftp: {{address: {SERVER}}}\n")
+        f"  range: [10.95.0.10, 10.95.255.250]\n  router: {SERVER}\n  lease: 1h\n"
+        # every simulated machine reaches TFTP from the client's one address: the per-client limit (8, for
+        # one machine's retries) would stand for the whole fleet
+        f"tftp: {{address: {SERVER}, max_per_client: 1000, max_transfers: 1000}}\n")
     www = work / "www"
     (www / "assets").mkdir(parents=True, exist_ok=True)
     for name in ("vmlinuz", "initrd.img"):
@@ -141,34 +146,47 @@ def dhcp_option(data: bytes, code: int) -> bytes:
 
 
 class DhcpClient(asyncio.DatagramProtocol):
-    """One socket on :68 for every simulated machine; replies go to the exchange waiting on (xid, type)."""
+    """One socket on :68 for every simulated machine; a reply goes to the exchange waiting on its xid."""
 
     def __init__(self) -> None:
-        self.waiting: dict[tuple[int, int], asyncio.Future] = {}
+        self.waiting: dict[int, asyncio.Queue] = {}
 
     def datagram_received(self, data: bytes, addr) -> None:
-        if len(data) < 240:
-            return
-        future = self.waiting.pop((int.from_bytes(data[4:8], "big"), (dhcp_option(data, 53) or b"\0")[0]), None)
-        if future is not None and not future.done():
-            future.set_result(data)
+        if len(data) >= 240 and (queue := self.waiting.get(int.from_bytes(data[4:8], "big"))) is not None:
+            queue.put_nowait(data)
 
-    async def exchange(self, transport, packet: bytes, xid: int, answer: int, tries: int = 4) -> bytes:
-        for attempt in range(tries):
-            future = asyncio.get_running_loop().create_future()
-            self.waiting[(xid, answer)] = future
-            transport.sendto(packet, ("255.255.255.255", 67))
-            try:
-                return await asyncio.wait_for(future, 1.0 + attempt)
-            except TimeoutError:
-                self.waiting.pop((xid, answer), None)
-        raise RuntimeError(f"no DHCP answer (type {answer}) for xid {xid:#x}")
+    async def exchange(self, transport, packet: bytes, xid: int, answers: set[int], tries: int = 4) -> bytes:
+        queue: asyncio.Queue = asyncio.Queue()
+        self.waiting[xid] = queue
+        loop = asyncio.get_running_loop()
+        try:
+            for attempt in range(tries):
+                transport.sendto(packet, ("255.255.255.255", 67))
+                deadline = loop.time() + 1.0 + attempt
+                while (left := deadline - loop.time()) > 0:
+                    try:
+                        data = await asyncio.wait_for(queue.get(), left)
+                    except TimeoutError:
+                        break
+                    if (dhcp_option(data, 53) or b"\0")[0] in answers:
+                        return data
+            raise RuntimeError(f"no DHCP answer ({sorted(answers)}) for xid {xid:#x}")
+        finally:
+            self.waiting.pop(xid, None)
 
     async def dora(self, transport, mac: bytes, xid: int, ipxe: bool) -> bytes:
-        offer = await self.exchange(transport, dhcp_packet(1, mac, xid, ipxe), xid, 2)
-        server = dhcp_option(offer, 54) or offer[20:24]
-        await self.exchange(transport, dhcp_packet(3, mac, xid, ipxe, offer[16:20], server), xid, 5)
-        return offer
+        """DISCOVER, OFFER, REQUEST, ACK; after a NAK (a server that offered an address it then gave to
+        another client) it starts over with a new xid, as firmware does."""
+        for attempt in range(8):
+            this_xid = xid ^ (attempt << 28)
+            offer = await self.exchange(transport, dhcp_packet(1, mac, this_xid, ipxe), this_xid, {2})
+            server = dhcp_option(offer, 54) or offer[20:24]
+            answer = await self.exchange(transport, dhcp_packet(3, mac, this_xid, ipxe, offer[16:20], server),
+                                         this_xid, {5, 6})
+            if answer and dhcp_option(answer, 53)[:1] == b"\x05":
+                return offer
+            why = dhcp_option(answer, 56).decode(errors="replace")
+        raise RuntimeError(f"NAKed 8 times: {mac.hex(':')}: {why}")
 
 
 async def tftp_get(name: str, blksize: int = 1456, tries: int = 5) -> bytes:
@@ -360,7 +378,7 @@ def run_size(lab: NetLab, client, work: Path, argvs: dict[str, list[str]], peer:
         time.sleep(0.5)
         pids = server_pids(procs)
         c0 = sum(cpu_seconds(p.pid) for p in procs)
-        window = max(0.5, count / 200)
+        window = max(0.5, count / 100)
         result = lab.run(client.ns, ["taskset", "-c", LOAD_CPU, sys.executable, "-m", "bench.fleet", "--client",
                                      "--count", str(count), "--window", str(window), "--iface", client.ifname,
                                      "--peer", peer, "--work", str(work)], cwd=ROOT, timeout=count / 10 + 600)
@@ -397,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, dict]] = {}
     with NetLab(f"bf{os.getpid() % 100000}", server_address=f"{SERVER}/16") as lab:
         client = lab.add_client(f"{CLIENT}/16")
+        # every machine's connections come from one address: ports enough, and TIME_WAIT ones reused (this
+        # namespace's own settings)
+        for setting in ("net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1"):
+            lab.run(client.ns, ["sysctl", "-qw", setting])
         # bootd renders the script and the boot configuration; nginx serves exactly those bytes
         boot = lab.start(lab.server_ns, argvs["bootd"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          cwd=ROOT)
@@ -414,9 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         (work / "expected-config").write_bytes(config)
         for count in sizes:
             for peer in ("dnsmasq+nginx", "bootd") if count % 2 == 0 else ("bootd", "dnsmasq+nginx"):
-                if not args.smoke:
-                    wait_quiet()
+                busy = 0.0 if args.smoke else wait_quiet()
                 out = run_size(lab, client, work, argvs, "bootd" if peer == "bootd" else "nginx", count)
+                out["busy_before"] = round(busy, 2)
                 results.setdefault(str(count), {})[peer] = out
                 print(f"N={count} {peer}: {out['completed']}/{count} booted in "
                       f"{out['seconds_first_discover_to_last_report']} s, server CPU "
@@ -424,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                       + (f", failures: {out['failures']}" if out["failed"] else ""), flush=True)
                 print("   " + ", ".join(f"{stage} {v['p50_ms']:.0f}/{v['p99_ms']:.0f}"
                                         for stage, v in out["stages"].items()) + " (p50/p99 ms)", flush=True)
-                if out["completed"] != count:
+                if out["completed"] != count and (peer == "bootd" or args.smoke):
                     print(f"{peer}: only {out['completed']} of {count} machines completed", file=sys.stderr)
                     return 1
     ours = {n: r["bootd"]["server_cpu_s_per_machine"] for n, r in results.items()}

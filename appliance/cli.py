@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--deb", type=Path, help="use this downloaded ipxe .deb instead of apt-get download")
     fetch.add_argument("--signed", action="store_true", help="also Debian's signed shim and network GRUB, for "
                        "Secure Boot machines (packages shim-signed, grub-efi-amd64-signed)")
+    fetch.add_argument("--arm64", action="store_true", help="also Debian's arm64 network GRUB, for arm64 machines "
+                       "(Debian builds no arm64 iPXE; from debian-installer-12-netboot-arm64, 128 MB)")
 
     render = commands.add_parser("render", help="print what a machine would get, and which group chose it")
     render.add_argument("-c", "--config", default=DEFAULT_CONFIG)
@@ -220,7 +222,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "install-service":
         return cmd_install_service(args.root, args.config, args.bin, args.user)
     if args.command == "firmware":
-        return cmd_firmware_fetch(Path(args.config), args.dir, args.deb, args.signed)
+        return cmd_firmware_fetch(Path(args.config), args.dir, args.deb, args.signed, args.arm64)
     if args.command == "run":
         return cmd_run(Path(args.config), args.log_format, args.log_level)
     if args.command == "probe":
@@ -375,7 +377,8 @@ def cmd_render(path: Path, mac: str | None, labels: list[str], what: str) -> int
     return 0
 
 
-def cmd_firmware_fetch(config_path: Path, directory: Path | None, deb: Path | None, signed: bool = False) -> int:
+def cmd_firmware_fetch(config_path: Path, directory: Path | None, deb: Path | None, signed: bool = False,
+                       arm64: bool = False) -> int:
     from appliance.firmware import FirmwareError, fetch
 
     if directory is None:
@@ -384,7 +387,7 @@ def cmd_firmware_fetch(config_path: Path, directory: Path | None, deb: Path | No
             return 2
         directory = config.firmware_dir
     try:
-        for line in fetch(directory, deb=deb, signed=signed):
+        for line in fetch(directory, deb=deb, signed=signed, arm64=arm64):
             print(line)
     except FirmwareError as exc:
         print(f"bootd firmware fetch: {exc}", file=sys.stderr)

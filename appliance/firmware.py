@@ -79,9 +79,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(destination: Path, *, deb: Path | None = None, signed: bool = False) -> list[str]:
+ARM64_PACKAGE = "debian-installer-12-netboot-arm64"
+
+
+def fetch(destination: Path, *, deb: Path | None = None, signed: bool = False, arm64: bool = False) -> list[str]:
     """Install the known files from the Debian packages into `destination`; the lines to print. `signed`:
-    also the Secure Boot chain (shim and the network GRUB)."""
+    also the Secure Boot chain (shim and the network GRUB); `arm64`: the arm64 network GRUB."""
     if destination.exists() and not destination.is_dir():  # said before the download, not after it
         raise FirmwareError(f"{destination} is not a directory")
     try:
@@ -89,8 +92,9 @@ def fetch(destination: Path, *, deb: Path | None = None, signed: bool = False) -
     except OSError as exc:
         raise FirmwareError(f"{destination}: cannot make the firmware directory: {exc.strerror}") from None
     lines = _install(destination, PACKAGE, known_files(), deb)
-    if signed:
-        chain = signed_files()
+    if signed or arm64:
+        chain = [f for f in signed_files() if (f.package == ARM64_PACKAGE and arm64)
+                 or (f.package != ARM64_PACKAGE and signed)]
         for package in dict.fromkeys(f.package for f in chain):
             lines += _install(destination, package, [f for f in chain if f.package == package], None)
     return lines

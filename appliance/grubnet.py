@@ -2,7 +2,8 @@
 
 What GRUB asks for (seen from OVMF with Secure Boot enforced): Debian's grubnetx64.efi.signed is built with
 the prefix /grub and without GRUB's http module (and a GRUB under Secure Boot loads no module from outside
-its image), so everything after shim comes over TFTP, by absolute names:
+its image), so everything after shim comes over TFTP, by absolute names (the arm64 GRUB of Debian's
+installer has the prefix /debian-installer/arm64/grub and asks for the same files there):
   /grub/x86_64-efi/{command,fs,crypto,terminal}.lst   module lists (served empty: every module is built in)
   /grub/grub.cfg                                      bootd's bootstrap, below: names the machine
   /grub/machines/<MAC>                                bootd's /grub route (matchbox's) for that MAC
@@ -28,10 +29,14 @@ from appliance.store import DataDir, labels_from_query
 logger = logging.getLogger(__name__)
 
 GRUB_PREFIX = "/grub"
+# the prefixes Debian's signed network GRUBs are built with: grub-efi-amd64-signed's, and the arm64 one the
+# installer's netboot package ships (seen from AAVMF)
+PREFIXES = (GRUB_PREFIX, "/debian-installer/arm64/grub")
 MACHINES = f"{GRUB_PREFIX}/machines/"
 ASSETS = "/assets/"
-MODULE_LISTS = frozenset(f"{GRUB_PREFIX}/x86_64-efi/{name}" for name in ("command.lst", "fs.lst", "crypto.lst",
-                                                                           "terminal.lst"))
+BOOTSTRAPS = frozenset(f"{prefix}/grub.cfg" for prefix in PREFIXES)
+MODULE_LISTS = frozenset(f"{prefix}/{platform}/{name}" for prefix in PREFIXES for platform in ("x86_64-efi", "arm64-efi")
+                         for name in ("command.lst", "fs.lst", "crypto.lst", "terminal.lst"))
 
 
 def bootstrap(http_port: int) -> bytes:
@@ -63,7 +68,7 @@ class NetworkGrub:
         self._publisher = publisher
 
     def __call__(self, name: str) -> bytes | None:
-        if name == f"{GRUB_PREFIX}/grub.cfg":
+        if name in BOOTSTRAPS:
             return self._bootstrap
         if name in MODULE_LISTS:
             return b""

@@ -75,6 +75,8 @@ class Firmware(StrEnum):
     # under the name shim loads from beside itself
     SHIM_X64 = "shimx64.efi"
     GRUB_X64 = "grubx64.efi"
+    # arm64: Debian builds no arm64 iPXE (snp.efi is the user's); its signed network GRUB boots the profile
+    GRUB_ARM64 = "grubaa64.efi"
 
 
 SECURE_BOOT_CHAIN = (Firmware.SHIM_X64, Firmware.GRUB_X64)
@@ -86,6 +88,7 @@ class ArchEntry:
     firmware: Firmware
     uefi: bool
     http_boot: bool
+    fallback: Firmware | None = None  # served when `firmware` is not there (GRUB instead of iPXE)
 
 
 # The architecture table: defined once.
@@ -95,7 +98,7 @@ ARCH_TABLE: Mapping[int, ArchEntry] = MappingProxyType({e.arch: e for e in (
     ArchEntry(Arch.EFI_X64, Firmware.IPXE_EFI_X64, uefi=True, http_boot=False),
     ArchEntry(Arch.EFI_BC, Firmware.IPXE_EFI_X64, uefi=True, http_boot=False),
     ArchEntry(Arch.EFI_ARM32, Firmware.SNP_ARM32, uefi=True, http_boot=False),
-    ArchEntry(Arch.EFI_ARM64, Firmware.SNP_ARM64, uefi=True, http_boot=False),
+    ArchEntry(Arch.EFI_ARM64, Firmware.SNP_ARM64, uefi=True, http_boot=False, fallback=Firmware.GRUB_ARM64),
     ArchEntry(Arch.HTTP_IA32, Firmware.IPXE_EFI_IA32, uefi=True, http_boot=True),
     ArchEntry(Arch.HTTP_X64, Firmware.IPXE_EFI_X64, uefi=True, http_boot=True),
     ArchEntry(Arch.HTTP_ARM32, Firmware.SNP_ARM32, uefi=True, http_boot=True),
@@ -274,11 +277,12 @@ def decide_boot(request: PxeRequest, policy: PxePolicy, server_ip: IPv4Address, 
             missing := [f.value for f in SECURE_BOOT_CHAIN if f not in policy.available]):
         return Ignore("firmware-missing", f"no {' and no '.join(missing)} for Secure Boot (arch {entry.arch.value}, "
                       f"{entry.arch.name}): `bootd firmware fetch` installs Debian's signed ones", mac=request.mac)
-    elif not signed and entry.firmware not in policy.available:
-        return Ignore("firmware-missing", f"no {entry.firmware} for arch {entry.arch.value} ({entry.arch.name})",
-                      mac=request.mac)
+    elif not signed and entry.firmware not in policy.available and entry.fallback not in policy.available:
+        return Ignore("firmware-missing", f"no {entry.firmware} for arch {entry.arch.value} ({entry.arch.name})"
+                      + (f" and no {entry.fallback}" if entry.fallback else ""), mac=request.mac)
     else:
-        firmware = Firmware.SHIM_X64 if signed else entry.firmware
+        firmware = (Firmware.SHIM_X64 if signed else entry.firmware if entry.firmware in policy.available
+                    else entry.fallback or entry.firmware)
         if entry.http_boot:
             boot_file = f"http://{server_ip}:{policy.http_port}/firmware/{firmware}"
             vendor_class, vendor_options, decision = b"HTTPClient", None, f"http:{firmware}"

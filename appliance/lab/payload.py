@@ -27,8 +27,9 @@ MODULES = ["virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_
            "net_failover", "virtio_net", "e1000"]
 
 INIT = r"""#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
+/bin/busybox --install -s /bin 2>/dev/null
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+command -v timeout >/dev/null || timeout() { shift; "$@"; }  # Debian's installer initrd (arm64) has none
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
 echo "PAYLOAD: start"
 for m in $(cat /lib/modules/order); do
@@ -143,3 +144,84 @@ def write_data_dir(data: Path, kernel: Path, initrd: Path, profile: str) -> Path
     (data / "groups/default.json").write_text(json.dumps({"id": "default", "profile": profile}))
     (data / f"ignition/{profile}.ign").write_text(json.dumps({"ignition": {"version": "3.4.0"}}))
     return data
+
+
+# --- arm64: Debian has no arm64 kernel package an amd64 apt can fetch, but its installer's netboot images
+# (debian-installer-12-netboot-arm64, architecture all) hold Debian's arm64 kernel and an initrd with an arm64
+# userland and the kernel's modules. The payload's initrd is that initrd with its modules cut down to the
+# NIC's and /init replaced by the payload's.
+ARM64_PACKAGE = "debian-installer-12-netboot-arm64"
+ARM64_IMAGES = "usr/lib/debian-installer/images/12/arm64/text/debian-installer/arm64"
+
+
+def build_arm64(cache: Path = CACHE / "arm64") -> tuple[Path, Path]:
+    """(vmlinuz.gz, initrd.gz) for an arm64 machine, built once per cache directory. GRUB ungzips the kernel
+    as it loads it (the image is 33 MB, 11 MB compressed: a third of the TFTP transfer)."""
+    kernel, initrd = cache / "vmlinuz.gz", cache / "initrd.gz"
+    own_directory(cache, 0o755)
+    recipe = hashlib.sha256("\0".join([INIT, UDHCPC_SCRIPT, *MODULES, "arm64"]).encode()).hexdigest()
+    stamp = cache / "initrd.recipe"
+    if kernel.is_file() and initrd.is_file() and stamp.is_file() and stamp.read_text() == recipe:
+        return kernel, initrd
+    work = own_directory(cache / "work", 0o755)
+    root = installer_tree(work)
+    images = root / ARM64_IMAGES
+    tree = work / "initrd"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir()
+    subprocess.run(["cpio", "-id", "--quiet"], cwd=tree, input=gzip.decompress((images / "initrd.gz").read_bytes()),
+                   capture_output=True, check=True)
+    version = sorted(os.listdir(tree / "lib/modules"))[0]
+    modules_tree = tree / "lib/modules" / version
+    found = {}
+    for module in MODULES:
+        matches = list(modules_tree.rglob(f"{module}.ko"))
+        if matches:
+            found[module] = matches[0].read_bytes()
+    shutil.rmtree(tree / "lib/modules")
+    (tree / "lib/modules").mkdir()
+    _write_modules(tree, found)
+    for path, text in ((tree / "init", INIT), (tree / "usr/share/udhcpc/default.script", UDHCPC_SCRIPT)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        path.write_text(text)
+        path.chmod(0o755)
+    packed = subprocess.run("find . | cpio -o -H newc --quiet", shell=True, cwd=tree, capture_output=True,
+                            check=True).stdout
+    write_atomically(initrd, gzip.compress(packed, 6), mode=0o644)
+    write_atomically(kernel, gzip.compress((images / "linux").read_bytes(), 6), mode=0o644)
+    write_atomically(stamp, recipe.encode(), mode=0o644)
+    shutil.rmtree(tree, ignore_errors=True)
+    return kernel, initrd
+
+
+def installer_tree(work: Path) -> Path:
+    """Debian's arm64 installer netboot package, downloaded and unpacked under `work` (once)."""
+    root = work / "root"
+    if not (root / ARM64_IMAGES / "linux").is_file():
+        debs = sorted(work.glob(f"{ARM64_PACKAGE}_*.deb"))
+        if not debs:
+            subprocess.run(["apt-get", "download", ARM64_PACKAGE], cwd=work, check=True, capture_output=True)
+            debs = sorted(work.glob(f"{ARM64_PACKAGE}_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], check=True)
+    return root
+
+
+def _write_modules(tree: Path, found: dict[str, bytes]) -> None:
+    """The modules flat in /lib/modules, and the order /init loads them in (dependencies first)."""
+    depends = {}
+    for module, data in found.items():
+        (tree / "lib/modules" / f"{module}.ko").write_bytes(data)
+        match = re.search(rb"depends=([\w,-]*)", data)
+        depends[module] = [d for d in (match.group(1).decode().split(",") if match else []) if d]
+    order: list[str] = []
+
+    def visit(module: str) -> None:
+        if module not in order and module in depends:
+            for dependency in depends[module]:
+                visit(dependency)
+            order.append(module)
+
+    for module in depends:
+        visit(module)
+    (tree / "lib/modules/order").write_text(" ".join(order) + "\n")

@@ -198,3 +198,16 @@ def test_network_grub_names_only_its_own_files():
     assert grub("/grub/x86_64-efi/command.lst") == b""
     assert grub("/grub/other.cfg") is None and grub("grub/grub.cfg") is None and grub("/etc/passwd") is None
     assert b"is not a MAC address" in grub("/grub/machines/../../etc/passwd")
+
+
+@pytest.mark.parametrize("available, file", [
+    pytest.param(frozenset(Firmware), "snp.efi", id="arm64-ipxe-when-there"),
+    pytest.param(frozenset(Firmware) - {Firmware.SNP_ARM64}, "grubaa64.efi", id="debian-grub-without-ipxe"),
+])
+def test_arm64_gets_ipxe_or_else_debians_network_grub(available, file):
+    assert boot(pxe(11), PxePolicy(available=available)).boot_file == file
+
+
+def test_arm64_without_either_is_a_reasoned_drop():
+    result = boot(pxe(11), PxePolicy(available=frozenset({Firmware.IPXE_EFI_X64})))
+    assert isinstance(result, Ignore) and result.detail == "no snp.efi for arch 11 (EFI_ARM64) and no grubaa64.efi"

@@ -126,11 +126,12 @@ class LeaseWriter:
         self._journal_fd: int | None = None
         self._journal_lines = 0
         self._snapshot_next = False
+        self._closed = False
 
     def commit(self, change: LeaseChange, then: Callable[[bool], None]) -> None:
         """Persist `change` (already applied to the table), then call `then(ok)` on the loop."""
-        if self.table.path is None:
-            then(True)
+        if self.table.path is None or self._closed:
+            then(self.table.path is None)
             return
         self._records.append(_record(change))
         self._pending.append(then)
@@ -196,6 +197,8 @@ class LeaseWriter:
 
     def _written(self, done, waiting: list[Callable[[bool], None]]) -> None:
         self._writing = False
+        if self._closed:  # shut down meanwhile: the sockets are closed, and close() wrote the snapshot
+            return
         error = done.exception()
         if error is not None:
             self.failures += 1
@@ -215,7 +218,9 @@ class LeaseWriter:
                 self._write()
 
     def close(self) -> None:
-        """At shutdown: finish the write in flight, then leave one whole snapshot (and an empty journal)."""
+        """At shutdown: finish the write in flight, then leave one whole snapshot (and an empty journal).
+        Changes still waiting are in the snapshot; their ACKs are never sent (so the rule holds)."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

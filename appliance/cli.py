@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     lab_up = lab_commands.add_parser("up", help="make the lab, boot the machines, show their progress")
     lab_up.add_argument("--machines", type=_in_range(int, 1, 79), default=2,  # reservations .21-.99, below the range
                         help="how many machines (1-79)")
-    lab_up.add_argument("--firmware", choices=("bios", "uefi"), default="bios")
+    lab_up.add_argument("--firmware", choices=("bios", "uefi", "uefi-http", "secureboot", "arm64"), default="bios",
+                        help="bios: SeaBIOS + iPXE ROM; uefi: OVMF's PXE; uefi-http: OVMF's UEFI HTTP boot; "
+                        "secureboot: OVMF enforcing Secure Boot (Debian's signed shim, GRUB, kernel); "
+                        "arm64: AAVMF under qemu-system-aarch64 (Debian's arm64 GRUB and kernel)")
     lab_up.add_argument("--kernel", type=Path, help="boot this kernel (default: Debian's, fetched with apt)")
     lab_up.add_argument("--initrd", type=Path, help="and this initrd (default: bootd's reporting payload)")
     lab_up.add_argument("--dir", type=Path, default=Path("/var/tmp/bootd-lab"))

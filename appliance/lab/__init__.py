@@ -71,24 +71,32 @@ def up(*, machines: int, firmware: str, kernel: Path | None, initrd: Path | None
        timeout: float, out=sys.stdout) -> int:
     if os.geteuid() != 0:
         raise LabError("bootd lab needs root (network namespaces, taps)")
-    for tool in ("qemu-system-x86_64", "ip"):
+    emulator = "qemu-system-aarch64" if firmware == "arm64" else "qemu-system-x86_64"
+    for tool in (emulator, "ip"):
         if shutil.which(tool) is None:
-            raise LabError(f"{tool} is missing (apt-get install qemu-system-x86 ovmf ipxe-qemu iproute2)")
+            raise LabError(f"{tool} is missing (apt-get install qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 "
+                           "ipxe-qemu iproute2)")
+    code, variables = FIRMWARE_FILES.get(firmware, ("", ""))
+    for path in (code, variables):
+        if path and not Path(path).is_file():
+            raise LabError(f"{path} is missing (apt-get install ovmf qemu-efi-aarch64)")
     own_directory(directory)
     if (directory / "lab.json").exists():
         raise LabError(f"a lab is already up ({directory / 'lab.json'}): bootd lab down first")
     print("bootd lab: preparing the payload and the firmware (cached after the first run)", file=out, flush=True)
     if kernel is None or initrd is None:
-        from appliance.lab.payload import build
+        from appliance.lab.payload import build, build_arm64
 
-        kernel, initrd = build()
+        kernel, initrd = build_arm64() if firmware == "arm64" else build()
     firmware_dir = directory / "firmware"
-    if not (firmware_dir / "ipxe.efi").is_file():
+    # Secure Boot machines boot Debian's signed shim and GRUB; arm64 ones Debian's arm64 GRUB (no arm64 iPXE)
+    wanted = {"secureboot": "grubx64.efi", "arm64": "grubaa64.efi"}.get(firmware, "ipxe.efi")
+    if not (firmware_dir / wanted).is_file():
         from appliance.firmware import fetch
 
-        fetch(firmware_dir)
+        fetch(firmware_dir, signed=firmware == "secureboot", arm64=firmware == "arm64")
     lab = [LabMachine(f"node{i + 1}", f"52:54:00:1a:b0:{i + 1:02x}", f"labtap{i}") for i in range(machines)]
-    config = _write_config(directory, lab, kernel, initrd, firmware_dir)
+    config = _write_config(directory, lab, kernel, initrd, firmware_dir, firmware)
     state: dict = {"namespace": NAMESPACE, "pids": [], "directory": str(directory)}
     _save(directory, state)
     try:
@@ -172,11 +180,15 @@ def _save(directory: Path, state: dict) -> None:
     (directory / "lab.json").write_text(json.dumps(state))
 
 
-def _write_config(directory: Path, lab: list[LabMachine], kernel: Path, initrd: Path, firmware_dir: Path) -> Path:
-    from appliance.lab.payload import write_data_dir
+def _write_config(directory: Path, lab: list[LabMachine], kernel: Path, initrd: Path, firmware_dir: Path,
+                  firmware: str = "bios") -> Path:
+    from appliance.lab.payload import write_data_dir, write_grub_profile
 
     data = write_data_dir(directory / "data", kernel, initrd, "lab")
-    listed = "".join(f'  - {{name: {m.name}, mac: "{m.mac}", ip: 10.77.0.{21 + i}, profile: lab}}\n'
+    if firmware in ("secureboot", "arm64"):  # GRUB boots these: a profile written for GRUB (lab/payload.py)
+        write_grub_profile(data, "lab", console="ttyAMA0" if firmware == "arm64" else "ttyS0")
+    secure = ", secure_boot: true" if firmware == "secureboot" else ""
+    listed = "".join(f'  - {{name: {m.name}, mac: "{m.mac}", ip: 10.77.0.{21 + i}, profile: lab{secure}}}\n'
                      for i, m in enumerate(lab))
     path = directory / "bootd.yaml"
     path.write_text(

@@ -225,3 +225,13 @@ def _write_modules(tree: Path, found: dict[str, bytes]) -> None:
     for module in depends:
         visit(module)
     (tree / "lib/modules/order").write_text(" ".join(order) + "\n")
+
+
+def write_grub_profile(data: Path, profile: str, *, console: str = "ttyS0") -> None:
+    """`profile` as GRUB boots it (Secure Boot's signed GRUB, arm64's GRUB; see appliance/grubnet.py): kernel
+    and initrd as paths on the boot server, bootd as GRUB's ${bootd} and the machine as ${net_default_mac}."""
+    (data / f"profiles/{profile}.json").write_text(json.dumps({"id": profile, "ignition_id": f"{profile}.ign", "boot": {
+        "kernel": "/assets/vmlinuz", "initrd": ["/assets/initrd.img"],
+        "args": [f"console={console}", "quiet", f"bootd.profile={profile}",
+                 "bootd.ignition=${bootd}/ignition?mac=${net_default_mac}",
+                 "bootd.report=${bootd}/api/v1/machines/${net_default_mac}/report"]}}, indent=2))

@@ -15,10 +15,19 @@ apt-get update -qq
 # security on bootd.service, systemd-sysusers for install-service; strace: the unit's system-call filter
 # checked against what bootd calls. mmdebstrap, gdisk, dosfstools, mtools, grub-pc-bin, grub-efi-amd64-bin,
 # qemu-utils, e2fsprogs, python3-pip: image/build (the appliance image the e2e tests boot).
+# chromium, fonts-dejavu-core: the live page's browser test (headless, over the DevTools pipe); tmux: `bootd
+# status --watch` in a real terminal. gnupg, gpgv: bootd assets (test keys, signatures). openipmi: ipmi_sim,
+# the IPMI BMC of the power tests. vagrant, vagrant-libvirt, libvirt-daemon, libvirt-daemon-driver-qemu,
+# libvirt-clients, iptables: the Vagrant network and the Redfish emulator's libvirt, each libvirtd started by
+# its test inside its own namespace (not libvirt-daemon-system: that would start one on this machine);
+# libvirt-dev, pkg-config, gcc, python3-dev: pip builds libvirt-python for the venv.
 apt-get install -y -qq --no-install-recommends \
   python3 python3-venv ca-certificates curl busybox-static cpio iproute2 dnsmasq-base nginx-light wrk tftp-hpa \
   atftp bind9-dnsutils dnsperf qemu-system-x86 ovmf ipxe-qemu golang-go systemd strace \
-  mmdebstrap gdisk dosfstools mtools grub-pc-bin grub-efi-amd64-bin qemu-utils e2fsprogs python3-pip >/dev/null
+  mmdebstrap gdisk dosfstools mtools grub-pc-bin grub-efi-amd64-bin qemu-utils e2fsprogs python3-pip \
+  chromium fonts-dejavu-core tmux gnupg gpgv openipmi \
+  vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients iptables \
+  libvirt-dev pkg-config gcc python3-dev >/dev/null
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

@@ -275,7 +275,9 @@ def qemu_argv(name: str, mac: str, tap: str, firmware: str, directory: Path, nic
         if firmware == "arm64":
             argv += ["-cpu", "cortex-a57", "-m", "512"]  # the later -m wins: an arm64 kernel wants more room
         if firmware == "secureboot":  # the Secure Boot build keeps its variables in SMM-only flash
-            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on", "-m", "512"]
+            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on", "-m", "512",
+                     # no IPv6 PXE (nothing answers it here): a refused binary goes on to HTTP boot at once
+                     "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
         if firmware == "uefi-http":  # no PXE boot options: the firmware goes straight to UEFI HTTP boot
             argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
                      "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]

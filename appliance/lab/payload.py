@@ -204,6 +204,8 @@ def installer_tree(work: Path) -> Path:
             subprocess.run(["apt-get", "download", ARM64_PACKAGE], cwd=work, check=True, capture_output=True)
             debs = sorted(work.glob(f"{ARM64_PACKAGE}_*.deb"))
         subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], check=True)
+        for deb in debs:  # 128 MB, and everything needed is unpacked now
+            deb.unlink()
     return root
 
 

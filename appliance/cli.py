@@ -26,7 +26,7 @@ from pathlib import Path
 from appliance import __version__
 from appliance.config import Config, ConfigInvalid, load_config
 from appliance.dhcp.policy import available_firmware
-from appliance.dhcp.pxe import ARCH_TABLE
+from appliance.dhcp.pxe import ARCH_TABLE, Firmware
 from appliance.firmware import verify
 from appliance.daemon import Daemon, StartupError, build_store, firmware_roots, startup_problems
 from appliance.logs import setup_logging
@@ -288,11 +288,15 @@ def cmd_check(path: Path) -> int:
     available = available_firmware(*firmware_roots(config))
     checked = verify(config.firmware_dir)
     for entry in ARCH_TABLE.values():
-        if entry.firmware in available:
-            state = f"servable ({checked.get(entry.firmware.value, 'user-supplied')})"
+        served = entry.firmware if entry.firmware in available or entry.fallback not in available else entry.fallback
+        if served in available:
+            state = f"servable ({checked.get(served.value, 'user-supplied')})"
         else:
             state = f"not servable: no {entry.firmware} in {config.firmware_dir} (bootd firmware fetch)"
-        print(f"arch {entry.arch.value:2d} {entry.arch.name:10s} {entry.firmware.value:14s} {state}")
+        print(f"arch {entry.arch.value:2d} {entry.arch.name:10s} {served.value:14s} {state}")
+    if Firmware.SHIM_X64 in available and Firmware.GRUB_X64 in available:
+        print(f"Secure Boot (x86-64 UEFI): servable ({checked.get(Firmware.SHIM_X64.value, 'user-supplied')} shim, "
+              f"{checked.get(Firmware.GRUB_X64.value, 'user-supplied')} GRUB)")
     print("iPXE clients of every arch are served bootd's HTTP script; they need no firmware file")
     print(f"{path.name}: {len(errors)} errors, {len(warnings)} warnings, {len(config.machines)} machines")
     return 1 if errors else 0

@@ -35,7 +35,7 @@ from appliance.dhcp.server import DhcpServer
 from appliance.dns.server import DnsServer
 from appliance.dns.zone import ExtraRecord, Zone, build_zone
 from appliance.tftp.files import TftpFiles
-from appliance.grubnet import NetworkGrub
+from appliance.grubnet import NetworkGrub, tftp_event_kind
 from appliance.secureboot import RefusedBinaryWatch
 from appliance.tftp.server import TftpServer
 from appliance.events import EventBus, PeerPublisher, ProgressTracker, track_and_log
@@ -410,7 +410,8 @@ class Daemon:
     def _tftp_files(self, config: Config) -> TftpFiles:
         """The firmware dir and tftp.root; for the network GRUB (Secure Boot) its config and the assets."""
         grub = NetworkGrub(http_port=self.http_port, store=lambda: self.http_context.store, publisher=self.publisher)
-        return TftpFiles(firmware_roots(config), grub, {"/assets/": config.http.assets_root})
+        return TftpFiles(firmware_roots(config), grub, {"/assets/": config.http.assets_root},
+                         lambda name, peer: tftp_event_kind(self.publisher, name, peer))
 
     def _bind_tftp(self, config: Config) -> TftpServer:
         """A started TFTP server for `config`; OSError if its socket cannot be bound."""

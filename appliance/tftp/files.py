@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.events import EventKind
 from appliance.paths import OutsideRoot, confine
 
 logger = logging.getLogger(__name__)
@@ -63,13 +64,16 @@ class FileBlocks:
 
 class TftpFiles:
     def __init__(self, roots: list[Path], generated: Callable[[str], bytes | None] | None = None,
-                 mounts: Mapping[str, Path] | None = None) -> None:
+                 mounts: Mapping[str, Path] | None = None,
+                 step_of: Callable[[str, str], EventKind] | None = None) -> None:
         self.roots = roots
         # What the network GRUB asks for by absolute name (appliance/grubnet.py): files bootd makes itself
         # (`generated`: name -> content, None when not one of them) and directories under a fixed prefix
         # (`mounts`: "/assets/" -> the assets root). Every other absolute name stays refused.
         self.generated = generated
         self.mounts = dict(mounts or {})
+        # (name, client address) -> the step of the machine's boot a finished transfer is; None: TFTP
+        self.step_of = step_of
         self._cache: OrderedDict[Path, _Entry] = OrderedDict()
         self._cached_bytes = 0
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.events import EventKind, PeerPublisher
-from appliance.grubnet import tftp_event_kind
 from appliance.tftp.files import FileBlocks, FileRefused, TftpFiles
 from appliance.tftp.protocol import (
     WRQ, Accept, ErrorCode, Limits, MalformedPacket, Outcome, ReadTransfer, Refuse, encode_error, negotiate,
@@ -326,7 +325,8 @@ class TftpServer:
             detail, ok = (f"{session.filename}: {why}; {transfer.acked} of {transfer.blocks} blocks acknowledged "
                           f"({transfer.bytes_sent} bytes), {figures}"), False
         self._close(session)
-        kind = tftp_event_kind(self.publisher, session.filename, session.client[0])  # GRUB's kernel, initrd
+        step_of = self.files.step_of  # GRUB's kernel and initrd are those steps of the machine's boot
+        kind = step_of(session.filename, session.client[0]) if step_of is not None else EventKind.TFTP
         self.publisher.publish(session.client[0], None, kind=kind, detail=detail, ok=ok)
 
     def _close(self, session: Session) -> None:

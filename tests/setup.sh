@@ -20,14 +20,22 @@ apt-get update -qq
 # the IPMI BMC of the power tests. vagrant, vagrant-libvirt, libvirt-daemon, libvirt-daemon-driver-qemu,
 # libvirt-clients, iptables: the Vagrant network and the Redfish emulator's libvirt, each libvirtd started by
 # its test inside its own namespace (not libvirt-daemon-system: that would start one on this machine);
-# libvirt-dev, pkg-config, gcc, python3-dev: pip builds libvirt-python for the venv.
+# libvirt-dev, pkg-config, gcc, python3-dev: pip builds libvirt-python for the venv. isc-dhcp-relay: the relay
+# between the relayed clients' segment and bootd; qemu-system-arm, qemu-efi-aarch64: the ARM64 machine.
+# Tests start every server they use themselves (in their namespaces), so no package's service is started here:
+# a policy-rc.d that refuses (only while installing, and only if the machine has none of its own).
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\n# tests/setup.sh: no service starts while it installs packages\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod 0755 /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 apt-get install -y -qq --no-install-recommends \
   python3 python3-venv ca-certificates curl busybox-static cpio iproute2 dnsmasq-base nginx-light wrk tftp-hpa \
   atftp bind9-dnsutils dnsperf qemu-system-x86 ovmf ipxe-qemu golang-go systemd strace \
   mmdebstrap gdisk dosfstools mtools grub-pc-bin grub-efi-amd64-bin qemu-utils e2fsprogs python3-pip \
   chromium fonts-dejavu-core tmux gnupg gpgv openipmi \
   vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients iptables \
-  libvirt-dev pkg-config gcc python3-dev >/dev/null
+  libvirt-dev pkg-config gcc python3-dev isc-dhcp-relay qemu-system-arm qemu-efi-aarch64 >/dev/null
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

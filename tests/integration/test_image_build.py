@@ -7,7 +7,6 @@ way GRUB 2.06's setup does (checked field by field on a file).
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import subprocess
 import sys

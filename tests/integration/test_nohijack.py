@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from scapy.layers.dhcp import BOOTP
 
 from appliance.dhcp.server import REFRESH_SECONDS
 from tests.bootd_process import BootdProcess

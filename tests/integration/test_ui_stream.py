@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import resource
 import socket
-import time
 from pathlib import Path
 
 import aiohttp

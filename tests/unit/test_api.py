@@ -10,7 +10,7 @@ import pytest
 from appliance.api.certs import CertError, parse_sans
 from appliance.api.service import group_from_proto, group_to_proto, profile_from_proto, profile_to_proto
 from appliance.store import Group, NetBoot, Profile, parse_group, parse_profile
-from appliance.store.writes import DataWriter, Kind, NotStored, WriteRefused, check_name, group_json, profile_json
+from appliance.store.writes import DataWriter, Kind, NotStored, WriteRefused, check_name
 
 ROOT = Path(__file__).parents[2]
 

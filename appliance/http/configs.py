@@ -16,6 +16,7 @@ from appliance.templates import format_value
 from appliance.templates.data import template_data
 
 logger = logging.getLogger(__name__)
+INLINE_IGNITION_BYTES = 16 * 1024  # templates up to this size are rendered on the event loop (see ignition)
 
 async def ignition(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
@@ -25,7 +26,14 @@ async def ignition(request: web.Request) -> web.Response:
     data = template_data(chosen.group, chosen.labels.labels, request.rel_url.raw_query_string)
     # A worker thread: a Butane template with a large inline file takes seconds to render, translate and
     # compress (a 15 MB one: 8 s), and DHCP, TFTP and DNS share this event loop (the data dir is locked).
-    rendered = await asyncio.to_thread(ignition_for, chosen.profile, ctx.store, data)
+    # A small one takes well under a millisecond (its translation is kept: render.py), less than the hop to
+    # a thread and back (which waits for the GIL under load): that one is rendered here.
+    name = chosen.profile.ignition_id
+    source = ctx.store.ignition(name) if name else None
+    if source is not None and len(source) <= INLINE_IGNITION_BYTES:
+        rendered = ignition_for(chosen.profile, ctx.store, data)
+    else:
+        rendered = await asyncio.to_thread(ignition_for, chosen.profile, ctx.store, data)
     return _serve(ctx, request, chosen, EventKind.IGNITION, rendered)
 
 

@@ -11,10 +11,9 @@ and an on, not IPMI's `chassis power cycle`: that is refused while the chassis i
 from __future__ import annotations
 
 import logging
-import time
 
 from appliance.config import BmcConfig
-from appliance.power.model import BmcFailed, scrub
+from appliance.power.model import BmcFailed, scrub, wait_for_power
 
 # python-ipmi logs its session at DEBUG, the password with it: bootd's --log-level debug must never carry it
 logging.getLogger("pyipmi").setLevel(logging.WARNING)
@@ -73,11 +72,7 @@ class IpmiBmc:
 
     def _power(self, control, want: str) -> None:
         self._call(f"power {want}", control)
-        deadline = time.monotonic() + self.timeout
-        while self.power_state() != want:
-            if time.monotonic() > deadline:
-                raise BmcFailed(f"{self.where}: asked for power {want}, still not {want} after {self.timeout:g} s")
-            time.sleep(0.5)
+        wait_for_power(self.power_state, want, where=self.where, timeout=self.timeout)
 
     def power_on(self) -> None:
         self._power(self._ipmi.chassis_control_power_up, "on")

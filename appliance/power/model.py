@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -23,6 +25,16 @@ class BmcFailed(Exception):
 def scrub(text: str, password: str) -> str:
     """`text` without `password` in it: a library's error could quote what it sent."""
     return text.replace(password, "***") if password else text
+
+
+def wait_for_power(read_state: Callable[[], str], want: str, *, where: str, timeout: float) -> None:
+    """Poll the BMC until it reports `want`: BMCs answer a power request before they carry it out, and "off"
+    must mean the BMC said off."""
+    deadline = time.monotonic() + timeout
+    while read_state() != want:
+        if time.monotonic() > deadline:
+            raise BmcFailed(f"{where}: asked for power {want}, still not {want} after {timeout:g} s")
+        time.sleep(0.5)
 
 
 MAX_WHO = 64  # characters of the requester's name kept (the client chooses it)

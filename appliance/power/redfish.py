@@ -9,10 +9,9 @@ then waited for by reading the system's PowerState (BMCs carry the action out af
 from __future__ import annotations
 
 import logging
-import time
 
 from appliance.config import BmcConfig
-from appliance.power.model import BmcFailed, scrub
+from appliance.power.model import BmcFailed, scrub, wait_for_power
 
 # sushy logs request bodies at DEBUG; bootd's --log-level debug must not make a BMC's answers (or anything a
 # request carried) part of bootd's log
@@ -74,11 +73,7 @@ class RedfishBmc:
 
     def _power(self, reset, want: str) -> None:
         self._call(f"power {want}", self._system.reset_system, reset)
-        deadline = time.monotonic() + self.timeout
-        while self.power_state() != want:
-            if time.monotonic() > deadline:
-                raise BmcFailed(f"{self.where}: asked for power {want}, still not {want} after {self.timeout:g} s")
-            time.sleep(0.5)
+        wait_for_power(self.power_state, want, where=self.where, timeout=self.timeout)
 
     def power_on(self) -> None:
         self._power(self._sushy.ResetType.ON, "on")

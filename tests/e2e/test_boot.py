@@ -108,17 +108,23 @@ def serial_tail(tmp: Path, name: str) -> str:
     return path.read_text(errors="replace")[-1500:] if path.exists() else "(no serial output)"
 
 
+def wait_for_report(bootd: BootdProcess, tmp: Path, name: str, mac: str, *, timeout: float = BOOT_SECONDS,
+                    note: str = "") -> None:
+    """Until the machine's system has reported to bootd; else the failure shows the end of its serial console."""
+    try:
+        bootd.wait_for_log(lambda l: l.get("stage") == "report" and l.get("mac") == mac, timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{name} did not report within {timeout:.0f} s{note}.\nserial:\n"
+                             f"{serial_tail(tmp, name)}\n{exc}") from None
+
+
 def boot_and_check(lab: NetLab, bootd: BootdProcess, tmp: Path, machines: dict, *, lease: bool) -> None:
     started = time.time()
     roms = {name: start_vm(lab, tmp, index, name, machine) for index, (name, machine) in enumerate(machines.items())}
     for name, (mac, *_rest) in machines.items():
-        try:
-            bootd.wait_for_log(lambda l, mac=mac: l.get("stage") == "report" and l.get("mac") == mac,
-                               timeout=BOOT_SECONDS - (time.time() - started))
-        except AssertionError as exc:
-            typing = f" (typing into its ROM: {roms[name].error})" if roms[name] and roms[name].error else ""
-            raise AssertionError(f"{name} did not report within {BOOT_SECONDS} s{typing}.\nserial:\n"
-                                 f"{serial_tail(tmp, name)}\n{exc}") from None
+        rom = roms[name]
+        wait_for_report(bootd, tmp, name, mac, timeout=BOOT_SECONDS - (time.time() - started),
+                        note=f" (typing into its ROM: {rom.error})" if rom and rom.error else "")
     for name, (mac, fw, nic, profile) in machines.items():
         view = json.loads(lab.run(lab.server_ns, ["curl", "-sf", f"http://192.0.2.1:8080/api/v1/machines/{mac}"]).stdout)
         stages = [s["stage"] for s in view["stages"]]

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.lab import qemu_argv
 from appliance.lab.payload import build_arm64
 from tests.bootd_process import BootdProcess
-from tests.e2e.test_boot import make_lab_config, serial_tail
+from tests.e2e.test_boot import make_lab_config, start_vm, wait_for_report
 from tests.integration.test_http import write
 from tests.netns import NetLab
 
@@ -63,12 +62,8 @@ def test_arm64_machine_boots_debian_grub_and_an_arm64_kernel_to_its_report(aarch
         bootd = BootdProcess(config, lab=lab, ns=lab.server_ns).start()
         try:
             started = time.time()
-            lab.start(lab.server_ns, qemu_argv(name, mac, lab.add_tap("tap0"), "arm64", tmp_path, machines[name][2]),
-                      stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.qemu.log", "wb"))
-            try:
-                bootd.wait_for_log(lambda l: l.get("stage") == "report" and l.get("mac") == mac, timeout=BOOT_SECONDS)
-            except AssertionError as exc:
-                raise AssertionError(f"{name} did not report.\nserial:\n{serial_tail(tmp_path, name)}\n{exc}") from None
+            start_vm(lab, tmp_path, 0, name, (mac, "arm64", machines[name][2], None))
+            wait_for_report(bootd, tmp_path, name, mac, timeout=BOOT_SECONDS)
             view = json.loads(lab.run(lab.server_ns, ["curl", "-sf",
                                                       f"http://192.0.2.1:8080/api/v1/machines/{mac}"]).stdout)
             stages = [s["stage"] for s in view["stages"]]

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 
 import pytest
 
-from appliance.lab import qemu_argv
 from tests.bootd_process import BootdProcess
-from tests.e2e.test_boot import make_lab_config, serial_tail
+from tests.e2e.test_boot import make_lab_config, start_vm, wait_for_report
 from tests.netns import NetLab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
@@ -51,14 +49,10 @@ def test_uefi_http_boot_without_tftp_and_a_missing_file_said_in_words(qemu, tmp_
         bootd = BootdProcess(config, lab=lab, ns=lab.server_ns).start()
         try:
             started = time.time()
-            for index, (name, (mac, fw, nic, _profile)) in enumerate(machines.items()):
-                lab.start(lab.server_ns, qemu_argv(name, mac, lab.add_tap(f"tap{index}"), fw, tmp_path, nic),
-                          stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.qemu.log", "wb"))
+            for index, (name, machine) in enumerate(machines.items()):
+                start_vm(lab, tmp_path, index, name, machine)
             name, mac, profile = HTTP_BOOT
-            try:
-                bootd.wait_for_log(lambda l: l.get("stage") == "report" and l.get("mac") == mac, timeout=BOOT_SECONDS)
-            except AssertionError as exc:
-                raise AssertionError(f"{name} did not report.\nserial:\n{serial_tail(tmp_path, name)}\n{exc}") from None
+            wait_for_report(bootd, tmp_path, name, mac)
             assert not any(l.get("stage") == "tftp" for l in bootd.lines)
             view = view_of(lab, mac)
             stages = [s["stage"] for s in view["stages"]]

@@ -24,7 +24,7 @@ import pytest
 
 from appliance.lab import qemu_argv
 from tests.bootd_process import BootdProcess
-from tests.e2e.test_boot import make_lab_config, serial_tail
+from tests.e2e.test_boot import make_lab_config, wait_for_report
 from tests.netns import Client, NetLab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
@@ -104,12 +104,7 @@ def boot_far_machines(lab: NetLab, router: Client, bootd: BootdProcess, tmp: Pat
     for index, (name, machine) in enumerate(machines.items()):
         start_far_vm(lab, router, tmp, index, name, machine)
     for name, (mac, *_rest) in machines.items():
-        try:
-            bootd.wait_for_log(lambda l, mac=mac: l.get("stage") == "report" and l.get("mac") == mac,
-                               timeout=BOOT_SECONDS - (time.time() - started))
-        except AssertionError as exc:
-            raise AssertionError(f"{name} did not report within {BOOT_SECONDS} s.\nserial:\n"
-                                 f"{serial_tail(tmp, name)}\n{exc}") from None
+        wait_for_report(bootd, tmp, name, mac, timeout=BOOT_SECONDS - (time.time() - started))
     for name, (mac, fw, nic, profile) in machines.items():
         view = machine_view(lab, mac)
         stages = [s["stage"] for s in view["stages"]]

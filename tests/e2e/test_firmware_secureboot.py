@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.lab import qemu_argv
 from tests.bootd_process import BootdProcess
-from tests.e2e.test_boot import make_lab_config, serial_tail
+from tests.e2e.test_boot import make_lab_config, start_vm, wait_for_report
 from tests.integration.test_http import write
 from tests.netns import NetLab
 
@@ -71,14 +70,10 @@ def test_secure_boot_through_signed_shim_grub_and_kernel_and_unsigned_ipxe_refus
         bootd = BootdProcess(config, lab=lab, ns=lab.server_ns).start()
         try:
             started = time.time()
-            for index, (name, (mac, fw, nic, _profile)) in enumerate(machines.items()):
-                lab.start(lab.server_ns, qemu_argv(name, mac, lab.add_tap(f"tap{index}"), fw, tmp_path, nic),
-                          stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.qemu.log", "wb"))
+            for index, (name, machine) in enumerate(machines.items()):
+                start_vm(lab, tmp_path, index, name, machine)
             name, mac, profile = SIGNED
-            try:
-                bootd.wait_for_log(lambda l: l.get("stage") == "report" and l.get("mac") == mac, timeout=BOOT_SECONDS)
-            except AssertionError as exc:
-                raise AssertionError(f"{name} did not report.\nserial:\n{serial_tail(tmp_path, name)}\n{exc}") from None
+            wait_for_report(bootd, tmp_path, name, mac)
             view = view_of(lab, mac)
             stages = [s["stage"] for s in view["stages"]]
             assert stages == ["dhcp", "tftp", "boot-config", "kernel", "initrd", "lease", "ignition", "report"], (

@@ -29,8 +29,13 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600, *, replace: boo
         if os.path.lexists(temp):
             os.unlink(temp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename, link or unlink in `path` durable: the directory's own entries are written out."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)

@@ -2,8 +2,8 @@
 
 Invariants:
 - `EventBus.publish` never blocks and never raises into the publisher: it appends to a bounded list and
-  schedules one flush with `call_soon`; past the bound the event is dropped and counted. Each async
-  subscriber has its own bounded queue and its own drop count.
+  schedules one flush with `call_soon`; past the bound the event is dropped and counted. Each live
+  view (`EventStream`) has its own bounded backlog and its own drop count.
 - Sinks (the tracker, the log writer) run in the flush, outside the publisher's code path, and an exception
   in one of them is logged and counted, never passed on.
 - `ProgressTracker` holds at most `max_machines` machines; when full it forgets the machine unseen for the
@@ -108,21 +108,6 @@ def client_arch(option_93: bytes | None) -> int | None:
     return int.from_bytes(option_93[:2], "big") if option_93 is not None and len(option_93) >= 2 else None
 
 
-class Subscription:
-    def __init__(self, maxsize: int) -> None:
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
-        self.dropped = 0
-
-    def offer(self, event_id: int, event: Event) -> None:
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.dropped += 1
-
-    async def get(self) -> Event:
-        return await self.queue.get()
-
-
 class EventStream:
     """One live view's backlog: (id, event) pairs not yet sent, at most `maxsize`. The events are the ones
     the bus and the tracker hold anyway, so a backlog costs a reference per event. A view that falls
@@ -162,26 +147,21 @@ class EventBus:
         self._pending: deque[Event] = deque()
         self._scheduled = False
         self._sinks: list[Callable[[Event], None]] = []
-        self._subscriptions: list[Subscription | EventStream] = []
+        self._streams: list[EventStream] = []
         self.last_id = 0  # the id of the last event delivered
         self._recent: deque[tuple[int, Event]] = deque(maxlen=RECENT_EVENTS)
 
     def add_sink(self, sink: Callable[[Event], None]) -> None:
         self._sinks.append(sink)
 
-    def subscribe(self, maxsize: int = 1000) -> Subscription:
-        sub = Subscription(maxsize)
-        self._subscriptions.append(sub)
-        return sub
-
     def stream(self, maxsize: int) -> EventStream:
         stream = EventStream(maxsize)
-        self._subscriptions.append(stream)
+        self._streams.append(stream)
         return stream
 
-    def unsubscribe(self, sub: Subscription | EventStream) -> None:
-        if sub in self._subscriptions:
-            self._subscriptions.remove(sub)
+    def unsubscribe(self, stream: EventStream) -> None:
+        if stream in self._streams:
+            self._streams.remove(stream)
 
     def since(self, event_id: int) -> list[tuple[int, Event]] | None:
         """The kept events after `event_id`, oldest first; None when some of them are no longer kept, or
@@ -218,8 +198,8 @@ class EventBus:
                     logger.exception("event sink %r failed on %r", sink, event)
             self.last_id += 1
             self._recent.append((self.last_id, bounded(event)))
-            for sub in self._subscriptions:
-                sub.offer(self.last_id, event)
+            for stream in self._streams:
+                stream.offer(self.last_id, event)
 
 
 @dataclass(slots=True)

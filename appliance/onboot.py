@@ -53,7 +53,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from appliance import __version__
-from appliance.atomic import write_atomically
+from appliance.atomic import fsync_directory, write_atomically
 from appliance.config import Config, ConfigInvalid, DhcpMode, load_config, parse_config
 from appliance.daemon import build_store, describe_serving, firmware_roots, startup_problems
 from appliance.dhcp.policy import available_firmware
@@ -476,14 +476,6 @@ def _write_text(path: Path, text: str) -> None:
     write_atomically(path, text.encode(), mode=0o644)  # bootd (its own user), networkd and agetty read these
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def recover_interrupted_swap(paths: AppliancePaths) -> None:
     """A crash between the two renames of `swap_in` leaves only the previous tree: it is the active one."""
     if not paths.config_dir.exists() and paths.previous_dir.is_dir():
@@ -511,7 +503,7 @@ def swap_in(staging: Path, paths: AppliancePaths) -> None:
             shutil.rmtree(paths.previous_dir)
         os.rename(paths.config_dir, paths.previous_dir)
     os.rename(staging, paths.config_dir)
-    _fsync_directory(paths.config_dir.parent)
+    fsync_directory(paths.config_dir.parent)
 
 
 def _own_data_dir(data_dir: Path, user: str) -> str | None:

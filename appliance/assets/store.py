@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.assets.sources import OsName, version_key
-from appliance.atomic import write_atomically
+from appliance.atomic import fsync_directory, write_atomically
 
 MANIFEST = ".bootd-release.json"
 LOCK = ".bootd-lock"
@@ -135,7 +135,7 @@ class AssetStore:
         target = self.version_dir(os_name, arch, version)
         os.chmod(partial, 0o755)
         os.rename(partial, target)
-        _fsync_dir(target.parent)
+        fsync_directory(target.parent)
         return target
 
     def switch(self, os_name: str, arch: str, channel: str, version: str) -> str | None:
@@ -156,7 +156,7 @@ class AssetStore:
             raise StoreError(f"{directory}: cannot make the channel pointer (a symlink): {exc.strerror} "
                              "(the assets directory must be on a file system with symlinks, not FAT)") from None
         os.replace(temp, path)
-        _fsync_dir(directory)
+        fsync_directory(directory)
         return before
 
     def inventory(self) -> list[ArchInventory]:
@@ -246,11 +246,3 @@ def _tree_size(path: Path) -> int:
             except OSError:
                 pass
     return total
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -99,24 +99,12 @@ def build(cache: Path = CACHE) -> tuple[Path, Path]:
     for sub in ("bin", "dev", "proc", "sys", "tmp", "lib/modules", "usr/share/udhcpc"):
         (tree / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy("/bin/busybox", tree / "bin/busybox")
-    depends: dict[str, list[str]] = {}
+    found: dict[str, bytes] = {}
     for module in MODULES:
         matches = list((root / "lib/modules" / version).rglob(f"{module}.ko"))
         if matches:
-            shutil.copy(matches[0], tree / "lib/modules" / f"{module}.ko")
-            found = re.search(rb"depends=([\w,-]*)", matches[0].read_bytes())
-            depends[module] = [d for d in (found.group(1).decode().split(",") if found else []) if d]
-    order: list[str] = []
-
-    def visit(module: str) -> None:  # insmod has no dependency resolution: load what a module needs first
-        if module not in order and module in depends:
-            for dependency in depends[module]:
-                visit(dependency)
-            order.append(module)
-
-    for module in depends:
-        visit(module)
-    (tree / "lib/modules/order").write_text(" ".join(order) + "\n")
+            found[module] = matches[0].read_bytes()
+    _write_modules(tree, found)
     for path, text in ((tree / "init", INIT), (tree / "usr/share/udhcpc/default.script", UDHCPC_SCRIPT)):
         path.write_text(text)
         path.chmod(0o755)
@@ -218,7 +206,7 @@ def _write_modules(tree: Path, found: dict[str, bytes]) -> None:
         depends[module] = [d for d in (match.group(1).decode().split(",") if match else []) if d]
     order: list[str] = []
 
-    def visit(module: str) -> None:
+    def visit(module: str) -> None:  # insmod has no dependency resolution: load what a module needs first
         if module not in order and module in depends:
             for dependency in depends[module]:
                 visit(dependency)

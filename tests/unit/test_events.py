@@ -94,13 +94,13 @@ async def test_bus_delivers_in_batches_and_drops_past_the_bound():
     bus = EventBus(max_pending=3)
     seen: list[Event] = []
     bus.add_sink(seen.append)
-    sub = bus.subscribe(maxsize=2)
+    stream = bus.stream(maxsize=2)
     for i in range(5):
         bus.publish(ev(EventKind.DHCP, t=float(i)))
     assert seen == [] and bus.dropped == 2  # publish only queued; the flush runs on the loop
     await asyncio.sleep(0)
     assert [e.time for e in seen] == [0.0, 1.0, 2.0]
-    assert sub.dropped == 1 and (await sub.get()).time == 0.0
+    assert stream.dropped == 1 and (await stream.queue.get())[1].time == 0.0
 
 
 async def test_a_failing_sink_does_not_reach_the_publisher_or_other_sinks():

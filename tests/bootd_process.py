@@ -34,6 +34,7 @@ class BootdProcess:
         self.addresses: list[str] = []
         self._changed = threading.Condition()
         self.proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 20) -> BootdProcess:
         kw: dict[str, Any] = {"stderr": subprocess.PIPE, "stdout": subprocess.DEVNULL, "text": True,
@@ -43,7 +44,8 @@ class BootdProcess:
         else:
             self.proc = subprocess.Popen(self.argv, start_new_session=True, **kw)
         BootdProcess.live.add(self)
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         ready = self.wait_for_log(lambda line: line.get("message", "").startswith("bootd ready"), timeout)
         self.addresses = ready["addresses"].split(",")
         return self
@@ -77,7 +79,9 @@ class BootdProcess:
                     if predicate(line):
                         return line
                 seen = len(self.lines)
-                exited = self.proc is not None and self.proc.poll() is not None
+                # Exited counts once every line it wrote has been read: a process can end before the
+                # reader has seen its last lines, which may be the awaited one.
+                exited = self._reader is not None and not self._reader.is_alive()
                 if exited or not self._changed.wait(timeout):
                     raise AssertionError(f"no matching log line (exited={exited}); log:\n{self.log_text()}")
 
@@ -97,6 +101,14 @@ class BootdProcess:
         # Inside a namespace the PID is `ip netns exec`, which execs the daemon: the same process.
         os.kill(self.proc.pid, sig)
 
+    def wait(self, timeout: float = 20) -> int:
+        """The exit code, once the process has ended and every line it logged has been read."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(timeout)
+        return code
+
     def stop(self, timeout: float = 20) -> int:
         """SIGTERM and wait; the exit code. Fails the test if the daemon logged a traceback (a bug of ours,
         even when every request was answered)."""
@@ -104,7 +116,7 @@ class BootdProcess:
         if self.proc.poll() is None:
             self.send(signal.SIGTERM)
         try:
-            code = self.proc.wait(timeout)
+            code = self.wait(timeout)
         finally:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)

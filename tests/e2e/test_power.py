@@ -252,8 +252,8 @@ def test_reprovision_over_ipmi_and_redfish_while_broken_bmcs_fail_alone(qemu, tm
             try:
                 _prove(lab, libvirt, bootd, cli, tmp_path, ipmi_dir, started)
             finally:
+                assert bootd.stop() == 0  # first, so the log below holds every line bootd wrote
                 log_text = "\n".join(json.dumps(line) for line in bootd.lines)
-                assert bootd.stop() == 0
             everything = log_text + "\n".join(cli.outputs)
             for password in PASSWORDS.values():
                 assert password not in everything, "a password reached bootd's log or the CLI's output"

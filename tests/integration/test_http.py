@@ -308,7 +308,7 @@ async def test_sighup_with_broken_config_keeps_serving_then_a_good_one_applies(o
 
 def test_sigterm_exits_zero(own_server):
     own_server.send(signal.SIGTERM)
-    assert own_server.proc.wait(20) == 0
+    assert own_server.wait(20) == 0
     assert any(l.get("message") == "bootd stopped" for l in own_server.lines)
 
 

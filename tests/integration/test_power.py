@@ -183,7 +183,7 @@ def test_power_through_the_daemon_agrees_with_the_bmc_and_failures_stay_apart(bm
         moved = cli("power", "status", "node")
         assert moved.returncode == 1 and f"127.0.0.1:{silent_port}" in moved.stderr, moved
     finally:
+        assert bootd.stop() == 0  # first, so the log below holds every line bootd wrote
         log = "\n".join(json.dumps(line) for line in bootd.lines)
-        assert bootd.stop() == 0
     for password in (PASSWORD, WRONG):
         assert password not in log + "\n".join(cli.outputs) + listing

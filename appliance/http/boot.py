@@ -26,7 +26,7 @@ from aiohttp import web
 
 from appliance.events import BootConfigServed, EventKind
 from appliance.http.common import (
-    CONTEXT, Selection, failed, label_mac, publish, request_labels, select, text_response,
+    CONTEXT, Selection, failed, label_mac, publish, request_labels, select, select_choice, text_response,
 )
 from appliance.store import NetBoot
 
@@ -202,14 +202,15 @@ async def grub(request: web.Request) -> web.Response:
 
 def _boot_config(request: web.Request, render) -> web.Response:
     ctx = request.app[CONTEXT]
-    chosen = select(ctx, request)
+    choice = select_choice(ctx, request)
+    chosen = choice.selection
     mac = chosen.mac
     if chosen.profile is None:
         return failed(ctx, request, mac, EventKind.BOOT_CONFIG, f"{request.path}: {chosen.reason}")
     boot = chosen.profile.boot
     if boot is None:
         return failed(ctx, request, mac, EventKind.BOOT_CONFIG, f"{request.path}: {chosen.reason}: profile has no boot")
-    body = render(boot)
+    body = choice.body(render, boot)  # rendered once per choice: the script depends on the profile alone
     publish(ctx, request, mac, BootConfigServed, kind=EventKind.BOOT_CONFIG, detail=f"{request.path}: {chosen.reason}",
             kernel=boot.kernel, initrds=boot.initrd, **chosen_ids(chosen))
     return text_response(body)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import aiohttp
@@ -134,3 +135,57 @@ async def test_ignition_translations_are_kept_but_never_stale(live):
         assert await hostname("52-54-00-00-00-01") == "52:54:00:00:00:01-v2"
         (data / "ignition/t.yaml").write_text(BUTANE.replace("VERSION", "v1"))
         assert await hostname("52-54-00-00-00-01") == "52:54:00:00:00:01-v1"
+
+
+
+async def test_kept_choices_follow_edits_and_each_route(live):
+    """The group and profile chosen for a query (and the script rendered from them) are kept between
+    requests (issue 16): /ipxe, /grub and /bootd/ipxe for one query each render their own script, an edit
+    is served by every route at the next request, and a bad MAC is still warned about on every request."""
+    data: Path = live.data
+    query = "mac=52-54-00-00-00-07"
+    async with aiohttp.ClientSession() as session:
+        async def get(path: str) -> str:
+            async with session.get(live.url(path)) as resp:
+                assert resp.status == 200, (path, resp.status)
+                return await resp.text()
+
+        for _ in range(2):  # the second time from what was kept
+            assert (await get(f"/ipxe?{query}")).split("\n")[1] == "kernel /k0000 console=ttyS0"
+            assert 'linux "/k0000" console=ttyS0' in await get(f"/grub?{query}")
+            assert "kernel /k0000 console=ttyS0" in await get(f"/bootd/ipxe?{query}")
+        (data / "profiles/p.json").write_text(profile_json("/k0001"))
+        assert 'linux "/k0001" console=ttyS0' in await get(f"/grub?{query}")
+        assert (await get(f"/ipxe?{query}")).split("\n")[1] == "kernel /k0001 console=ttyS0"
+        assert "kernel /k0001 console=ttyS0" in await get(f"/bootd/ipxe?{query}")
+
+        start = len(live.lines)
+        for _ in range(2):
+            await get("/ipxe?mac=not-a-mac")
+        def warned(line) -> bool:
+            return "dropping label mac='not-a-mac'" in line.get("message", "")
+        first = live.wait_for_log(warned, start=start)
+        live.wait_for_log(warned, start=next(i for i, line in enumerate(live.lines) if line is first) + 1)
+
+
+async def test_kept_choices_follow_a_reload(live):
+    """A reload that adds a machine to bootd.yaml (a group the data dir's watch never sees) selects it at
+    the first request after "reloaded", though the data dir did not change."""
+    data: Path = live.data
+    query = "mac=52-54-00-00-00-07"
+    async with aiohttp.ClientSession() as session:
+        async def kernel(query: str) -> str:
+            async with session.get(live.url(f"/ipxe?{query}")) as resp:
+                assert resp.status == 200
+                return (await resp.text()).split("\n")[1]
+
+        (data / "profiles/m.json").write_text(json.dumps({"id": "m", "boot": {"kernel": "/kmachine"}}))
+        for _ in range(2):
+            assert await kernel(query) == "kernel /k0000 console=ttyS0"
+        live.config.write_text(live.config.read_text()
+                               + 'machines:\n  - {name: m7, mac: "52:54:00:00:00:07", profile: m}\n')
+        start = len(live.lines)
+        live.send(signal.SIGHUP)
+        live.wait_for_log(lambda l: l.get("message", "").startswith("reloaded"), start=start)
+        assert await kernel(query) == "kernel /kmachine"
+        assert await kernel("mac=52-54-00-00-00-08") == "kernel /k0000 console=ttyS0"

@@ -105,3 +105,26 @@ def test_readers_in_threads_take_turns(tmp_path):
     first.join(10)
     second.join(10)
     assert second_done.is_set() and [g.id for g in store.groups()] == ["g"]
+
+
+def test_generation_holds_while_nothing_changes_and_moves_at_an_edit(data: Path):
+    """What the HTTP side keeps between requests (a query's chosen group and profile) is kept per
+    generation: the same number while nothing under groups/ and profiles/ changed, another one (after a
+    None for the request that saw the change) at any edit, and None while a file read was not watched."""
+    store = DataDir(data)
+    store.groups(), store.profile("p")
+    first = store.generation()
+    assert first is not None
+    store.groups(), store.profile("p")
+    assert store.generation() == first
+    write(data / "profiles/p.json", {"id": "p", "boot": {"kernel": "/k2"}})
+    assert store.generation() is None  # the request that sees the change keeps nothing
+    assert store.profile("p").boot.kernel == "/k2"
+    second = store.generation()
+    assert second is not None and second != first
+    write(data / "groups/new.json", {"id": "new", "profile": "p", "selector": {"os": "x"}})
+    assert store.generation() is None
+    assert [g.id for g in store.groups()] == ["new", "default"]
+    assert store.generation() not in (None, first, second)
+    store.profile("../outside")  # a name that cannot be watched: nothing may be kept in this generation
+    assert store.generation() is None

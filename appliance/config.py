@@ -113,6 +113,37 @@ class ApiConfig:
     max_message_bytes: int = 4 * 1024 * 1024  # grpc-go's default, matchbox's limit
 
 
+class StoreBackend(StrEnum):
+    DIR = "dir"  # the matchbox data dir, http.data_dir (the default)
+    ETCD = "etcd"  # profiles, groups and templates in etcd, shared by every replica
+
+
+class OnUnreachable(StrEnum):
+    WAIT = "wait"  # at start, wait for etcd (logging each attempt) before serving
+    REFUSE = "refuse"  # at start, exit with the endpoints and the reasons
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreTls:
+    """TLS to etcd: the CA of the members' certificates; a client certificate and key if etcd asks for one."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreConfig:
+    """Where profiles, groups and templates live (`store:`); without the section, http.data_dir as before."""
+
+    backend: StoreBackend = StoreBackend.DIR
+    endpoints: tuple[str, ...] = ()  # http://host:port, https://host:port or host:port (TLS when tls is set)
+    prefix: str = "/bootd"  # every key bootd writes starts with it (no trailing slash)
+    tls: StoreTls | None = None
+    on_unreachable: OnUnreachable = OnUnreachable.WAIT
+    timeout: int = 5  # seconds for one etcd call
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MetricsConfig:
     """Where /metrics is served: on the HTTP port (no `metrics` section), or with `port` only on a listener of
@@ -257,6 +288,7 @@ class Config:
     tftp: TftpConfig = TftpConfig()
     dns: DnsConfig = DnsConfig()
     api: ApiConfig = ApiConfig()
+    store: StoreConfig = StoreConfig()
     assets: AssetsConfig = AssetsConfig()
     machines: tuple[Machine, ...] = ()
 
@@ -480,7 +512,7 @@ class _Reader:
 
     def config(self, root: Node) -> Config | None:
         top = self.fields(root, "", {"state_dir", "user", "listen", "domain", "names", "http", "metrics", "dhcp", "tftp",
-                                     "dns", "api", "assets", "machines"})
+                                     "dns", "api", "store", "assets", "machines"})
         if top is None:
             return None
         kw: dict[str, Any] = {"source": self.file}
@@ -508,6 +540,8 @@ class _Reader:
                 self.error(top["dns"], "domain", "required when dns is on: the zone bootd answers for")
         if "api" in top and (api := self.api(top["api"])) is not None:
             kw["api"] = api
+        if "store" in top and (store := self.store(top["store"])) is not None:
+            kw["store"] = store
         if "assets" in top and (assets := self.assets(top["assets"])) is not None:
             kw["assets"] = assets
         if "machines" in top:
@@ -603,6 +637,56 @@ class _Reader:
             if (value := self.optional(nodes, key, "api", read)) is not None:
                 kw[key] = value
         return ApiConfig(**kw)
+
+    def store(self, node: Node) -> StoreConfig | None:
+        """`store: {backend: dir | etcd, endpoints: [...], prefix: /bootd, tls: {ca, cert, key},
+        on_unreachable: wait | refuse, timeout: 5}`."""
+        nodes = self.fields(node, "store", {"backend", "endpoints", "prefix", "tls", "on_unreachable", "timeout"})
+        if nodes is None:
+            return None
+        kw: dict[str, Any] = {}
+        for key, read in (("backend", lambda n, w: self.choice(n, w, StoreBackend)),
+                          ("on_unreachable", lambda n, w: self.choice(n, w, OnUnreachable)),
+                          ("timeout", lambda n, w: self.integer(n, w, 1, 300))):
+            if (value := self.optional(nodes, key, "store", read)) is not None:
+                kw[key] = value
+        if "prefix" in nodes and (prefix := self.string(nodes["prefix"], "store.prefix")) is not None:
+            if not re.fullmatch(r"(/[A-Za-z0-9._-]+)+/?", prefix):
+                self.error(nodes["prefix"], "store.prefix", f"{prefix!r}: expected a key path such as /bootd "
+                                                            "(slash-separated names of letters, digits, '.', '_', '-')")
+            else:
+                kw["prefix"] = prefix.rstrip("/")
+        if "tls" in nodes and (tls := self.fields(nodes["tls"], "store.tls", {"ca", "cert", "key"})) is not None:
+            paths = {k: self.optional(tls, k, "store.tls", self.path) for k in ("ca", "cert", "key")}
+            if "ca" not in tls:
+                self.error(nodes["tls"], "store.tls.ca", "required: the CA that signed etcd's certificates")
+            elif ("cert" in tls) != ("key" in tls):
+                self.error(nodes["tls"], "store.tls", "cert and key go together (a client certificate and its key)")
+            elif paths["ca"] is not None:
+                kw["tls"] = StoreTls(ca=paths["ca"], cert=paths["cert"], key=paths["key"])
+        endpoints = []
+        for i, item in enumerate(self.sequence(nodes["endpoints"], "store.endpoints") or []
+                                 if "endpoints" in nodes else []):
+            text = self.string(item, f"store.endpoints[{i}]")
+            match = re.fullmatch(r"(?:(https?)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})/?", text or "")
+            if text is None:
+                continue
+            if match is None or not 0 < int(match[3]) < 65536:
+                self.error(item, f"store.endpoints[{i}]", f"{text!r}: expected host:port, http://host:port or "
+                                                          "https://host:port")
+            elif match[1] == "https" and "tls" not in nodes:
+                self.error(item, f"store.endpoints[{i}]", f"{text!r}: https needs store.tls (at least its ca)")
+            else:
+                endpoints.append(text)
+        kw["endpoints"] = tuple(endpoints)
+        backend = kw.get("backend", StoreBackend.DIR)
+        if backend is StoreBackend.ETCD and "endpoints" not in nodes:
+            self.error(node, "store.endpoints", "required with backend etcd: the etcd members' client URLs")
+        if backend is StoreBackend.DIR:
+            for key in ("endpoints", "tls", "prefix", "on_unreachable"):
+                if key in nodes:
+                    self.error(nodes[key], f"store.{key}", "only with backend: etcd (the data dir is http.data_dir)")
+        return StoreConfig(**kw)
 
     def assets(self, node: Node) -> AssetsConfig | None:
         """`assets: {track: [{os, channel, arch, mirror, keyring, install}], check: daily}`."""

@@ -18,8 +18,19 @@ summed). dnsmasq + nginx serve the same files (nginx serves what bootd rendered 
 
 bootd runs authoritative DHCP (a /16), TFTP and HTTP at its default log level, events on.
 
+A machine talks to the servers DHCP named (TFTP: the ACK's next-server; HTTP: the script URL's host), as
+firmware does, so with several replicas on a segment the machines spread over whichever answered first. A
+REQUEST nobody answers (the server that offered died) makes the machine start over with a DISCOVER.
+
 Usage (root): python -m bench.fleet [--sizes 100,1000,10000] [--smoke]
 (--smoke: 20 machines on each side; every machine must complete; no performance asserted)
+
+The simulator alone, inside a namespace on a segment (bench/replicas.py and tests/e2e/test_replicas.py):
+  --storm --count N [--first I | --macs FILE] --window S --iface IF [--concurrency K]: DHCP only, each client
+    one DORA; prints JSON with every MAC's ACKed address and the server that ACKed it, the clients that
+    started over, and `duplicates` (an address ACKed to two MACs, as the clients saw it);
+  --reboot FILE --iface IF: INIT-REBOOT (a broadcast REQUEST for a known address, naming no server) for each
+    MAC and address of FILE; prints each answer (ACK or NAK, address, server).
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import LOAD_CPU, SERVER_CPU, cpu_seconds, median, wait_quiet, write_results
+from bench.common import LOAD_CPU, SERVER_CPU, cpu_seconds, wait_quiet, write_results
 from tests.netns import NetLab, _end_group
 
 ROOT = Path(__file__).parents[1]
@@ -129,7 +140,9 @@ def dhcp_packet(kind: int, mac: bytes, xid: int, ipxe: bool, requested: bytes = 
     if ipxe:
         options += option(77, b"iPXE") + option(175, b"\x13\x01\x01")
     if requested:
-        options += option(50, requested) + option(54, server)
+        options += option(50, requested)
+    if server:
+        options += option(54, server)
     return header + b"\x63\x82\x53\x63" + options + b"\xff"
 
 
@@ -150,12 +163,16 @@ class DhcpClient(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.waiting: dict[int, asyncio.Queue] = {}
+        self.restarts: dict[bytes, int] = {}  # MAC: REQUESTs nobody answered (its server died), so DISCOVER again
+        self.acked = 0
 
     def datagram_received(self, data: bytes, addr) -> None:
         if len(data) >= 240 and (queue := self.waiting.get(int.from_bytes(data[4:8], "big"))) is not None:
             queue.put_nowait(data)
 
-    async def exchange(self, transport, packet: bytes, xid: int, answers: set[int], tries: int = 4) -> bytes:
+    async def exchange(self, transport, packet: bytes, xid: int, answers: set[int],
+                       tries: int = 4) -> bytes | None:
+        """The first answer of a kind in `answers`, retransmitting after 1, 2, 3... s of silence; None if none."""
         queue: asyncio.Queue = asyncio.Queue()
         self.waiting[xid] = queue
         loop = asyncio.get_running_loop()
@@ -170,35 +187,54 @@ class DhcpClient(asyncio.DatagramProtocol):
                         break
                     if (dhcp_option(data, 53) or b"\0")[0] in answers:
                         return data
-            raise RuntimeError(f"no DHCP answer ({sorted(answers)}) for xid {xid:#x}")
+            return None
         finally:
             self.waiting.pop(xid, None)
 
-    async def dora(self, transport, mac: bytes, xid: int, ipxe: bool) -> bytes:
-        """DISCOVER, OFFER, REQUEST, ACK; after a NAK (a server that offered an address it then gave to
-        another client) it starts over with a new xid, as firmware does."""
+    async def dora(self, transport, mac: bytes, xid: int, ipxe: bool, tries: int = 4) -> bytes:
+        """DISCOVER, OFFER, REQUEST, ACK; the ACK is returned. After a NAK (a server that offered an address
+        it then gave to another client) or a REQUEST nobody answers (the server that offered died) it starts
+        over with a new xid, as firmware does; `restarts` counts the silent ones. NoOffer when no server
+        offers anything (`tries` DISCOVERs)."""
+        why = "no answer to REQUEST"
         for attempt in range(8):
             this_xid = xid ^ (attempt << 28)
-            offer = await self.exchange(transport, dhcp_packet(1, mac, this_xid, ipxe), this_xid, {2})
+            offer = await self.exchange(transport, dhcp_packet(1, mac, this_xid, ipxe), this_xid, {2}, tries)
+            if offer is None:
+                raise NoOffer(f"no OFFER for {mac.hex(':')} after {tries} DISCOVERs")
             server = dhcp_option(offer, 54) or offer[20:24]
             answer = await self.exchange(transport, dhcp_packet(3, mac, this_xid, ipxe, offer[16:20], server),
-                                         this_xid, {5, 6})
-            if answer and dhcp_option(answer, 53)[:1] == b"\x05":
-                return offer
+                                         this_xid, {5, 6}, tries)
+            if answer is None:
+                self.restarts[mac] = self.restarts.get(mac, 0) + 1
+                continue
+            if dhcp_option(answer, 53)[:1] == b"\x05":
+                self.acked += 1
+                return answer
             why = dhcp_option(answer, 56).decode(errors="replace")
-        raise RuntimeError(f"NAKed 8 times: {mac.hex(':')}: {why}")
+        raise RuntimeError(f"no ACK in 8 rounds: {mac.hex(':')}: {why}")
+
+    async def init_reboot(self, transport, mac: bytes, xid: int, address: bytes, tries: int = 4) -> bytes | None:
+        """RFC 2131's INIT-REBOOT: a client that knows its address asks for it again, broadcast, naming no
+        server (its server may be gone); any server that holds its lease must ACK, one that knows another
+        holder NAKs. The answer (ACK or NAK), or None."""
+        return await self.exchange(transport, dhcp_packet(3, mac, xid, False, address), xid, {5, 6}, tries)
 
 
-async def tftp_get(name: str, blksize: int = 1456, tries: int = 5) -> bytes:
+class NoOffer(Exception):
+    """No server offered an address (the pool is exhausted, or no server may allocate)."""
+
+
+async def tftp_get(name: str, server: str, source: str, blksize: int = 1456, tries: int = 5) -> bytes:
     """A PXE ROM's TFTP read: blksize and tsize, lock-step, a retransmission after 1 s of silence, and no
     dally after the last block (the ROM runs what it got)."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
-    sock.bind((CLIENT, 0))
+    sock.bind((source, 0))
     try:
         last = b"\0\1" + f"{name}\0octet\0blksize\0{blksize}\0tsize\0000\0".encode()
-        target = (SERVER, 69)
+        target = (server, 69)
         sock.sendto(last, target)
         received, expected, size = bytearray(), 1, 512
         while True:
@@ -236,10 +272,16 @@ async def tftp_get(name: str, blksize: int = 1456, tries: int = 5) -> bytes:
         sock.close()
 
 
+def client_mac(index: int) -> bytes:
+    return bytes((2, 0x95)) + index.to_bytes(4, "big")
+
+
 async def machine(index: int, start_at: float, dhcp: DhcpClient, transport, session, peer: str,
-                  expect: dict, rng: random.Random) -> dict[str, float]:
+                  expect: dict, rng: random.Random, source: str) -> dict[str, float]:
+    """One machine's whole boot. The servers are the ones DHCP names (TFTP: the ACK's next-server; HTTP:
+    the script URL's), as firmware does, so machines spread over whichever replicas answered them."""
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-    mac = bytes((2, 0x95)) + index.to_bytes(4, "big")
+    mac = client_mac(index)
     hexhyp = mac.hex("-")
     times: dict[str, float] = {}
     mark = time.monotonic()
@@ -251,19 +293,20 @@ async def machine(index: int, start_at: float, dhcp: DhcpClient, transport, sess
         mark = now
 
     times["start"] = mark
-    offer = await dhcp.dora(transport, mac, 0x95000000 + index, ipxe=False)
-    boot_file = offer[108:236].split(b"\0")[0].decode() or dhcp_option(offer, 67).rstrip(b"\0").decode()
+    ack = await dhcp.dora(transport, mac, 0x95000000 + index, ipxe=False)
+    boot_file = ack[108:236].split(b"\0")[0].decode() or dhcp_option(ack, 67).rstrip(b"\0").decode()
     if boot_file != "undionly.kpxe":
-        raise RuntimeError(f"PXE OFFER names {boot_file!r}")
+        raise RuntimeError(f"PXE ACK names {boot_file!r}")
+    tftp_server = socket.inet_ntoa(ack[20:24]) if ack[20:24] != bytes(4) else socket.inet_ntoa(dhcp_option(ack, 54))
     done("dhcp_pxe")
-    got = await tftp_get(boot_file)
+    got = await tftp_get(boot_file, tftp_server, source)
     if hashlib.sha256(got).hexdigest() != expect["firmware_sha256"]:
         raise RuntimeError(f"TFTP gave {len(got)} bytes, not the file's")
     done("tftp")
-    offer = await dhcp.dora(transport, mac, 0x96000000 + index, ipxe=True)
-    script_url = offer[108:236].split(b"\0")[0].decode() or dhcp_option(offer, 67).rstrip(b"\0").decode()
+    ack = await dhcp.dora(transport, mac, 0x96000000 + index, ipxe=True)
+    script_url = ack[108:236].split(b"\0")[0].decode() or dhcp_option(ack, 67).rstrip(b"\0").decode()
     if not script_url.startswith("http://"):
-        raise RuntimeError(f"iPXE OFFER names {script_url!r}")
+        raise RuntimeError(f"iPXE ACK names {script_url!r}")
     done("dhcp_ipxe")
 
     async def get(url: str, expected: bytes | None, method: str = "GET") -> None:
@@ -272,8 +315,8 @@ async def machine(index: int, start_at: float, dhcp: DhcpClient, transport, sess
             if resp.status != 200 or (expected is not None and body != expected):
                 raise RuntimeError(f"{method} {url}: {resp.status} ({len(body)} bytes)")
 
-    base = f"http://{SERVER}:{PORT}"
-    await get(script_url, expect["script"])
+    base = script_url.rsplit("/", 1)[0]  # http://<the server that answered>:<port>
+    await get(script_url, expect["script"].replace(SERVER.encode(), base[7:].rsplit(":", 1)[0].encode()))
     done("script")
     await get(f"{base}/ipxe?mac={hexhyp}", expect["config"].replace(b"MACHINE", hexhyp.encode()) if peer == "bootd"
               else None)
@@ -295,8 +338,7 @@ async def machine(index: int, start_at: float, dhcp: DhcpClient, transport, sess
     return times
 
 
-async def run_client(count: int, window: float, iface: str, peer: str, work: Path) -> dict:
-    import aiohttp
+async def dhcp_socket(iface: str) -> tuple[DhcpClient, asyncio.DatagramTransport]:
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -306,6 +348,12 @@ async def run_client(count: int, window: float, iface: str, peer: str, work: Pat
     sock.bind(("0.0.0.0", 68))
     dhcp = DhcpClient()
     transport, _ = await loop.create_datagram_endpoint(lambda: dhcp, sock=sock)
+    return dhcp, transport
+
+
+async def run_client(count: int, window: float, iface: str, peer: str, work: Path, source: str, first: int) -> dict:
+    import aiohttp
+    dhcp, transport = await dhcp_socket(iface)
     expect = {"firmware_sha256": hashlib.sha256((work / "firmware/undionly.kpxe").read_bytes()).hexdigest(),
               "script": (work / "expected-script").read_bytes(), "config": (work / "expected-config").read_bytes(),
               "kernel": (work / "data/assets/vmlinuz").read_bytes(),
@@ -315,7 +363,7 @@ async def run_client(count: int, window: float, iface: str, peer: str, work: Pat
     connector = aiohttp.TCPConnector(limit=0, force_close=True)  # a machine opens its own connections
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         tasks = [machine(i, begin + rng.uniform(0, window), dhcp, transport, session, peer, expect,
-                         random.Random(i)) for i in range(count)]
+                         random.Random(i), source) for i in range(first, first + count)]
         results = await asyncio.gather(*tasks, return_exceptions=True)
     transport.close()
     failures = [repr(r) for r in results if isinstance(r, BaseException)]
@@ -326,10 +374,80 @@ async def run_client(count: int, window: float, iface: str, peer: str, work: Pat
         if values:
             stages[stage] = {"p50_ms": round(1000 * values[len(values) // 2], 2),
                              "p99_ms": round(1000 * values[min(len(values) - 1, int(0.99 * len(values)))], 2)}
-    first = min((r["start"] for r in runs), default=0.0)
+    totals = sorted(sum(r[stage] for stage in STAGES) for r in runs)  # a boot's own time, pauses left out
+    first_start = min((r["start"] for r in runs), default=0.0)
     last = max((r["end"] for r in runs), default=0.0)
     return {"machines": count, "completed": len(runs), "failed": len(failures), "failures": failures[:5],
-            "seconds_first_discover_to_last_report": round(last - first, 2), "stages": stages}
+            "seconds_first_discover_to_last_report": round(last - first_start, 2), "stages": stages,
+            "boot_ms_p50": round(1000 * totals[len(totals) // 2], 2) if totals else None}
+
+
+# --- DHCP only: a storm of clients racing for addresses, and clients asking again for theirs --------------
+
+async def run_storm(macs: list[bytes], window: float, iface: str, tries: int, progress_every: int,
+                    concurrency: int = 0) -> dict:
+    """Every MAC does DORA once, arriving at a random moment within `window` s (after 0.2 s); with
+    `concurrency`, at most that many at once (a closed loop: the servers' full rate). Returned:
+    for each MAC the ACK it got (address, the server that ACKed, seconds since the start), or why not;
+    `restarted` lists MACs whose REQUEST went unanswered and which started over (their server died).
+    Progress on stderr: `acked N` every `progress_every` ACKs."""
+    dhcp, transport = await dhcp_socket(iface)
+    rng = random.Random(len(macs))
+    begin = time.monotonic() + 0.2
+    printed = 0
+
+    slots = asyncio.Semaphore(concurrency or len(macs) or 1)
+
+    async def one(index: int, mac: bytes, start_at: float) -> tuple[str, list]:
+        nonlocal printed
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        try:
+            async with slots:
+                ack = await dhcp.dora(transport, mac, 0x97000000 + index, ipxe=False, tries=tries)
+        except NoOffer:
+            return mac.hex(":"), ["no-offer"]
+        except RuntimeError as exc:
+            return mac.hex(":"), ["failed", str(exc)]
+        if dhcp.acked >= printed + progress_every:
+            printed = dhcp.acked - dhcp.acked % progress_every
+            print(f"acked {printed}", file=sys.stderr, flush=True)
+        return mac.hex(":"), [socket.inet_ntoa(ack[16:20]), socket.inet_ntoa(dhcp_option(ack, 54)),
+                              round(time.monotonic() - begin, 3)]
+
+    started = time.monotonic()
+    results = await asyncio.gather(*(one(i, mac, begin + rng.uniform(0, window)) for i, mac in enumerate(macs)))
+    transport.close()
+    outcomes = dict(results)
+    return {"clients": len(macs), "seconds": round(time.monotonic() - started, 2),
+            "acked": sum(1 for v in outcomes.values() if v[0] not in ("no-offer", "failed")),
+            "no_offer": sum(1 for v in outcomes.values() if v[0] == "no-offer"),
+            "failed": sum(1 for v in outcomes.values() if v[0] == "failed"),
+            "restarted": sorted(mac.hex(":") for mac in dhcp.restarts), "outcomes": outcomes}
+
+
+async def run_reboot(leases: list[tuple[bytes, bytes]], iface: str, tries: int) -> dict:
+    """INIT-REBOOT for each (MAC, address), all at once: MAC -> [ACK|NAK|none, address, server]."""
+    dhcp, transport = await dhcp_socket(iface)
+
+    async def one(index: int, mac: bytes, address: bytes) -> tuple[str, list]:
+        answer = await dhcp.init_reboot(transport, mac, 0x98000000 + index, address, tries)
+        if answer is None:
+            return mac.hex(":"), ["none", "", ""]
+        kind = "ACK" if dhcp_option(answer, 53)[:1] == b"\x05" else "NAK"
+        return mac.hex(":"), [kind, socket.inet_ntoa(answer[16:20]), socket.inet_ntoa(dhcp_option(answer, 54) or bytes(4))]
+
+    results = await asyncio.gather(*(one(i, mac, address) for i, (mac, address) in enumerate(leases)))
+    transport.close()
+    return {"answers": dict(results)}
+
+
+def duplicates(outcomes: dict[str, list]) -> dict[str, list[str]]:
+    """Addresses ACKed to more than one MAC (what the clients saw): address -> MACs."""
+    holders: dict[str, list[str]] = {}
+    for mac, outcome in outcomes.items():
+        if outcome[0] not in ("no-offer", "failed"):
+            holders.setdefault(outcome[0], []).append(mac)
+    return {address: macs for address, macs in holders.items() if len(macs) > 1}
 
 
 # --- the driver ------------------------------------------------------------------------------------------
@@ -381,7 +499,8 @@ def run_size(lab: NetLab, client, work: Path, argvs: dict[str, list[str]], peer:
         window = max(0.5, count / 100)
         result = lab.run(client.ns, ["taskset", "-c", LOAD_CPU, sys.executable, "-m", "bench.fleet", "--client",
                                      "--count", str(count), "--window", str(window), "--iface", client.ifname,
-                                     "--peer", peer, "--work", str(work)], cwd=ROOT, timeout=count / 10 + 600)
+                                     "--peer", peer, "--work", str(work), "--source", CLIENT], cwd=ROOT,
+                       timeout=count / 10 + 600)
         if result.returncode != 0:
             raise RuntimeError(result.stderr[-3000:])
         out = json.loads(result.stdout)
@@ -404,10 +523,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--iface", default="", help=argparse.SUPPRESS)
     parser.add_argument("--peer", default="bootd", help=argparse.SUPPRESS)
+    # the simulator alone, from a namespace on a segment (bench/replicas.py, tests/e2e/test_replicas.py)
+    client = parser.add_argument_group("the simulator alone (run inside a namespace on a segment)")
+    client.add_argument("--storm", action="store_true", help="DHCP only: --count clients (or --macs) do DORA "
+                        "once each within --window s; prints JSON: every MAC's ACKed address and server")
+    client.add_argument("--reboot", type=Path, metavar="JSON", help="DHCP only: INIT-REBOOT for each "
+                        '{"MAC": "address"} of the file; prints JSON: each answer')
+    client.add_argument("--source", default=CLIENT, help="this namespace's own address (TFTP and HTTP)")
+    client.add_argument("--first", type=int, default=0, help="the first machine's index (its MAC: 02:95:<index>)")
+    client.add_argument("--macs", type=Path, metavar="JSON", help="a list of MACs instead of --count/--first")
+    client.add_argument("--tries", type=int, default=4, help="transmissions of each DHCP message before giving up")
+    client.add_argument("--progress-every", type=int, default=500)
+    client.add_argument("--concurrency", type=int, default=0, help="--storm: at most this many clients at once")
     args = parser.parse_args(argv)
     work = args.work
     if args.client:
-        json.dump(asyncio.run(run_client(args.count, args.window, args.iface, args.peer, work)), sys.stdout)
+        json.dump(asyncio.run(run_client(args.count, args.window, args.iface, args.peer, work, args.source,
+                                         args.first)), sys.stdout)
+        return 0
+    if args.storm:
+        macs = ([bytes.fromhex(m.replace(":", "")) for m in json.loads(args.macs.read_text())] if args.macs
+                else [client_mac(i) for i in range(args.first, args.first + args.count)])
+        out = asyncio.run(run_storm(macs, args.window, args.iface, args.tries, args.progress_every,
+                                   args.concurrency))
+        out["duplicates"] = duplicates(out["outcomes"])
+        json.dump(out, sys.stdout)
+        return 0
+    if args.reboot:
+        leases = [(bytes.fromhex(mac.replace(":", "")), socket.inet_aton(address))
+                  for mac, address in json.loads(args.reboot.read_text()).items()]
+        json.dump(asyncio.run(run_reboot(leases, args.iface, args.tries)), sys.stdout)
         return 0
     sizes = [20] if args.smoke else [int(s) for s in args.sizes.split(",")]
     work.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--arm64", action="store_true", help="also Debian's arm64 network GRUB, for arm64 machines "
                        "(Debian builds no arm64 iPXE; from debian-installer-12-netboot-arm64, 128 MB)")
 
+    store = commands.add_parser("store", help="the etcd store (store.backend etcd): a matchbox data dir in and out")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    store_import = store_commands.add_parser("import", help="replace the store's data with DATADIR's, all or "
+                                             "nothing (each bad file is named, and then nothing is written)")
+    store_import.add_argument("directory", metavar="DATADIR", type=Path)
+    store_export = store_commands.add_parser("export", help="write the store's data into DIR (empty or new) as a "
+                                             "matchbox data dir")
+    store_export.add_argument("directory", metavar="DIR", type=Path)
+    for sub in (store_import, store_export):
+        sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="the bootd.yaml whose store section to use")
+
     render = commands.add_parser("render", help="print what a machine would get, and which group chose it")
     render.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     render.add_argument("--mac", help="the machine's MAC (the `mac` label iPXE sends)")
@@ -236,6 +247,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from appliance.api.client import run as run_client
 
         return run_client(args.command, args)
+    if args.command == "store":
+        from appliance.store.etcd_cli import cmd_store
+
+        config = _load(Path(args.config))
+        return 2 if config is None else cmd_store(config, args.store_command, args.directory)
     if args.command == "render":
         return cmd_render(Path(args.config), args.mac, args.label, args.what)
     return cmd_check(Path(args.config))

@@ -65,7 +65,7 @@ def startup_problems(config: Config) -> list[str]:
     if config.http.enabled and not config.http.data_dir.is_dir():
         problems.append(f"{config.source.name}: http.data_dir: {config.http.data_dir} is not a directory")
     if config.api.enabled:
-        if not config.http.data_dir.is_dir():
+        if not config.http.data_dir.is_dir() and config.store.backend.value == "dir":
             problems.append(f"{config.source.name}: api: writes go to http.data_dir, and {config.http.data_dir} "
                             "is not a directory")
         for key in ("cert_file", "key_file", "ca_file"):
@@ -73,6 +73,11 @@ def startup_problems(config: Config) -> list[str]:
             if not path.is_file():
                 problems.append(f"{config.source.name}: api.{key}: {path} does not exist (bootd certs init makes "
                                 "a CA, a server and a client certificate)")
+    if config.store.tls is not None:
+        for key in ("ca", "cert", "key"):
+            path = getattr(config.store.tls, key)
+            if path is not None and not path.is_file():
+                problems.append(f"{config.source.name}: store.tls.{key}: {path} does not exist")
     return problems + runtime_refusals(config)
 
 
@@ -104,8 +109,29 @@ def firmware_roots(config: Config) -> list[Path]:
     return [config.firmware_dir] + ([config.tftp.root] if config.tftp.root else [])
 
 
-def build_store(config: Config) -> DataDir:
+def build_store(config: Config, mirror: EtcdMirror | None = None) -> DataDir:
+    """The profiles, groups and templates the HTTP side reads: the data dir, or with `store.backend: etcd`
+    (and the daemon's mirror of it) an EtcdStore with the same interface."""
+    if mirror is not None:
+        from appliance.store.etcd_store import EtcdStore
+        return EtcdStore(mirror, machine_groups(config))  # type: ignore[return-value] - DataDir's interface
     return DataDir(config.http.data_dir, machine_groups(config))
+
+
+def _etcd_of(config: Config) -> tuple[EtcdClient | None, EtcdMirror | None]:
+    """store.backend etcd: the daemon's client and its mirror of the data (nothing is read yet)."""
+    if config.store.backend.value != "etcd":
+        return None, None
+    from appliance.etcd import EtcdClient, EtcdTls
+    from appliance.store.etcd_store import EtcdMirror, Layout
+
+    store = config.store
+    tls = EtcdTls(store.tls.ca, store.tls.cert, store.tls.key) if store.tls is not None else None
+    try:
+        client = EtcdClient(store.endpoints, tls=tls, timeout=store.timeout)
+    except OSError as exc:
+        raise StartupError(f"{config.source.name}: store.tls: cannot read {exc.filename}: {exc.strerror}") from None
+    return client, EtcdMirror(client, Layout(store.prefix))
 
 
 def describe_serving(*, dhcp_mode: str | None, interfaces: tuple[str, ...], tftp_port: int | None,
@@ -179,7 +205,8 @@ class Daemon:
         self.neighbours = NeighbourTable()
         self.tracker.set_known((m.mac, m.name) for m in config.machines)
         self.publisher = PeerPublisher(self.bus, self.tracker, self.neighbours.lookup)
-        self.http_context = HttpContext(config=config, store=build_store(config), bus=self.bus,
+        self.etcd, self.mirror = _etcd_of(config)  # store.backend etcd: the one client every part shares
+        self.http_context = HttpContext(config=config, store=build_store(config, self.mirror), bus=self.bus,
                                         tracker=self.tracker, publisher=self.publisher)
         self.http_context.stats = self.stats
         self.metrics = Metrics(services=self.service_stats, tracker=self.tracker)
@@ -306,6 +333,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        if self.mirror is not None:
+            await self._start_store()
         before, self.open_file_limit = raise_open_file_limit()  # every connection is a descriptor
         if before != self.open_file_limit:
             logger.info("open-file limit raised from %d to %d", before, self.open_file_limit)
@@ -323,6 +352,34 @@ class Daemon:
             await self._start_api()
         if self.config.assets.track:
             self._start_assets()
+
+    async def _start_store(self) -> None:
+        """store.backend etcd: read the data once before serving. etcd unreachable: with on_unreachable
+        refuse, stop with each endpoint and its reason; with wait, say so and try again every second (a line
+        per attempt for the first ten, then one a minute) until it answers or bootd is stopped."""
+        from appliance.etcd import EtcdUnavailable
+
+        assert self.mirror is not None
+        store, attempt = self.config.store, 0
+        while True:
+            attempt += 1
+            try:
+                await self.mirror.load()
+                break
+            except EtcdUnavailable as exc:
+                if store.on_unreachable.value == "refuse":
+                    raise StartupError(f"store: {exc} (store.on_unreachable: refuse)") from None
+                if attempt <= 10 or attempt % 60 == 0:
+                    logger.warning("store: %s; waiting for it (attempt %d, store.on_unreachable: wait)", exc, attempt)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), 1.0)
+                raise StartupError("store: stopped while waiting for etcd")
+            except asyncio.TimeoutError:
+                pass
+        self.mirror.start()
+        files = len(self.mirror.view.files)
+        logger.info("store: etcd %s, %s/data/ at revision %d (%d files, generation %s)", ", ".join(store.endpoints),
+                    store.prefix, self.mirror.revision, files, self.mirror.view.generation)
 
     def _start_assets(self) -> None:
         """The tracker runs beside the services; it reads the running config at every check."""
@@ -538,6 +595,10 @@ class Daemon:
             await self._metrics_runner.cleanup()
         self.publisher.cancel()
         await self.neighbours.close()
+        if self.mirror is not None:
+            await self.mirror.stop()
+        if self.etcd is not None:
+            await self.etcd.close()
         logger.info("bootd stopped")
 
     async def reload(self) -> None:
@@ -564,6 +625,7 @@ class Daemon:
                 ("dhcp mode, port or listen", (new.dhcp.mode, new.dhcp.port, new.dhcp.pxe_port, new.listen)
                  != (old.dhcp.mode, old.dhcp.port, old.dhcp.pxe_port, old.listen)),
                 ("user", new.user != old.user),
+                ("store section", new.store != old.store),
                 ("metrics address or port", new.metrics != old.metrics)):
             if changed:
                 logger.warning("reload: a change of %s takes effect at the next restart", what)
@@ -602,7 +664,7 @@ class Daemon:
     def _build_for_reload(self, new: Config) -> _ReloadParts:
         """Everything the new config needs, built beside the running parts (nothing running changes)."""
         def store_of() -> DataDir:
-            store = build_store(new)
+            store = build_store(new, self.mirror)
             store.groups()  # parsed now, so a broken groups dir shows here and not at the next request
             return store
 

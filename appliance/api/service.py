@@ -33,7 +33,7 @@ from appliance.api.pb import storage_pb2 as storage
 from appliance.config import ApiConfig
 from appliance.events import Event, EventBus, EventKind
 from appliance.store import DataDir, Group, NetBoot, Profile, labels_from_pairs, select_group
-from appliance.store.writes import DataWriter, Kind, WriteRefused, metadata_object
+from appliance.store.writes import DataWriter, Kind, StoreUnavailable, WriteRefused, metadata_object
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,10 @@ class Backend:
 
     @property
     def writer(self) -> DataWriter:
-        return DataWriter(self.store().root)
+        store = self.store()
+        if (etcd_writer := getattr(store, "writer", None)) is not None:  # store.backend etcd: EtcdStore
+            return etcd_writer()
+        return DataWriter(store.root)
 
     def changed(self, caller: Caller, what: str) -> None:
         self.bus.publish(Event(kind=EventKind.DATA, mac=None, peer=caller.address,
@@ -138,6 +141,9 @@ def _call(name: str, handler: Handler):
             response, change = await asyncio.to_thread(handler, self.backend, request, caller)
         except _NoMatch as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except StoreUnavailable as exc:  # etcd lost: nothing was written; the client may retry
+            logger.warning("api: %s from %r failed: %s", name, caller.name, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except WriteRefused as exc:
             logger.info("api: %s from %r refused: %s", name, caller.name, exc)
             await context.abort(grpc.StatusCode.UNKNOWN, str(exc))

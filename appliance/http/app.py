@@ -24,6 +24,19 @@ async def fallback(request: web.Request) -> web.Response:
     return not_found()
 
 
+# What a machine's boot config is chosen and rendered from: with the etcd store these wait for the latest edit.
+FRESH_PATHS = frozenset({"/ipxe", "/grub", "/ignition", "/metadata", "/generic", "/cloud"})
+
+
+@web.middleware
+async def fresh_store(request: web.Request, handler):
+    """store.backend etcd: an edit acknowledged by any replica before this request is served by it (one
+    linearizable revision read, then the watch caught up; bounded, and from the copy when etcd is lost)."""
+    if request.path in FRESH_PATHS:
+        await request.app[CONTEXT].store.fresh()  # type: ignore[attr-defined] - EtcdStore's
+    return await handler(request)
+
+
 async def assets_root(request: web.Request) -> web.Response:
     raise web.HTTPMovedPermanently(location="/assets/")
 
@@ -34,6 +47,8 @@ def make_app(context: HttpContext, metrics: Metrics | None = None) -> web.Applic
     app[stream.STREAMS] = stream.StreamSlots()
     app[stream.ENCODER] = stream.Encoder(context)
     app.on_shutdown.append(stream.close_streams)
+    if getattr(context.store, "fresh", None) is not None:  # the etcd store (a reload keeps the backend)
+        app.middlewares.append(fresh_store)
     get = app.router.add_get
     get("/", home)
     get("/boot.ipxe", boot.boot_ipxe)

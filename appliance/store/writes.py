@@ -50,6 +50,11 @@ class NotStored(WriteRefused):
     """The object does not exist."""
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be reached (etcd lost): the API answers UNAVAILABLE with this message (it names
+    the endpoints and why each failed), and nothing was written."""
+
+
 def check_name(kind: Kind, name: str) -> str:
     what = "id" if kind.flat else "name"
     if not name:
@@ -207,5 +212,5 @@ def metadata_object(data: bytes, group_id: str) -> dict[str, Any]:
     return value
 
 
-__all__ = ["DataWriter", "Kind", "NotStored", "WriteRefused", "check_name", "group_json",
+__all__ = ["DataWriter", "Kind", "NotStored", "StoreUnavailable", "WriteRefused", "check_name", "group_json",
            "metadata_object", "profile_json"]

@@ -1,0 +1,252 @@
+"""The etcd store (store.backend etcd) through its real interfaces: `bootd store import/export` (the CLI),
+`bootd run` daemons serving HTTP from one real etcd 3.4 cluster (tests/etcd_cluster.py), and writes through a
+daemon's mTLS gRPC API by a client generated from matchbox's own .proto files (tests/reference)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.bootd_process import BootdProcess
+from tests.etcd_cluster import EtcdCluster, etcd_cluster  # noqa: F401 - the fixture
+
+ROOT = Path(__file__).parents[2]
+MAC = "52:54:00:00:18:01"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+
+
+def store_yaml(cluster: EtcdCluster, extra: str = "") -> str:
+    endpoints = ", ".join(cluster.endpoints)
+    return f"store:\n  backend: etcd\n  endpoints: [{endpoints}]\n  prefix: /bootd\n  timeout: 2\n{extra}"
+
+
+def write_config(root: Path, cluster: EtcdCluster, *, tls: Path | None = None, extra: str = "") -> Path:
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    text = f"http: {{address: 127.0.0.1, port: 0, data_dir: {root / 'data'}}}\n" + store_yaml(cluster, extra)
+    if tls is not None:  # the read-write API, with these certificates
+        text += (f"api:\n  address: 127.0.0.1\n  port: 0\n  cert_file: {tls / 'server.crt'}\n"
+                 f"  key_file: {tls / 'server.key'}\n  ca_file: {tls / 'ca.crt'}\n")
+    (root / "bootd.yaml").write_text(text)
+    return root / "bootd.yaml"
+
+
+def matchbox_data(root: Path, groups: int = 3) -> Path:
+    """A matchbox data dir: profiles, groups (more than one etcd txn holds), Butane, raw Ignition, generic,
+    cloud, a nested template name, and assets/ (which stays on disk)."""
+    for sub in ("profiles", "groups", "ignition/nested", "generic", "cloud", "assets"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "profiles/worker.json").write_bytes(json.dumps(
+        {"id": "worker", "ignition_id": "worker.yaml", "generic_id": "worker.txt",
+         "boot": {"kernel": "/assets/kernel-v1", "initrd": ["/assets/initrd"], "args": ["console=ttyS0"]}},
+        indent="\t").encode())
+    (root / "profiles/other.json").write_bytes(b'{"id":"other","boot":{"kernel":"/assets/other"}}\n')
+    (root / "groups/worker.json").write_bytes(json.dumps(
+        {"id": "worker", "profile": "worker", "selector": {"mac": MAC}, "metadata": {"domain": "w.example"}}).encode())
+    for i in range(groups):
+        (root / f"groups/g{i:03}.json").write_bytes(json.dumps(
+            {"id": f"g{i:03}", "profile": "other", "selector": {"mac": f"52:54:00:01:{i // 256:02x}:{i % 256:02x}"}}
+        ).encode())
+    (root / "ignition/worker.yaml").write_bytes(b"variant: flatcar\nversion: 1.0.0\nstorage:\n  files:\n"
+                                                b"    - path: /etc/hostname\n      contents: {inline: '{{.domain}}'}\n")
+    (root / "ignition/raw.ign").write_bytes(b'{"ignition": {"version": "3.3.0"}}')
+    (root / "ignition/nested/deep.yaml").write_bytes(b"variant: fcos\nversion: 1.4.0\n")
+    (root / "generic/worker.txt").write_bytes(b"generic for {{.domain}}\n\xe2\x9c\x93 trailing bytes \t\n")
+    (root / "cloud/worker.yaml").write_bytes(b"#cloud-config\nhostname: {{.domain}}\n")
+    (root / "assets/kernel-v1").write_bytes(b"\x7fELF not really")
+    return root
+
+
+def tree(root: Path, skip: tuple[str, ...] = ("assets",)) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).parts[0] not in skip}
+
+
+def http_get(bootd: BootdProcess, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(bootd.url(path), timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def reference(bootd: BootdProcess, tls: Path, calls: list) -> list[dict]:
+    """matchbox's gRPC calls through the reference client (its own process), over mTLS."""
+    argv = [sys.executable, "-m", "tests.reference.matchbox_client", "--endpoint", bootd.api_endpoint,
+            "--ca", str(tls / "ca.crt"), "--cert", str(tls / "client.crt"), "--key", str(tls / "client.key"), "calls"]
+    result = subprocess.run(argv, input=json.dumps(calls), capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def start_bootd(config: Path) -> BootdProcess:
+    bootd = BootdProcess(config).start()
+    grpcs = [a for a in bootd.addresses if a.startswith("grpcs://")]
+    bootd.api_endpoint = grpcs[0][len("grpcs://"):] if grpcs else None
+    return bootd
+
+
+def put_profile(kernel: str) -> list:
+    profile = {"id": "worker", "ignition_id": "worker.yaml", "generic_id": "worker.txt",
+               "boot": {"kernel": kernel, "initrd": ["/assets/initrd"], "args": ["console=ttyS0"]}}
+    return [["Profiles", "ProfilePut", {"profile": profile}]]
+
+
+# --- import / export ------------------------------------------------------------------------------------
+
+def test_import_then_export_gives_the_same_bytes_back_and_a_second_import_replaces_all(tmp_path, etcd_cluster):  # noqa: F811
+    cluster = etcd_cluster(size=1)
+    config = write_config(tmp_path / "cli", cluster)
+    data = matchbox_data(tmp_path / "matchbox", groups=150)  # 150 + 8 files: two staging transactions
+    imported = cli("store", "import", str(data), "-c", str(config))
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 158 files" in imported.stdout and "skipped assets/" in imported.stdout
+    out = tmp_path / "exported"
+    exported = cli("store", "export", str(out), "-c", str(config))
+    assert exported.returncode == 0, exported.stderr
+    assert tree(out) == tree(data)  # byte for byte, every file, the same names
+    assert not (out / "assets").exists()
+    # a second import replaces everything at once: what it lacks is gone, the old generation is deleted
+    smaller = matchbox_data(tmp_path / "smaller", groups=1)
+    (smaller / "cloud/worker.yaml").unlink()
+    assert cli("store", "import", str(smaller), "-c", str(config)).returncode == 0
+    again = tmp_path / "again"
+    assert cli("store", "export", str(again), "-c", str(config)).returncode == 0
+    assert tree(again) == tree(smaller)
+    keys = cluster.etcdctl(0, "get", "/bootd/data/", "--prefix", "--keys-only").stdout.split()
+    assert len(keys) == len(tree(smaller)) + 1  # the files of the live generation and the pointer, nothing else
+    # export refuses a directory that holds something
+    refused = cli("store", "export", str(again), "-c", str(config))
+    assert refused.returncode == 1 and "not an empty directory" in refused.stderr
+
+
+def test_an_import_with_bad_files_writes_nothing_and_names_each(tmp_path, etcd_cluster):  # noqa: F811
+    cluster = etcd_cluster(size=1)
+    config = write_config(tmp_path / "cli", cluster)
+    good = matchbox_data(tmp_path / "good")
+    assert cli("store", "import", str(good), "-c", str(config)).returncode == 0
+    before = cluster.etcdctl(0, "get", "/bootd/", "--prefix", "-w", "json").stdout
+    bad = matchbox_data(tmp_path / "bad", groups=200)
+    (bad / "profiles/broken.json").write_bytes(b'{"id": "broken",')
+    (bad / "groups/badmac.json").write_bytes(b'{"id": "badmac", "profile": "worker", "selector": {"mac": "nope"}}')
+    (bad / "generic/broken.tmpl").write_bytes(b"{{ if .x }} never closed\n")
+    (bad / "groups/sub").mkdir()
+    refused = cli("store", "import", str(bad), "-c", str(config))
+    assert refused.returncode == 1
+    for name in ("profiles/broken.json", "groups/badmac.json", "generic/broken.tmpl", "groups/sub"):
+        assert name in refused.stderr, refused.stderr
+    assert "nothing was written (4 bad files)" in refused.stderr
+    after = cluster.etcdctl(0, "get", "/bootd/", "--prefix", "-w", "json").stdout
+    assert json.loads(after)["kvs"] == json.loads(before)["kvs"]  # not one key written, moved or removed
+    assert json.loads(after)["header"]["revision"] == json.loads(before)["header"]["revision"]
+
+
+# --- replicas on one cluster ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("etcd-api") / "tls"
+    made = cli("certs", "init", "--san", "IP:127.0.0.1", "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    return out
+
+
+def test_two_replicas_serve_an_edit_made_through_either_api_at_the_next_request(tmp_path, etcd_cluster, tls):  # noqa: F811
+    cluster = etcd_cluster(size=3)
+    a_config = write_config(tmp_path / "a", cluster, tls=tls)
+    b_config = write_config(tmp_path / "b", cluster, tls=tls)
+    assert cli("store", "import", str(matchbox_data(tmp_path / "matchbox")), "-c", str(a_config)).returncode == 0
+    a, b = start_bootd(a_config), start_bootd(b_config)
+    try:
+        for bootd in (a, b):
+            status, script = http_get(bootd, f"/ipxe?mac={MAC}")
+            assert status == 200 and "kernel /assets/kernel-v1" in script
+        # written through A's API, served by B at the very next request (no wait in between)
+        assert all("ok" in r for r in reference(a, tls, put_profile("/assets/kernel-v2")))
+        assert "kernel /assets/kernel-v2" in http_get(b, f"/ipxe?mac={MAC}")[1]
+        assert "kernel /assets/kernel-v2" in http_get(a, f"/ipxe?mac={MAC}")[1]
+        # and the templates too: an Ignition edit through B, rendered by A
+        butane = b"variant: flatcar\nversion: 1.0.0\nstorage:\n  files:\n    - path: /etc/motd\n" \
+                 b"      contents: {inline: 'edited {{.domain}}'}\n"
+        done = reference(b, tls, [["Ignition", "IgnitionPut", {"name": "worker.yaml",
+                                                               "config": base64.b64encode(butane).decode()}]])
+        assert "ok" in done[0]
+        status, body = http_get(a, f"/ignition?mac={MAC}")
+        assert status == 200 and json.loads(body)["storage"]["files"][0]["path"] == "/etc/motd"
+
+        # one member killed (kill -9): nothing stops; writes and reads go on through the others
+        cluster.kill(0)
+        assert all("ok" in r for r in reference(b, tls, put_profile("/assets/kernel-v3")))
+        assert "kernel /assets/kernel-v3" in http_get(a, f"/ipxe?mac={MAC}")[1]
+        cluster.restart(0)
+
+        # etcd stopped altogether: reads serve from the copy, API writes fail naming the endpoints
+        cluster.stop_all()
+        mark = len(a.lines)
+        status, script = http_get(a, f"/ipxe?mac={MAC}")
+        assert status == 200 and "kernel /assets/kernel-v3" in script
+        a.wait_for_log(lambda line: line.get("message", "").startswith("store: etcd unreachable"), start=mark)
+        assert http_get(a, f"/ipxe?mac={MAC}")[0] == 200
+        failed = reference(a, tls, put_profile("/assets/kernel-v4"))
+        assert failed[0]["code"] == "UNAVAILABLE", failed
+        for endpoint in cluster.endpoints:
+            assert endpoint in failed[0]["details"]
+        said = [line["message"] for line in a.lines[mark:] if line.get("message", "").startswith("store: etcd unr")]
+        assert len(said) == 1, said  # said once per outage, not per request
+
+        # etcd back: writes work again and every replica follows (the watch resumed on its own)
+        cluster.start_all()
+        assert all("ok" in r for r in reference(a, tls, put_profile("/assets/kernel-v5")))
+        assert "kernel /assets/kernel-v5" in http_get(b, f"/ipxe?mac={MAC}")[1]
+        assert "kernel /assets/kernel-v5" in http_get(a, f"/ipxe?mac={MAC}")[1]
+        a.wait_for_log(lambda line: "etcd answers again" in line.get("message", ""), start=mark)
+    finally:
+        assert a.stop() == 0
+        assert b.stop() == 0
+
+
+# --- etcd unreachable at start ----------------------------------------------------------------------------
+
+def test_unreachable_at_start_refuses_naming_the_endpoint_or_waits_until_it_answers(tmp_path, etcd_cluster):  # noqa: F811
+    cluster = etcd_cluster(size=1)
+    cluster.stop_all()
+    refuse = write_config(tmp_path / "refuse", cluster, extra="  on_unreachable: refuse\n")
+    refused = cli("run", "-c", str(refuse))
+    assert refused.returncode == 2
+    assert cluster.endpoints[0] in refused.stderr and "cannot connect" in refused.stderr, refused.stderr
+    assert "on_unreachable: refuse" in refused.stderr
+
+    waiting = BootdProcess(write_config(tmp_path / "wait", cluster))  # on_unreachable: wait (the default)
+    try:
+        _start_without_waiting(waiting)
+        first = waiting.wait_for_log(lambda line: "waiting for it (attempt 1," in line.get("message", ""), timeout=20)
+        assert cluster.endpoints[0] in first["message"] and "cannot connect" in first["message"]
+        waiting.wait_for_log(lambda line: "waiting for it (attempt 2," in line.get("message", ""), timeout=20)
+        cluster.start_all()
+        ready = waiting.wait_for_log(lambda line: line.get("message", "").startswith("bootd ready"), timeout=30)
+        waiting.addresses = ready["addresses"].split(",")
+        assert http_get(waiting, f"/ipxe?mac={MAC}")[0] == 404  # serving (an empty store selects nobody)
+    finally:
+        assert waiting.stop() == 0
+
+
+def _start_without_waiting(bootd: BootdProcess) -> BootdProcess:
+    """BootdProcess.start without its wait for "bootd ready" (this daemon waits for etcd first)."""
+    bootd.proc = subprocess.Popen(bootd.argv, start_new_session=True, stderr=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    BootdProcess.live.add(bootd)
+    bootd._reader = threading.Thread(target=bootd._read, daemon=True)
+    bootd._reader.start()
+    return bootd

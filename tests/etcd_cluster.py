@@ -11,6 +11,9 @@ or as a fixture: `etcd_cluster(size=3)` (the `etcd_cluster` fixture below is a f
 closed after the test). In namespaces, give one `MemberPlace` per member (namespace, address and ports) and the
 NetLab: each etcd runs through `lab.start` (`ip netns exec` execs etcd, so the PID is etcd's).
 
+`tls=ServerTls(ca, cert, key, client_cert, client_key)` serves https with client certificates required
+(`bootd certs init --san IP:127.0.0.1` makes a usable set: server.crt/key and client.crt/key under one CA).
+
 Health is `etcdctl endpoint health` run where the member runs (a namespace's address cannot be reached from
 the host): a member is healthy when it answers a quorum read, so `start` returns only once the cluster has a
 leader and every member serves. Logs: `<data dir>.log` beside each member's data dir, printed (the tail) when a
@@ -53,6 +56,17 @@ class MemberPlace:
     peer_port: int = 0
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS on the members' client URLs (https): the server certificate and key, and the CA that client
+    certificates must chain to (--client-cert-auth). Peers talk plain http among themselves."""
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path | None = None  # for etcdctl's health checks (required: the members ask for one)
+    client_key: Path | None = None
+
+
 @dataclass
 class EtcdMember:
     name: str
@@ -61,10 +75,11 @@ class EtcdMember:
     peer_port: int
     data_dir: Path
     proc: subprocess.Popen | None = None
+    scheme: str = "http"
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.place.host}:{self.client_port}"
+        return f"{self.scheme}://{self.place.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -84,18 +99,20 @@ class EtcdCluster:
 
     def __init__(self, base: Path, size: int = 3, *, places: list[MemberPlace] | None = None,
                  lab: NetLab | None = None, name: str = "e", heartbeat_ms: int = 100,
-                 election_ms: int = 1000) -> None:
+                 election_ms: int = 1000, tls: ServerTls | None = None) -> None:
         places = places or [MemberPlace() for _ in range(size)]
         if any(p.ns is not None for p in places) and lab is None:
             raise ValueError("members in namespaces need the NetLab that made them")
         base.mkdir(parents=True, exist_ok=True)
         self.base, self.lab, self.name = base, lab, name
         self.heartbeat_ms, self.election_ms = heartbeat_ms, election_ms
+        self.tls = tls
         self.token = f"{name}-{os.getpid()}-{time.monotonic_ns()}"  # a cluster never joins another's members
         self.members = [EtcdMember(name=f"{name}{i}", place=p,
                                    client_port=p.client_port or free_port(p.host),
                                    peer_port=p.peer_port or free_port(p.host),
-                                   data_dir=base / f"{name}{i}") for i, p in enumerate(places)]
+                                   data_dir=base / f"{name}{i}", scheme="https" if tls else "http")
+                        for i, p in enumerate(places)]
 
     @property
     def endpoints(self) -> list[str]:
@@ -111,7 +128,9 @@ class EtcdCluster:
                 "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
                 "--initial-cluster", self.initial_cluster, "--initial-cluster-token", self.token,
                 "--initial-cluster-state", state, "--heartbeat-interval", str(self.heartbeat_ms),
-                "--election-timeout", str(self.election_ms), "--logger", "zap", "--log-outputs", "stderr"]
+                "--election-timeout", str(self.election_ms), "--logger", "zap", "--log-outputs", "stderr",
+                *(["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key), "--trusted-ca-file",
+                   str(self.tls.ca), "--client-cert-auth"] if self.tls is not None else [])]
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -206,7 +225,12 @@ class EtcdCluster:
     def etcdctl(self, index: int, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
         """etcdctl (API v3) against one member, run where that member runs."""
         member = self.members[index]
-        argv = [ETCDCTL, "--endpoints", member.client_url, *args]
+        argv = [ETCDCTL, "--endpoints", member.client_url]
+        if self.tls is not None:
+            argv += ["--cacert", str(self.tls.ca)]
+            if self.tls.client_cert is not None:
+                argv += ["--cert", str(self.tls.client_cert), "--key", str(self.tls.client_key)]
+        argv += args
         env = {**os.environ, "ETCDCTL_API": "3"}
         if member.place.ns is not None:
             argv = ["ip", "netns", "exec", member.place.ns, *argv]

@@ -250,3 +250,56 @@ def _start_without_waiting(bootd: BootdProcess) -> BootdProcess:
     bootd._reader = threading.Thread(target=bootd._read, daemon=True)
     bootd._reader.start()
     return bootd
+
+
+# --- TLS to etcd, and the config section ------------------------------------------------------------------
+
+def test_tls_with_a_client_certificate_and_without_one(tmp_path, tls):
+    from tests.etcd_cluster import ServerTls
+
+    cluster = EtcdCluster(tmp_path / "etcd", 1, tls=ServerTls(ca=tls / "ca.crt", cert=tls / "server.crt",
+                                                              key=tls / "server.key", client_cert=tls / "client.crt",
+                                                              client_key=tls / "client.key"))
+    with cluster:
+        assert cluster.endpoints[0].startswith("https://")
+        good = write_config(tmp_path / "good", cluster, extra=f"  tls: {{ca: {tls / 'ca.crt'}, cert: "
+                                                              f"{tls / 'client.crt'}, key: {tls / 'client.key'}}}\n")
+        assert cli("store", "import", str(matchbox_data(tmp_path / "matchbox")), "-c", str(good)).returncode == 0
+        bootd = start_bootd(good)
+        try:
+            status, script = http_get(bootd, f"/ipxe?mac={MAC}")
+            assert status == 200 and "kernel /assets/kernel-v1" in script
+        finally:
+            assert bootd.stop() == 0
+        # no client certificate: etcd refuses the handshake; bootd says which endpoint and refuses to start
+        bare = write_config(tmp_path / "bare", cluster, extra=f"  tls: {{ca: {tls / 'ca.crt'}}}\n"
+                                                              "  on_unreachable: refuse\n")
+        refused = cli("run", "-c", str(bare))
+        assert refused.returncode == 2 and cluster.endpoints[0] in refused.stderr, refused.stderr
+
+
+def test_store_section_errors_name_file_line_and_field(tmp_path):
+    config = tmp_path / "bootd.yaml"
+    (tmp_path / "data").mkdir()
+    config.write_text(f"http: {{data_dir: {tmp_path / 'data'}}}\n"
+                      "store:\n"
+                      "  backend: etcd\n"
+                      "  endpoints:\n"
+                      "    - http://127.0.0.1:2379\n"
+                      "    - not a url\n"
+                      "    - https://etcd2:2379\n"
+                      "  prefix: bootd\n"
+                      "  on_unreachable: maybe\n"
+                      "  tls: {cert: c.pem}\n")
+    checked = cli("check", "-c", str(config))
+    assert checked.returncode == 1
+    for line in ("bootd.yaml:6: store.endpoints[1]: 'not a url'", "bootd.yaml:8: store.prefix: 'bootd'",
+                 "bootd.yaml:9: store.on_unreachable: 'maybe' is not one of: wait, refuse",
+                 "bootd.yaml:10: store.tls.ca: required"):
+        assert line in checked.stderr, checked.stderr
+    config.write_text(f"http: {{data_dir: {tmp_path / 'data'}}}\nstore:\n  backend: etcd\n")
+    checked = cli("check", "-c", str(config))
+    assert "bootd.yaml:3: store.endpoints: required with backend etcd" in checked.stderr, checked.stderr
+    config.write_text(f"http: {{data_dir: {tmp_path / 'data'}}}\nstore:\n  endpoints: [h:1]\n")
+    checked = cli("check", "-c", str(config))
+    assert "bootd.yaml:3: store.endpoints: only with backend: etcd" in checked.stderr, checked.stderr

@@ -14,6 +14,7 @@ RELOADING=1 before and READY=1 after, whatever the outcome.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import ipaddress
 import logging
@@ -23,12 +24,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
 from appliance.assets.track import AssetTracker
 from appliance.config import Config, ConfigInvalid, DhcpMode, IPAddress, load_config
+from appliance.dhcp.etcd_leases import EtcdDhcpServer, EtcdLeaseStore, open_lease_store
+from appliance.etcd import EtcdError
 from appliance.dhcp.leases import LeaseTable
 from appliance.dhcp.policy import DhcpPolicies, available_firmware, build_policies
 from appliance.dhcp.server import DhcpServer
@@ -38,7 +41,8 @@ from appliance.tftp.files import TftpFiles
 from appliance.grubnet import NetworkGrub, tftp_event_kind
 from appliance.secureboot import RefusedBinaryWatch
 from appliance.tftp.server import TftpServer
-from appliance.events import EventBus, PeerPublisher, ProgressTracker, track_and_log
+from appliance.events import Event, EventBus, PeerPublisher, ProgressTracker, track_and_log
+from appliance.fleet.state import local_only, replica_name, track_fleet, uses_fleet
 from appliance.http import HttpContext, make_app
 from appliance.net import NeighbourTable, RouterAdvertiser, interface_addresses
 from appliance.http.boot import SCRIPT_LABELS
@@ -47,6 +51,9 @@ from appliance.metrics import Metrics, ServiceStats, metrics_app
 from appliance.store import DataDir, Group, MatchScope, machine_groups, match_scope
 from appliance.systemd import Notifier, PrivilegeError, describe_user, drop_privileges, limit_bounding_set, \
     lookup_user
+
+if TYPE_CHECKING:
+    from appliance.fleet.sync import Fleet
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +162,10 @@ def describe_serving(*, dhcp_mode: str | None, interfaces: tuple[str, ...], tftp
 T = TypeVar("T")
 
 
+def _as_is(sink: Callable[[Event], None]) -> Callable[[Event], None]:
+    return sink
+
+
 @dataclass(frozen=True, slots=True)
 class _DhcpBuild:
     policies: DhcpPolicies
@@ -200,8 +211,12 @@ class Daemon:
         self.config = config
         self.bus = EventBus()
         self.tracker = ProgressTracker()
-        self.bus.add_sink(track_and_log(self.tracker))
-        self.bus.add_sink(RefusedBinaryWatch(self.bus).see)  # Secure Boot refusing unsigned iPXE, in words
+        # With the etcd store, other replicas' steps come through the bus too (appliance/fleet): they are
+        # tracked and shown, but this replica's log, metrics and Secure Boot watch take its own steps only.
+        local = local_only if uses_fleet(config) else _as_is
+        self.bus.add_sink(track_fleet(self.tracker) if uses_fleet(config) else track_and_log(self.tracker))
+        self.bus.add_sink(local(RefusedBinaryWatch(self.bus).see))  # Secure Boot refusing unsigned iPXE, in words
+        self.fleet: Fleet | None = None  # started with the etcd client (_start_fleet)
         self.neighbours = NeighbourTable()
         self.tracker.set_known((m.mac, m.name) for m in config.machines)
         self.publisher = PeerPublisher(self.bus, self.tracker, self.neighbours.lookup)
@@ -210,7 +225,7 @@ class Daemon:
                                         tracker=self.tracker, publisher=self.publisher)
         self.http_context.stats = self.stats
         self.metrics = Metrics(services=self.service_stats, tracker=self.tracker)
-        self.bus.add_sink(self.metrics.stage_timer)  # after the tracker's sink: it reads what the tracker recorded
+        self.bus.add_sink(local(self.metrics.stage_timer))  # after the tracker's sink: it reads what it recorded
         self._metrics_runner: web.AppRunner | None = None  # metrics.port's listener
         self._runner: web.AppRunner | None = None
         self._http_site: CappedTCPSite | None = None
@@ -219,6 +234,7 @@ class Daemon:
         self.addresses: list[str] = []
         self.http_port = config.http.port
         self.dhcp: DhcpServer | None = None
+        self.etcd_leases: EtcdLeaseStore | None = None  # authoritative leases in etcd (store.backend etcd)
         self.advertiser: RouterAdvertiser | None = None
         self.tftp: TftpServer | None = None
         self.dns: DnsServer | None = None
@@ -338,11 +354,14 @@ class Daemon:
         before, self.open_file_limit = raise_open_file_limit()  # every connection is a descriptor
         if before != self.open_file_limit:
             logger.info("open-file limit raised from %d to %d", before, self.open_file_limit)
+        if uses_fleet(self.config):
+            self._start_fleet()
         if self.config.http.enabled:
             await self._start_http()
         if self.config.metrics.port is not None:
             await self._start_metrics()
         if self.config.dhcp.mode is not DhcpMode.OFF:
+            await self._start_etcd_leases()
             self._start_dhcp()
         if self.config.tftp.enabled:
             self._start_tftp()
@@ -352,6 +371,26 @@ class Daemon:
             await self._start_api()
         if self.config.assets.track:
             self._start_assets()
+
+    def _start_fleet(self) -> None:
+        """Every replica's machines in this one's views: this replica's steps written to etcd, the others'
+        read back (appliance/fleet). It shares the store's etcd client."""
+        from appliance.etcd import EtcdClient, EtcdTls
+        from appliance.fleet.sync import Fleet
+
+        store = self.config.store
+        client = getattr(self, "etcd", None)  # the daemon's one etcd client (ETCD-STORE), else the fleet's own
+        own = client is None
+        if client is None:
+            tls = EtcdTls(store.tls.ca, store.tls.cert, store.tls.key) if store.tls is not None else None
+            client = EtcdClient(store.endpoints, tls=tls, timeout=store.timeout)
+        self.fleet = Fleet(client, prefix=store.prefix, replica=replica_name(store, self.config.http.port),
+                           bus=self.bus, max_machines=self.tracker.max_machines, own_client=own)
+        self.bus.add_sink(self.fleet.see)
+        self.http_context.fleet = self.fleet
+        self.fleet.start()
+        logger.info("fleet: this replica is %s; machine progress shared under %s/machines/", self.fleet.replica,
+                    store.prefix)
 
     async def _start_store(self) -> None:
         """store.backend etcd: read the data once before serving. etcd unreachable: with on_unreachable
@@ -498,7 +537,7 @@ class Daemon:
         config = self.config
         address = config.listen.address
         leases = None
-        if config.dhcp.mode is DhcpMode.AUTHORITATIVE:
+        if config.dhcp.mode is DhcpMode.AUTHORITATIVE and self.etcd_leases is None:
             leases = LeaseTable.load(config.state_dir / "leases.json")
         on_new_interface = None
         if config.dhcp.mode is DhcpMode.AUTHORITATIVE and config.dhcp.router_advertisement:
@@ -509,7 +548,8 @@ class Daemon:
                 raise StartupError(f"dhcp.router_advertisement: cannot open an ICMPv6 socket: {exc.strerror}") from None
             self.advertiser = advertiser
             on_new_interface = advertiser.add_interface
-        server = DhcpServer(policies=self._dhcp_policies(config, self.http_context.store), bus=self.bus, leases=leases,
+        make = DhcpServer if self.etcd_leases is None else functools.partial(EtcdDhcpServer, store=self.etcd_leases)
+        server = make(policies=self._dhcp_policies(config, self.http_context.store), bus=self.bus, leases=leases,
                             port=config.dhcp.port, pxe_port=config.dhcp.pxe_port,
                             server_address=address if address is not None and address.version == 4 else None,
                             interfaces=config.listen.interfaces, on_new_interface=on_new_interface,
@@ -525,6 +565,18 @@ class Daemon:
         self.addresses.append(f"dhcp-{mode}://*:{server.bound_ports[0]}+{server.bound_ports[1]}")
         servable = sorted(f.value for f in server.policies.pxe.available)
         logger.info("dhcp %s mode; firmware present: %s", mode, ", ".join(servable) or "none (only iPXE clients boot)")
+
+    async def _start_etcd_leases(self) -> None:
+        """With store.backend etcd, authoritative DHCP's leases live in etcd (issue 18): their local view,
+        loaded before DHCP answers anything."""
+        if self.config.dhcp.mode is not DhcpMode.AUTHORITATIVE or self.etcd is None:
+            return
+        address = self.config.listen.address
+        try:
+            self.etcd_leases = await open_lease_store(self.etcd, self.config.store.prefix,
+                                                      address if address is not None and address.version == 4 else None)
+        except EtcdError as exc:
+            raise StartupError(f"dhcp: cannot read the leases from etcd: {exc}") from None
 
     def _zone(self, config: Config) -> Zone:
         leases: dict[str, IPAddress] = {}
@@ -585,6 +637,8 @@ class Daemon:
             await self.dns.close()
         if self.dhcp is not None:
             self.dhcp.close()
+        if self.etcd_leases is not None:
+            await self.etcd_leases.close()
         if self.advertiser is not None:
             self.advertiser.close()
         if self.tftp is not None:
@@ -593,6 +647,8 @@ class Daemon:
             await self._runner.cleanup()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        if self.fleet is not None:
+            await self.fleet.stop()  # the last steps written (for at most a second)
         self.publisher.cancel()
         await self.neighbours.close()
         if self.mirror is not None:

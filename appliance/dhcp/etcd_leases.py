@@ -1,0 +1,742 @@
+"""Authoritative DHCP leases in etcd (`store: {backend: etcd}`): several replicas, one lease space.
+
+What is where:
+- etcd holds the truth: `<prefix>/leases/ip/<address>` (JSON: mac, expires, hostname, who wrote it, or a
+  declined address) and `<prefix>/leases/mac/<mac>` (the address), both written by one transaction.
+- Each replica keeps a local view (`EtcdLeaseTable`): everything under `<prefix>/leases/` loaded once, then
+  followed by a watch. The decisions (authoritative.py, unchanged) read the view through the same interface
+  as the file store's `LeaseTable`, so DISCOVER -> OFFER costs no round trip and proposes an address that is
+  free as far as the view knows (a cursor per range starting at a replica-specific place, and the addresses
+  the watch saw freed: O(1) per client, no range scan).
+- The REQUEST decides: the ACK is sent only after a transaction committed the lease (etcd commits on a
+  quorum, each member fsyncing its log first: the durability rule of the file store, held by a cluster).
+  The transaction compares the address key (absent, or the mod revision the view saw, which is this MAC's)
+  and the MAC key (absent, or the revision the view saw), then puts both. Two replicas racing for one address
+  (or for one MAC) cannot both succeed, and a replica on the minority side of a partition cannot commit at
+  all. The loser refreshes those keys in its view and answers NAK (RFC 2131 §4.3.2: the client starts over
+  and is offered an address that is free).
+- Offers are per replica (an OFFER promises nothing; writing each to etcd would cost a round trip per
+  DISCOVER and decide nothing the REQUEST's transaction does not).
+- Reservations (`machines:` with an address) are not written: every replica has the same config, the pools
+  never contain reserved addresses, so there is nothing to race for.
+
+etcd leases (TTL), and why they are not the replica's:
+- The natural etcd idiom, one lease per process kept alive while it runs, would tie every address to the
+  replica that granted it: kill -9 of that replica would delete its clients' leases after a few seconds
+  while the clients still hold them, and the next replica could give those addresses away. Wrong tool.
+- Instead the TTL is the DHCP lease's own end: each key is attached to an etcd lease that is never kept
+  alive and expires on its own, at or after the DHCP expiry plus GRACE_SECONDS. So a client's address is
+  released by etcd exactly when the client's lease has run out, whichever replica granted it and whether
+  or not it still lives; a renewal (by any replica) re-puts the keys on a later etcd lease.
+- Granting one etcd lease per DHCP lease would add a round trip to every ACK and an etcd lease object per
+  client; the keys are attached instead to one etcd lease per BUCKET_SECONDS of expiry time (per replica),
+  granted once and reused: a key lives at most BUCKET_SECONDS longer than it must, which only delays
+  reuse of an address (never hands it out early).
+- Clocks: the TTL etcd receives is relative (bucket end minus the granting replica's now), so skew between
+  replicas and etcd does not shorten a key's life. An etcd leader change extends leases to their full TTL:
+  again later, never earlier. A replica treats an address as taken for as long as its key exists, whatever
+  its own clock says about the `expires` inside (so a replica whose clock runs ahead never offers an
+  address etcd still holds for someone).
+
+No quorum (etcd unreachable, or reachable only on a minority side):
+- Detected by a failed transaction or by a probe (a linearizable read, once a second); one warning line
+  when the replica enters the state, one info line when it leaves it (the probe succeeds again).
+- Meanwhile: no new address is offered or acknowledged (`no-quorum` drops, counted per reason like other
+  drops); reservations are served; a client renewing a lease the view holds for it gets an ACK for the time
+  that lease has left in etcd (never more: what etcd holds is the promise, and nothing else is durable), so
+  its lease is not extended past what etcd will keep; RELEASE and DECLINE change nothing in etcd (the
+  address stays held until its TTL: the safe side).
+- Healed: the watch resumes from the last revision it saw (or the view is reloaded if etcd compacted
+  past it) and allocation starts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import socket
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from ipaddress import IPv4Address
+from types import MappingProxyType
+
+from appliance.dhcp.authoritative import DhcpAnswer
+from appliance.dhcp.leases import (
+    RESCAN_SECONDS, Bind, Decline, HoldOffer, Lease, LeaseChange, Release,
+)
+from appliance.dhcp.packet import BOOTREPLY, DhcpPacket, MessageType, Option
+from appliance.dhcp.pxe import Ignore
+from appliance.dhcp.server import Datagram, DhcpServer
+from appliance.etcd import (
+    Compare, Delete, EtcdClient, EtcdCompacted, EtcdError, EtcdUnavailable, EventType, Get, KeyValue, Put, RangeResult,
+    TxnResult,
+)
+from appliance.mac import MacAddress, try_parse_mac
+
+logger = logging.getLogger(__name__)
+
+GRACE_SECONDS = 60.0  # a key outlives its DHCP lease by at least this (clock steps, the time a REQUEST takes)
+BUCKET_SECONDS = 60.0  # expiry times this close share one etcd lease
+CALL_SECONDS = 2.0  # an etcd call not answered by then counts as "no quorum" (a leader election takes ~1 s)
+PROBE_SECONDS = 1.0  # how often the quorum is checked (a linearizable read)
+MIN_CACHED_ACK_SECONDS = 10  # without quorum, a renewal with less left than this is not answered
+
+
+# --- keys and values (pure) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseKeys:
+    prefix: str  # e.g. "/bootd" (store.prefix)
+
+    @property
+    def root(self) -> bytes:
+        return f"{self.prefix}/leases/".encode()
+
+    def ip(self, ip: IPv4Address) -> bytes:
+        return f"{self.prefix}/leases/ip/{ip}".encode()
+
+    def mac(self, mac: MacAddress) -> bytes:
+        return f"{self.prefix}/leases/mac/{mac}".encode()
+
+    @property
+    def probe(self) -> bytes:
+        return f"{self.prefix}/leases-quorum".encode()  # never written: reading it needs the leader
+
+    def parse(self, key: bytes) -> IPv4Address | MacAddress | None:
+        text = key.decode(errors="replace")
+        ip_prefix, mac_prefix = f"{self.prefix}/leases/ip/", f"{self.prefix}/leases/mac/"
+        if text.startswith(ip_prefix):
+            try:
+                return IPv4Address(text[len(ip_prefix):])
+            except ValueError:
+                return None
+        if text.startswith(mac_prefix):
+            return try_parse_mac(text[len(mac_prefix):])
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldAddress:
+    """What the address key says: a lease (or a quarantine, `declined`) and the revision it was written at."""
+    lease: Lease
+    revision: int
+    declined: bool = False
+
+
+def encode_address(lease: Lease, replica: str, declined: bool = False) -> bytes:
+    record = {"mac": lease.mac, "expires": lease.expires, "hostname": lease.hostname, "by": replica}
+    if declined:
+        record["declined"] = True
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def decode_address(ip: IPv4Address, value: bytes, revision: int) -> HeldAddress | None:
+    try:
+        record = json.loads(value)
+        mac = try_parse_mac(record["mac"])
+        if mac is None:
+            return None
+        return HeldAddress(Lease(ip=ip, mac=mac, expires=float(record["expires"]),
+                                 hostname=str(record.get("hostname", ""))), revision, bool(record.get("declined")))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def bucket_end(expires: float) -> int:
+    """The end (wall-clock seconds) of the etcd lease a key expiring at `expires` is attached to."""
+    return int(math.ceil((expires + GRACE_SECONDS) / BUCKET_SECONDS) * BUCKET_SECONDS)
+
+
+# --- the local view (the decisions' lease table) --------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Range:
+    """Where to look for a free address in one range: freed ones first, then a walk through the range in a
+    replica-specific order (start and stride from the replica's name; the stride is coprime with the size,
+    so the walk visits every address once). Two replicas walking in order from different starts would meet
+    and then propose the same addresses in lockstep, each REQUEST a coin toss (measured: about one NAK per
+    client at 2,000 clients); in different orders they collide only on what the other committed in the last
+    moments, before the watch told."""
+    first: int
+    size: int
+    position: int
+    stride: int
+    left: int
+    freed: deque[int] = field(default_factory=deque)
+    restart_at: float = 0.0
+
+
+def walk_order(replica: str, size: int) -> tuple[int, int]:
+    """(start, stride) of this replica's walk through a range of `size` addresses."""
+    digest = zlib.crc32(replica.encode())
+    start = digest % size
+    stride = (digest >> 8) % size or 1
+    while math.gcd(stride, size) != 1:
+        stride += 1
+    return start, stride
+
+
+class EtcdLeaseTable:
+    """The replica's view of the leases in etcd, with the read interface of `LeaseTable` that the decisions
+    use, plus this replica's own offers. etcd facts come in through `put`/`delete` (from the watch and from
+    transaction results), each with its revision: an older fact never overwrites a newer one."""
+
+    path = None  # nothing on disk: the view is rebuilt from etcd at start
+
+    def __init__(self, keys: LeaseKeys, replica: str) -> None:
+        self.keys = keys
+        self.replica = replica
+        self.allocating = True  # False while etcd has no quorum from here (set by EtcdLeaseStore)
+        self.watched_revision = 0  # the watch has delivered everything up to here
+        self._held: dict[IPv4Address, HeldAddress] = {}
+        self._lease_by_mac: dict[MacAddress, IPv4Address] = {}
+        self._mac_keys: dict[MacAddress, tuple[IPv4Address, int]] = {}  # the MAC keys: address, revision
+        self._revisions: dict[bytes, int] = {}  # last revision applied per key (deletes too)
+        self._offers: dict[IPv4Address, tuple[MacAddress, float]] = {}
+        self._offer_by_mac: dict[MacAddress, IPv4Address] = {}
+        self._ranges: dict[tuple[int, int], _Range] = {}
+        self._next_sweep = 0.0
+
+    # --- etcd facts -------------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes, revision: int) -> None:
+        if revision <= self._revisions.get(key, 0):
+            return
+        self._revisions[key] = revision
+        what = self.keys.parse(key)
+        if isinstance(what, IPv4Address):
+            held = decode_address(what, value, revision)
+            if held is None:
+                logger.warning("leases: unreadable value under %s in etcd; address treated as taken", key.decode())
+                held = HeldAddress(Lease(ip=what, mac=MacAddress("00:00:00:00:00:00"), expires=0.0), revision, True)
+            self._forget_address(what)
+            self._held[what] = held
+            if not held.declined:
+                self._lease_by_mac[held.lease.mac] = what
+        elif what is not None:
+            try:
+                self._mac_keys[what] = (IPv4Address(value.decode()), revision)
+            except ValueError:
+                self._mac_keys.pop(what, None)
+
+    def delete(self, key: bytes, revision: int) -> None:
+        if revision <= self._revisions.get(key, 0):
+            return
+        self._revisions[key] = revision
+        what = self.keys.parse(key)
+        if isinstance(what, IPv4Address):
+            if self._forget_address(what):
+                self._freed(what)
+        elif what is not None:
+            self._mac_keys.pop(what, None)
+
+    def _forget_address(self, ip: IPv4Address) -> bool:
+        held = self._held.pop(ip, None)
+        if held is None:
+            return False
+        if self._lease_by_mac.get(held.lease.mac) == ip:
+            del self._lease_by_mac[held.lease.mac]
+        return True
+
+    def reload(self, kvs: list[KeyValue], revision: int) -> None:
+        """Everything under the prefix as of `revision` (at start, or after the watch fell behind a compaction)."""
+        present = {kv.key for kv in kvs}
+        for key in [k for k in self._revisions if k not in present]:
+            self.delete(key, revision)
+        for kv in kvs:
+            self.put(kv.key, kv.value, kv.mod_revision)
+        self.watched_revision = max(self.watched_revision, revision)
+
+    # --- what a transaction needs to compare --------------------------------------------------------
+
+    def held(self, ip: IPv4Address) -> HeldAddress | None:
+        return self._held.get(ip)
+
+    def mac_key(self, mac: MacAddress) -> tuple[IPv4Address, int] | None:
+        return self._mac_keys.get(mac)
+
+    def known_lease(self, mac: MacAddress, ip: IPv4Address) -> Lease | None:
+        """The lease etcd holds (as far as the view knows) for `mac` at `ip`, expired or not."""
+        held = self._held.get(ip)
+        return held.lease if held is not None and not held.declined and held.lease.mac == mac else None
+
+    # --- reads (the decisions'; same meaning as LeaseTable's) ---------------------------------------
+
+    def candidates(self, first: IPv4Address, last: IPv4Address, now: float) -> Iterator[IPv4Address]:
+        key = (int(first), int(last))
+        pool = self._ranges.get(key)
+        if pool is None:
+            size = key[1] - key[0] + 1
+            start, stride = walk_order(self.replica, size)
+            pool = self._ranges[key] = _Range(first=key[0], size=size, position=start, stride=stride, left=size)
+        while pool.freed:
+            yield IPv4Address(pool.freed.popleft())
+        restarted = False
+        while True:
+            while pool.left > 0:
+                yield IPv4Address(pool.first + pool.position)  # left here when taken: checked again next time
+                pool.position = (pool.position + pool.stride) % pool.size
+                pool.left -= 1
+            if restarted or now < pool.restart_at:
+                return
+            pool.left, pool.restart_at, restarted = pool.size, now + RESCAN_SECONDS, True
+
+    def _freed(self, ip: IPv4Address) -> None:
+        number = int(ip)
+        for pool in self._ranges.values():
+            if pool.first <= number < pool.first + pool.size:
+                if len(pool.freed) < pool.size:
+                    pool.freed.append(number)
+                return
+
+    def lease_for(self, mac: MacAddress, now: float) -> Lease | None:
+        ip = self._lease_by_mac.get(mac)
+        held = self._held.get(ip) if ip is not None else None
+        return held.lease if held is not None and held.lease.expires > now else None
+
+    def offered_to(self, mac: MacAddress, now: float) -> IPv4Address | None:
+        ip = self._offer_by_mac.get(mac)
+        offer = self._offers.get(ip) if ip is not None else None
+        return ip if offer is not None and offer[0] == mac and offer[1] > now else None
+
+    def holder(self, ip: IPv4Address, now: float) -> MacAddress | None:
+        """Who has `ip`: whoever its etcd key names for as long as the key exists (expired or not: etcd
+        frees it), else this replica's unexpired offer."""
+        held = self._held.get(ip)
+        if held is not None:
+            return held.lease.mac
+        offer = self._offers.get(ip)
+        if offer is not None and offer[1] > now:
+            return offer[0]
+        return None
+
+    def quarantined(self, ip: IPv4Address, now: float) -> bool:
+        held = self._held.get(ip)
+        return held is not None and held.declined
+
+    def leases(self, now: float) -> list[Lease]:
+        return sorted((h.lease for h in self._held.values() if not h.declined and h.lease.expires > now),
+                      key=lambda l: l.ip)
+
+    # --- this replica's offers ----------------------------------------------------------------------
+
+    def apply(self, change: LeaseChange) -> bool:
+        """Only offers (and their withdrawal) change the view directly; everything else goes to etcd first
+        (EtcdDhcpServer) and comes back through `put`/`delete`. Returns False: nothing to write to disk."""
+        match change:
+            case HoldOffer(ip, mac, until):
+                previous = self._offers.get(ip)
+                if previous is not None and self._offer_by_mac.get(previous[0]) == ip:
+                    del self._offer_by_mac[previous[0]]
+                old_ip = self._offer_by_mac.get(mac)
+                if old_ip is not None and old_ip != ip:
+                    self._offers.pop(old_ip, None)
+                    self._freed(old_ip)
+                self._offers[ip] = (mac, until)
+                self._offer_by_mac[mac] = ip
+            case Bind(_):
+                pass  # the offer holds the address until the transaction is over (then `drop_offer`)
+            case Release(_, mac) | Decline(_, mac, _):
+                self.drop_offer(mac)
+        return False
+
+    def drop_offer(self, mac: MacAddress) -> None:
+        ip = self._offer_by_mac.pop(mac, None)
+        if ip is not None and self._offers.get(ip, (None, 0.0))[0] == mac:
+            del self._offers[ip]
+            if ip not in self._held:
+                self._freed(ip)
+
+    def expire(self, now: float) -> None:
+        for ip, offer in self._offers.items():
+            if offer[1] <= now and ip not in self._held:
+                self._freed(ip)
+        self._offers = {ip: o for ip, o in self._offers.items() if o[1] > now}
+        self._offer_by_mac = {o[0]: ip for ip, o in self._offers.items()}
+
+    def sweep(self, now: float, every: float = 60.0) -> None:
+        if now >= self._next_sweep:
+            self.expire(now)
+            self._next_sweep = now + every
+
+    def sizes(self) -> dict[str, int]:
+        return {"leases": len(self._held), "offers": len(self._offers), "offers_by_mac": len(self._offer_by_mac),
+                "quarantined": sum(1 for h in self._held.values() if h.declined)}
+
+
+# --- transactions (pure: view + change -> what to send) --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TxnPlan:
+    compare: list[Compare]
+    success: list[Put | Delete | Get]
+    failure: list[Get]
+    read: list[bytes]  # the keys read back at the end of either branch, so the view learns what etcd has now
+
+
+def bind_plan(table: EtcdLeaseTable, lease: Lease, etcd_lease: int) -> TxnPlan:
+    """Bind `lease` if the address and the MAC keys are still as the view saw them (the address absent or
+    this MAC's, the MAC key absent or at its revision); a MAC moving frees its old address in the same step."""
+    keys = table.keys
+    ip_key, mac_key = keys.ip(lease.ip), keys.mac(lease.mac)
+    held = table.held(lease.ip)
+    compare = [Compare.mod_revision(ip_key, held.revision) if held is not None else Compare.version(ip_key, 0)]
+    success: list[Put | Delete | Get] = [Put(ip_key, encode_address(lease, table.replica), etcd_lease),
+                                         Put(mac_key, str(lease.ip).encode(), etcd_lease)]
+    read = [ip_key, mac_key]
+    previous = table.mac_key(lease.mac)
+    if previous is None:
+        compare.append(Compare.version(mac_key, 0))
+    else:
+        compare.append(Compare.mod_revision(mac_key, previous[1]))
+        old = table.held(previous[0])
+        if previous[0] != lease.ip and old is not None and old.lease.mac == lease.mac and not old.declined:
+            old_key = keys.ip(previous[0])
+            compare.append(Compare.mod_revision(old_key, old.revision))
+            success.append(Delete(old_key))
+            read.append(old_key)
+    reads = [Get(k) for k in read]
+    return TxnPlan(compare, success + reads, reads, read)
+
+
+def free_plan(table: EtcdLeaseTable, ip: IPv4Address, mac: MacAddress, decline_until: float | None,
+              etcd_lease: int) -> TxnPlan | None:
+    """RELEASE (both keys deleted) or DECLINE (the address key becomes a quarantine until `decline_until`)
+    if the view says `mac` holds `ip`; None when it does not."""
+    held = table.held(ip)
+    if held is None or held.declined or held.lease.mac != mac:
+        return None
+    keys = table.keys
+    ip_key, mac_key = keys.ip(ip), keys.mac(mac)
+    compare = [Compare.mod_revision(ip_key, held.revision)]
+    ops: list[Put | Delete | Get]
+    if decline_until is None:
+        ops = [Delete(ip_key)]
+    else:
+        quarantine = Lease(ip=ip, mac=mac, expires=decline_until)
+        ops = [Put(ip_key, encode_address(quarantine, table.replica, declined=True), etcd_lease)]
+    read = [ip_key]
+    mac_held = table.mac_key(mac)
+    if mac_held is not None and mac_held[0] == ip:
+        compare.append(Compare.mod_revision(mac_key, mac_held[1]))
+        ops.append(Delete(mac_key))
+        read.append(mac_key)
+    reads = [Get(k) for k in read]
+    return TxnPlan(compare, ops + reads, reads, read)
+
+
+def learn(table: EtcdLeaseTable, result: TxnResult, read: list[bytes]) -> None:
+    """The transaction's reads (its last len(read) results, one per key), into the view."""
+    for key, found in zip(read, result.responses[-len(read):]):
+        assert isinstance(found, RangeResult)
+        if found.kvs:
+            table.put(key, found.kvs[0].value, found.kvs[0].mod_revision)
+        else:
+            table.delete(key, result.revision)
+
+
+# --- etcd I/O -------------------------------------------------------------------------------------
+
+
+class BindOutcome(Enum):
+    COMMITTED = "committed"
+    TAKEN = "taken"  # another MAC has the address (a lost race): NAK
+    UNAVAILABLE = "unavailable"  # no quorum: nothing was written
+
+
+class EtcdLeaseStore:
+    """The view's I/O: loads it, follows the watch, commits changes with transactions, and knows whether
+    etcd has a quorum from here (`table.allocating`). Every call is bounded by CALL_SECONDS whatever the
+    client's own timeout (which is per endpoint, tried in turn): a DHCP client waits only seconds."""
+
+    def __init__(self, client: EtcdClient, table: EtcdLeaseTable, *, clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.table = table
+        self.clock = clock
+        self.commits = 0
+        self.lost_races = 0
+        self._buckets: dict[int, int] = {}  # bucket end -> etcd lease ID
+        self._granting: dict[int, asyncio.Future[int]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def endpoints(self) -> str:
+        return ", ".join(self.client.endpoints)
+
+    async def start(self) -> None:
+        """Load the view (EtcdError if etcd cannot be read), then follow it and watch the quorum."""
+        await self._load()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._watch()), loop.create_task(self._probe())]
+        logger.info("leases: %d addresses held in etcd (%s), followed from revision %d", self.table.sizes()["leases"],
+                    self.endpoints, self.table.watched_revision)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _call(self, work):
+        try:
+            return await asyncio.wait_for(work, CALL_SECONDS)
+        except TimeoutError:
+            raise EtcdUnavailable(f"etcd unreachable: no answer within {CALL_SECONDS:.0f} s") from None
+
+    async def _load(self) -> None:
+        found = await self._call(self.client.get_prefix(self.table.keys.root))
+        self.table.reload(list(found.kvs), found.revision)
+
+    # --- quorum -----------------------------------------------------------------------------------
+
+    def _lost_quorum(self, reason: str) -> None:
+        if self.table.allocating:
+            self.table.allocating = False
+            logger.warning("leases: etcd has no quorum from this replica (%s): no new addresses; reservations and "
+                           "the leases it knows are still served", reason)
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_SECONDS)
+            try:
+                await self._call(self.client.revision())  # linearizable: needs a leader and a quorum
+            except EtcdError as exc:
+                self._lost_quorum(str(exc))
+                continue
+            if not self.table.allocating:
+                self._buckets.clear()  # granted before the outage: may have expired meanwhile
+                self.table.allocating = True
+                logger.info("leases: etcd quorum reachable again (%s): allocating new addresses", self.endpoints)
+
+    # --- the watch --------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async for batch in self.client.watch(self.table.keys.root, prefix=True,
+                                                     start_revision=self.table.watched_revision + 1):
+                    for event in batch.events:
+                        if event.type is EventType.DELETE:
+                            self.table.delete(event.kv.key, event.kv.mod_revision)
+                        else:
+                            self.table.put(event.kv.key, event.kv.value, event.kv.mod_revision)
+                    self.table.watched_revision = max(self.table.watched_revision, batch.revision)
+            except EtcdCompacted:
+                logger.info("leases: etcd compacted past revision %d: reading the leases again",
+                            self.table.watched_revision)
+            except EtcdError as exc:
+                logger.warning("leases: watch ended (%s); starting again", exc)
+            while True:
+                try:
+                    await self._load()
+                    break
+                except EtcdError:
+                    await asyncio.sleep(PROBE_SECONDS)
+
+    # --- commits ----------------------------------------------------------------------------------
+
+    async def _etcd_lease(self, expires: float) -> int:
+        """The etcd lease for keys expiring at `expires`: one per bucket, granted once, never kept alive."""
+        end = bucket_end(expires)
+        lease_id = self._buckets.get(end)
+        if lease_id is not None:
+            return lease_id
+        waiting = self._granting.get(end)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._granting[end] = future
+        try:
+            granted = await self._call(self.client.lease_grant(max(1, math.ceil(end - self.clock()))))
+            now = self.clock()
+            for old in [e for e in self._buckets if e < now]:
+                del self._buckets[old]
+            self._buckets[end] = granted.id
+            future.set_result(granted.id)
+            return granted.id
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else EtcdUnavailable("cancelled"))
+            future.exception()  # marked as seen: there may be no other waiter
+            raise
+        finally:
+            del self._granting[end]
+
+    async def _commit(self, plan_for: Callable[[int], TxnPlan | None], expires: float) -> bool | None:
+        """One transaction planned from the view (None: the view says there is nothing to do); True when its
+        comparisons held. A lease ID etcd no longer knows (expired during a long outage) is granted again once."""
+        for attempt in (1, 2):
+            plan = plan_for(await self._etcd_lease(expires))
+            if plan is None:
+                return None
+            try:
+                result = await self._call(self.client.txn(plan.compare, plan.success, plan.failure))
+            except EtcdError as exc:
+                if "lease not found" in str(exc) and attempt == 1:
+                    self._buckets.clear()
+                    continue
+                raise
+            learn(self.table, result, plan.read)
+            return result.succeeded
+        raise EtcdError("etcd: lease not found after granting it again")
+
+    async def bind(self, lease: Lease) -> BindOutcome:
+        """Commit `lease`: COMMITTED, TAKEN (etcd says another MAC holds the address), or UNAVAILABLE."""
+        if not self.table.allocating:
+            return BindOutcome.UNAVAILABLE
+        try:
+            for _ in range(2):  # a failed comparison refreshed the view (the failure's reads): decide once more
+                held = self.table.held(lease.ip)
+                if held is not None and (held.declined or held.lease.mac != lease.mac):
+                    break
+                if await self._commit(lambda etcd_lease: bind_plan(self.table, lease, etcd_lease), lease.expires):
+                    self.commits += 1
+                    return BindOutcome.COMMITTED
+        except EtcdUnavailable as exc:
+            self._lost_quorum(str(exc))
+            return BindOutcome.UNAVAILABLE
+        except EtcdError as exc:
+            logger.error("leases: etcd refused the lease of %s for %s: %s", lease.ip, lease.mac, exc)
+            return BindOutcome.UNAVAILABLE
+        self.lost_races += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            held = self.table.held(lease.ip)
+            logger.debug("leases: %s for %s lost: etcd has %s", lease.ip, lease.mac,
+                         f"{held.lease.mac} (revision {held.revision})" if held is not None else "it free")
+        return BindOutcome.TAKEN
+
+    async def free(self, ip: IPv4Address, mac: MacAddress, decline_until: float | None) -> bool:
+        """RELEASE or DECLINE in etcd; False when nothing changed (not this MAC's address, or no quorum)."""
+        if not self.table.allocating:
+            return False
+        expires = decline_until if decline_until is not None else self.clock()
+        try:
+            return bool(await self._commit(lambda etcd_lease: free_plan(self.table, ip, mac, decline_until, etcd_lease),
+                                           expires))
+        except EtcdUnavailable as exc:
+            self._lost_quorum(str(exc))
+        except EtcdError as exc:
+            logger.error("leases: etcd refused to free %s of %s: %s", ip, mac, exc)
+        return False
+
+
+# --- the server: where a decision's change becomes durable -----------------------------------------
+
+
+class EtcdDhcpServer(DhcpServer):
+    """DhcpServer whose lease changes are committed to etcd before the client hears of them.
+
+    The decisions are the file store's (authoritative.py over the view). Only `_apply` differs: the file
+    store cannot lose a race, so its writer can only answer "written" or "disk failed, answer anyway"; here
+    a REQUEST's transaction can be refused (-> NAK) or not be possible at all (no quorum -> silence, or a
+    renewal from the view for the time etcd still holds)."""
+
+    def __init__(self, *, store: EtcdLeaseStore, leases: object = None, **kw) -> None:
+        super().__init__(leases=store.table, **kw)  # type: ignore[arg-type]  # same read interface
+        self.store = store
+        self._commits: set[asyncio.Task[None]] = set()
+
+    def close(self) -> None:
+        super().close()
+        for task in self._commits:
+            task.cancel()
+
+    def _reserved(self, mac: MacAddress, ip: IPv4Address) -> bool:
+        addresses = self.policies.addresses
+        reservation = addresses.reservations.get(mac) if addresses is not None else None
+        return reservation is not None and reservation.ip == ip
+
+    def _apply(self, sock, packet: DhcpPacket, answer: DhcpAnswer, dgram: Datagram) -> None:
+        table: EtcdLeaseTable = self.leases  # type: ignore[assignment]
+        change = answer.change
+        if isinstance(change, HoldOffer):
+            if not table.allocating and table.known_lease(change.mac, change.ip) is None \
+                    and not self._reserved(change.mac, change.ip):
+                self._drop(Ignore("no-quorum", f"etcd has no quorum from here: no new address for {change.mac}",
+                                  mac=change.mac), dgram)
+                return
+            table.apply(change)
+        elif isinstance(change, Bind):
+            table.apply(change)
+            if not self._reserved(change.lease.mac, change.lease.ip):
+                self._start(self._bind(sock, packet, answer, change.lease, dgram))
+                return
+        elif isinstance(change, (Release, Decline)):
+            table.apply(change)
+            if packet.message_type in (MessageType.RELEASE, MessageType.DECLINE):
+                until = change.until if isinstance(change, Decline) else None
+                self._start(self._free(sock, packet, answer, change.ip, change.mac, until, dgram))
+                return
+            # a REQUEST for another server: only this replica's offer is withdrawn, never etcd's lease
+        self._answer(sock, packet, answer, dgram, changed=False)
+
+    def _start(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
+
+    async def _bind(self, sock, packet: DhcpPacket, answer: DhcpAnswer, lease: Lease, dgram: Datagram) -> None:
+        try:
+            outcome = await self.store.bind(lease)
+        finally:
+            # only now: until etcd answered, the offer keeps this replica from proposing the address to another
+            self.store.table.drop_offer(lease.mac)
+        if outcome is BindOutcome.COMMITTED:
+            self._answer(sock, packet, answer, dgram, changed=True)
+        elif outcome is BindOutcome.TAKEN:
+            held = self.store.table.held(lease.ip)
+            self._answer(sock, packet, replace(answer, reply=nak(packet, answer), change=None, ip=None,
+                                               summary=f"NAK: {lease.ip} was taken by "
+                                                       f"{held.lease.mac if held else 'another client'} meanwhile"),
+                         dgram, changed=False)
+        else:
+            known = self.store.table.known_lease(lease.mac, lease.ip)
+            left = int(known.expires - self._clock()) if known is not None else 0
+            if left < MIN_CACHED_ACK_SECONDS or answer.reply is None:
+                self._drop(Ignore("no-quorum", f"etcd has no quorum from here: {lease.ip} not given to {lease.mac}",
+                                  mac=lease.mac), dgram)
+                return
+            self._answer(sock, packet, replace(answer, reply=with_lease_time(answer.reply, left),
+                                               summary=f"{answer.summary} (no etcd quorum: the {left} s etcd "
+                                                       "still holds)"), dgram, changed=False)
+
+    async def _free(self, sock, packet: DhcpPacket, answer: DhcpAnswer, ip: IPv4Address, mac: MacAddress,
+                    until: float | None, dgram: Datagram) -> None:
+        changed = await self.store.free(ip, mac, until)
+        self._answer(sock, packet, answer, dgram, changed=changed)
+
+
+def nak(packet: DhcpPacket, answer: DhcpAnswer) -> DhcpPacket:
+    """RFC 2131 §4.3.2: broadcast (the client has no address to be reached at), our server identifier."""
+    assert answer.reply is not None
+    server_id = answer.reply.options[Option.SERVER_ID]
+    options = {Option.MESSAGE_TYPE: bytes((MessageType.NAK,)), Option.SERVER_ID: server_id}
+    return DhcpPacket(op=BOOTREPLY, htype=packet.htype, hlen=packet.hlen, xid=packet.xid, flags=packet.flags | 0x8000,
+                      giaddr=packet.giaddr, chaddr=packet.chaddr, options=MappingProxyType(options))
+
+
+def with_lease_time(reply: DhcpPacket, seconds: int) -> DhcpPacket:
+    """`reply` promising `seconds` (and T1, T2 in proportion) instead of the configured lease."""
+    options = dict(reply.options)
+    options[Option.LEASE_TIME] = seconds.to_bytes(4, "big")
+    options[Option.RENEWAL_TIME] = (seconds // 2).to_bytes(4, "big")
+    options[Option.REBINDING_TIME] = (seconds * 7 // 8).to_bytes(4, "big")
+    return replace(reply, options=MappingProxyType(options))
+
+# --- the daemon's entry -----------------------------------------------------------------------------
+
+
+async def open_lease_store(client: EtcdClient, prefix: str, server_address: IPv4Address | None) -> EtcdLeaseStore:
+    """The leases' view, loaded from etcd and followed (EtcdError when etcd cannot be read). The replica's
+    name (host name and address) only places its allocation cursor: two replicas start at different points."""
+    replica = f"{socket.gethostname()}/{server_address or ''}"
+    store = EtcdLeaseStore(client, EtcdLeaseTable(LeaseKeys(prefix), replica))
+    await store.start()
+    return store

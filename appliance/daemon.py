@@ -375,17 +375,12 @@ class Daemon:
     def _start_fleet(self) -> None:
         """Every replica's machines in this one's views: this replica's steps written to etcd, the others'
         read back (appliance/fleet). It shares the store's etcd client."""
-        from appliance.etcd import EtcdClient, EtcdTls
         from appliance.fleet.sync import Fleet
 
         store = self.config.store
-        client = getattr(self, "etcd", None)  # the daemon's one etcd client (ETCD-STORE), else the fleet's own
-        own = client is None
-        if client is None:
-            tls = EtcdTls(store.tls.ca, store.tls.cert, store.tls.key) if store.tls is not None else None
-            client = EtcdClient(store.endpoints, tls=tls, timeout=store.timeout)
-        self.fleet = Fleet(client, prefix=store.prefix, replica=replica_name(store, self.config.http.port),
-                           bus=self.bus, max_machines=self.tracker.max_machines, own_client=own)
+        assert self.etcd is not None  # made with the etcd store (_etcd_of)
+        self.fleet = Fleet(self.etcd, prefix=store.prefix, replica=replica_name(store, self.config.http.port),
+                           bus=self.bus, max_machines=self.tracker.max_machines)
         self.bus.add_sink(self.fleet.see)
         self.http_context.fleet = self.fleet
         self.fleet.start()

@@ -104,6 +104,7 @@ COLUMNS = (Column("NAME", 20), Column("MAC", 17), Column("IP", 15), Column("ARCH
 def render(listing: dict[str, Any], *, now: float, width: int = 160, color: bool = False) -> str:
     """The table, then a line per failed machine (why) and per unknown one (how to claim it)."""
     machines = listing.get("machines", [])
+    fleet = listing.get("fleet")  # with the etcd store: every replica's machines
     rows = []
     for m in machines:
         last = m.get("last_event") or {}
@@ -112,7 +113,8 @@ def render(listing: dict[str, Any], *, now: float, width: int = 160, color: bool
             clean(" ".join(filter(None, (m.get("arch"), m.get("firmware"))))),
             clean("/".join(filter(None, (m.get("group"), m.get("profile"))))),
             clean(("FAILED " if m.get("failure") else "") + (m.get("stage") or "-")
-                  + (f" (power {m['power']['state']})" if m.get("power") else "")),  # as its BMC last said
+                  + (f" (power {m['power']['state']})" if m.get("power") else "")  # as its BMC last said
+                  + (f"@{served}" if fleet and (served := current_replica(m)) else "")),  # which replica served it
             duration(elapsed(m, now)),
             clean(f"{last.get('stage', '')}: {last.get('detail', '')}" if last else ""),
         ])
@@ -141,11 +143,31 @@ def render(listing: dict[str, Any], *, now: float, width: int = 160, color: bool
     for m in bad:
         reason = f"{clean(m.get('name') or m.get('mac'))}: {clean(m['failure'])}"
         out.append(f"{RED}{reason}{RESET}" if color else reason)
+    if fleet:
+        out.append(fleet_line(fleet))
     unknown = [m for m in machines if m.get("claim")]
     if unknown:
         out.append("not in bootd.yaml; to claim them, add under machines:")
         out.extend(f"  {clean(m['claim'])}" for m in unknown)
     return "\n".join(out) + "\n"
+
+
+def current_replica(machine: dict[str, Any]) -> str | None:
+    """The replica that served the machine's current stage (the fleet view's rows name one per stage)."""
+    stages = machine.get("stages") or []
+    return stages[-1].get("replica") if stages and isinstance(stages[-1], dict) else None
+
+
+def fleet_line(fleet: dict[str, Any]) -> str:
+    """Which replicas the view merges, and whether it is current (etcd reachable) or stale since when."""
+    here = clean(fleet.get("replica"))
+    replicas = ", ".join(clean(r) for r in fleet.get("replicas") or [])
+    if not fleet.get("stale"):
+        return f"fleet: replicas {replicas} (this is {here})"
+    since = fleet.get("stale_since")
+    when = time.strftime("%H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
+    return (f"fleet view STALE since {when}: {clean(fleet.get('stale_reason'))}; showing what {here} has "
+            f"(replicas {replicas})")
 
 
 def cut(text: str, width: int) -> str:

@@ -26,11 +26,13 @@ async def list_machines(request: web.Request) -> web.Response:
     tracker = ctx.tracker
     seen = {m.mac for m in tracker.machines()}
     machines = [m.as_json(known=tracker.is_known(m.mac)) for m in tracker.machines()]
+    if ctx.fleet is not None:  # each step's replica
+        machines = [ctx.fleet.row(m, row) for m, row in zip(tracker.machines(), machines)]
     # Configured machines that have not been seen yet are listed too, with no stage.
     for machine in ctx.config.machines:
         if machine.mac not in seen:
             machines.append(_unseen(machine.mac, machine.name))
-    return web.json_response({
+    listing = {
         "machines": machines,
         "now": time.time(),  # the views count a machine's time since power-on from this clock
         "last_event_id": ctx.bus.last_id,  # a live view's stream starts after it (/api/v1/events?since=)
@@ -38,7 +40,10 @@ async def list_machines(request: web.Request) -> web.Response:
         "machines_evicted": tracker.evicted,
         "bytes_kept": tracker.cost,  # an estimate; clients cannot make it pass bytes_budget
         "bytes_budget": tracker.budget,
-    })
+    }
+    if ctx.fleet is not None:  # this replica, the others, and whether the view is current
+        listing["fleet"] = ctx.fleet.as_json()
+    return web.json_response(listing)
 
 
 async def get_machine(request: web.Request) -> web.Response:
@@ -48,7 +53,10 @@ async def get_machine(request: web.Request) -> web.Response:
         return web.json_response({"error": f"{request.match_info['mac']!r} is not a MAC address"}, status=400)
     progress = ctx.tracker.get(mac)
     if progress is not None:
-        return web.json_response({**progress.as_json(known=ctx.tracker.is_known(mac), events=True), "now": time.time()})
+        row = progress.as_json(known=ctx.tracker.is_known(mac), events=True)
+        if ctx.fleet is not None:
+            row = ctx.fleet.row(progress, row)
+        return web.json_response({**row, "now": time.time()})
     configured = ctx.config.machine_by_mac(mac)
     if configured is not None:
         return web.json_response(_unseen(mac, configured.name))

@@ -153,6 +153,10 @@ class Encoder:
         if progress is None:
             return sse(event_id, "event", {"event": event_json(event)})
         row = progress.as_json(known=tracker.is_known(progress.mac))
+        fleet = self.ctx.fleet
+        if fleet is not None:  # which replica served the event and each of the row's steps
+            return sse(event_id, "machine", {"event": {**event_json(event), "replica": fleet.replica_of(event)},
+                                             "machine": fleet.row(progress, row)})
         return sse(event_id, "machine", {"event": event_json(event), "machine": row})
 
 

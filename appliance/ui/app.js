@@ -84,8 +84,10 @@ function showRow(machine) {
   setText(c.ip, machine.ip || "");
   setText(c.arch, [machine.arch, machine.firmware].filter(Boolean).join(" / "));
   setText(c.group, [machine.group, machine.profile].filter(Boolean).join(" / "));
+  const current = machine.stages && machine.stages.length ? machine.stages[machine.stages.length - 1] : null;
   setText(c.stageText, (machine.stage || (machine.boots ? "" : "not seen yet")) +
-    (machine.power ? ` (power ${machine.power.state})` : ""));  // as its BMC last said (bootd power)
+    (machine.power ? ` (power ${machine.power.state})` : "") +  // as its BMC last said (bootd power)
+    (current && current.replica ? `@${current.replica}` : ""));  // the fleet view: the replica that served it
   setText(c.failure, machine.failure || "");
   c.failure.hidden = !machine.failure;
   setText(c.elapsed, duration(elapsed(machine)));
@@ -126,6 +128,7 @@ async function loadList() {
   const list = await response.json();
   clockOffset = list.now - Date.now() / 1000;
   lastEventId = list.last_event_id;
+  showFleet(list.fleet);
   const present = new Set();
   for (const machine of list.machines) {
     present.add(machine.mac);
@@ -135,6 +138,18 @@ async function loadList() {
     if (!present.has(mac)) { row.tr.remove(); rows.delete(mac); }
   }
   showSummary();
+}
+
+// With the etcd store the list is the whole fleet's: say which replicas, and when it is stale (etcd lost).
+function showFleet(fleet) {
+  const node = $("fleet");
+  node.hidden = !fleet;
+  if (!fleet) return;
+  const replicas = fleet.replicas.join(", ");
+  setText(node, fleet.stale
+    ? `fleet view stale since ${clock(fleet.stale_since)}: ${fleet.stale_reason}; showing what ${fleet.replica} has`
+    : `fleet: ${replicas} (this is ${fleet.replica})`);
+  node.className = fleet.stale ? "fleet stale" : "fleet";
 }
 
 function connect() {
@@ -183,17 +198,21 @@ async function showTimeline(mac) {
   setText($("timeline-claim"), m.claim ? "add under machines: in bootd.yaml\n" + m.claim : "");
   const stages = $("timeline-stages").tBodies[0];
   stages.replaceChildren();
+  const fleet = m.stages.some((s) => "replica" in s);  // the fleet view names the replica of each step
+  $("timeline-replica").hidden = !fleet;
   for (const s of m.stages) {
     const tr = el("tr");
     tr.append(el("td", "", s.stage), el("td", "", clock(s.time)), el("td", "", duration(s.time - m.boot_started)),
               el("td", "", duration(s.duration)), el("td", s.ok ? "" : "bad", s.ok ? "ok" : "failed"),
               el("td", "", s.detail));
+    if (fleet) tr.append(el("td", "replica", s.replica || ""));
     stages.appendChild(tr);
   }
   const events = $("timeline-events");
   events.replaceChildren();
   for (const e of (m.events || []).slice(-20).reverse()) {
-    events.appendChild(el("li", e.ok ? "" : "bad", `${clock(e.time)} ${e.stage}: ${e.detail}`));
+    events.appendChild(el("li", e.ok ? "" : "bad",
+                          `${clock(e.time)} ${e.stage}${e.replica ? "@" + e.replica : ""}: ${e.detail}`));
   }
 }
 

@@ -291,10 +291,17 @@ def cmd_check(path: Path) -> int:
         return 1
     errors = startup_problems(config)
     warnings: list[str] = []
+    if config.store.backend.value == "etcd":  # profiles, groups and templates are in etcd, not the data dir
+        from appliance.store.etcd_cli import etcd_data_problems
+
+        etcd_errors, etcd_warnings = etcd_data_problems(config)
+        errors += etcd_errors
+        warnings += etcd_warnings
     if config.http.enabled and config.http.data_dir.is_dir():
-        store = build_store(config)
-        errors += [f"data dir: {p}" for p in store.template_errors()]
-        warnings += [f"data dir: {p}" for p in store.check()]
+        if config.store.backend.value == "dir":
+            store = build_store(config)
+            errors += [f"data dir: {p}" for p in store.template_errors()]
+            warnings += [f"data dir: {p}" for p in store.check()]
         if not config.http.assets_root.is_dir():
             warnings.append(f"data dir: assets root {config.http.assets_root} does not exist (/assets/ answers 404)")
     for error in errors:

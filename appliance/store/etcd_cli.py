@@ -87,3 +87,21 @@ def _export(config: Config, target: Path) -> int:
         write_atomically(destination, data, FILE_MODE)
     print(f"exported {len(files)} files from {layout.data.decode()} at revision {revision} to {target}")
     return 0
+
+
+def etcd_data_problems(config: Config) -> tuple[list[str], list[str]]:
+    """For `bootd check` with store.backend etcd: (errors, warnings) of the data in etcd, as for a data dir."""
+    from appliance.store.datadir import machine_groups
+    from appliance.store.etcd_store import EtcdMirror, EtcdStore
+
+    async def load() -> EtcdStore:
+        async with _client(config) as client:
+            mirror = EtcdMirror(client, Layout(config.store.prefix))
+            await mirror.load()
+            return EtcdStore(mirror, machine_groups(config))
+    try:
+        store = asyncio.run(load())
+    except (EtcdError, OSError) as exc:
+        return [], [f"store: {exc}; the profiles, groups and templates in etcd were not checked"]
+    where = f"etcd {config.store.prefix}/data/"
+    return ([f"{where}: {p}" for p in store.template_errors()], [f"{where}: {p}" for p in store.check()])

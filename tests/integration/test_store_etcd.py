@@ -151,6 +151,12 @@ def test_an_import_with_bad_files_writes_nothing_and_names_each(tmp_path, etcd_c
     after = cluster.etcdctl(0, "get", "/bootd/", "--prefix", "-w", "json").stdout
     assert json.loads(after)["kvs"] == json.loads(before)["kvs"]  # not one key written, moved or removed
     assert json.loads(after)["header"]["revision"] == json.loads(before)["header"]["revision"]
+    # bootd check reads the store's data in etcd: an edit made there behind bootd's back is found
+    assert cli("check", "-c", str(config)).returncode == 0
+    generation = cluster.etcdctl(0, "get", "/bootd/data/current", "--print-value-only").stdout.strip()
+    assert cluster.etcdctl(0, "put", f"/bootd/data/{generation}/generic/edited.tmpl", "{{ if .x }}").returncode == 0
+    checked = cli("check", "-c", str(config))
+    assert checked.returncode == 1 and "etcd /bootd/data/: generic/edited.tmpl" in checked.stdout, checked.stdout
 
 
 # --- replicas on one cluster ----------------------------------------------------------------------------

@@ -142,6 +142,7 @@ class StoreConfig:
     tls: StoreTls | None = None
     on_unreachable: OnUnreachable = OnUnreachable.WAIT
     timeout: int = 5  # seconds for one etcd call
+    replica: str | None = None  # this replica's name in the fleet view and its keys (None: the host's name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -640,8 +641,9 @@ class _Reader:
 
     def store(self, node: Node) -> StoreConfig | None:
         """`store: {backend: dir | etcd, endpoints: [...], prefix: /bootd, tls: {ca, cert, key},
-        on_unreachable: wait | refuse, timeout: 5}`."""
-        nodes = self.fields(node, "store", {"backend", "endpoints", "prefix", "tls", "on_unreachable", "timeout"})
+        on_unreachable: wait | refuse, timeout: 5, replica: NAME}`."""
+        nodes = self.fields(node, "store", {"backend", "endpoints", "prefix", "tls", "on_unreachable", "timeout",
+                                            "replica"})
         if nodes is None:
             return None
         kw: dict[str, Any] = {}
@@ -679,11 +681,17 @@ class _Reader:
             else:
                 endpoints.append(text)
         kw["endpoints"] = tuple(endpoints)
+        if "replica" in nodes and (replica := self.string(nodes["replica"], "store.replica")) is not None:
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,63}", replica):  # a key's last part: no '/' (appliance/fleet)
+                self.error(nodes["replica"], "store.replica", f"{replica!r}: expected a name of 1-63 letters, digits, "
+                                                              "'.', '_', '-' (each replica its own)")
+            else:
+                kw["replica"] = replica
         backend = kw.get("backend", StoreBackend.DIR)
         if backend is StoreBackend.ETCD and "endpoints" not in nodes:
             self.error(node, "store.endpoints", "required with backend etcd: the etcd members' client URLs")
         if backend is StoreBackend.DIR:
-            for key in ("endpoints", "tls", "prefix", "on_unreachable"):
+            for key in ("endpoints", "tls", "prefix", "on_unreachable", "replica"):
                 if key in nodes:
                     self.error(nodes[key], f"store.{key}", "only with backend: etcd (the data dir is http.data_dir)")
         return StoreConfig(**kw)

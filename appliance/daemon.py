@@ -379,7 +379,7 @@ class Daemon:
 
         store = self.config.store
         assert self.etcd is not None  # made with the etcd store (_etcd_of)
-        self.fleet = Fleet(self.etcd, prefix=store.prefix, replica=replica_name(store, self.config.http.port),
+        self.fleet = Fleet(self.etcd, prefix=store.prefix, replica=replica_name(store),
                            bus=self.bus, max_machines=self.tracker.max_machines)
         self.bus.add_sink(self.fleet.see)
         self.http_context.fleet = self.fleet

@@ -304,14 +304,13 @@ def uses_fleet(config: Any) -> bool:
     return store is not None and str(store.backend) == "etcd"
 
 
-def replica_name(store: Any, http_port: int) -> str:
-    """This replica's name in the views and in its keys: `store.replica` when set, else the host's name
-    (and the HTTP port, so that two replicas on one host differ)."""
+def replica_name(store: Any) -> str:
+    """This replica's name in the views and in its keys: `store.replica` when set, else the host's name.
+    Replicas sharing a host name (network namespaces, containers on one host) need `store.replica`."""
     configured = getattr(store, "replica", None)
     if configured:
         return check_replica(configured)
-    name = f"{socket.gethostname().split('.')[0]}-{http_port}"
     try:
-        return check_replica(name)
+        return check_replica(socket.gethostname().split(".")[0])
     except RecordInvalid:
-        return f"replica-{http_port}"
+        return "replica"

@@ -15,8 +15,8 @@ show every machine with every replica's steps.
   and a compacted revision means reading the prefix again). Each record's events this replica has not fed
   yet (`Cursors`) are published on this replica's bus as `Remote*` events: the tracker merges them with its
   own by time, the live views stream them, and nothing logs, counts or publishes them again.
-- Freshness: every HEALTH_SECONDS the watch is asked for a progress notice; no answer within the next
-  period, a failed read or a failed write makes the view stale (logged once, shown by every view, which is
+- Freshness: every HEALTH_SECONDS the watch is asked for a progress notice; no answer for STALE_SECONDS,
+  a failed read or a failed write makes the view stale (logged once, shown by every view, which is
   told to reload); the first answer and write after that make it current again.
 """
 
@@ -56,7 +56,8 @@ TXN_OPS = 64  # keys per transaction (etcd refuses more than 128)
 TXN_BYTES = 512 * 1024  # about this many bytes per transaction (etcd's default request limit is 1.5 MiB)
 RETRY_MAX_SECONDS = 2.0
 LEASE_TTL = 120  # seconds a dead replica's records outlive it
-HEALTH_SECONDS = 1.0
+HEALTH_SECONDS = 1.0  # the watch is asked for a progress notice this often
+STALE_SECONDS = 3.0  # no answer for this long: the view is stale (a busy loop answers late, not never)
 MAX_INCOMING = 100_000  # this replica's events waiting for the writer (a quarter second's worth, and far more)
 FEED_CHUNK = 512  # remote events published before the bus gets to deliver them (its queue is bounded)
 
@@ -266,11 +267,10 @@ class Fleet:
     async def _check_health(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            asked = loop.time()
             self._progress.set()
             await asyncio.sleep(HEALTH_SECONDS)
-            if self._answered < asked and self.freshness.watching:
-                self._lost(f"etcd did not answer the watch within {HEALTH_SECONDS:.0f} s "
+            if loop.time() - self._answered > STALE_SECONDS and self.freshness.watching:
+                self._lost(f"etcd has not answered the watch for {STALE_SECONDS:.0f} s "
                            f"({', '.join(self.client.endpoints)})")
 
     # --- freshness ----------------------------------------------------------------------------------------

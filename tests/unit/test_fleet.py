@@ -4,9 +4,11 @@ events of another replica are new, the merged row with each step's replica, and 
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
+from appliance.config import ConfigInvalid, load_config
 from appliance.events import (
     BootConfigServed,
     DhcpServed,
@@ -184,14 +186,21 @@ def test_freshness_is_stale_until_it_watches_and_writes_and_says_since_when():
     assert f.write_ok() and not f.stale and f.reason is None
 
 
-def test_the_replica_name_is_the_configured_one_or_the_host_and_port():
-    class Store:
-        replica = "rack-7"
-    assert replica_name(Store(), 8080) == "rack-7"
-    assert replica_name(object(), 8080).endswith("-8080")
-    Store.replica = "a/b"
-    with pytest.raises(RecordInvalid):
-        replica_name(Store(), 8080)
+def test_the_replica_name_is_the_configured_one_or_the_host_name(tmp_path):
+    (tmp_path / "bootd.yaml").write_text("store:\n  backend: etcd\n  endpoints: [127.0.0.1:2379]\n  replica: rack-7\n")
+    assert replica_name(load_config(tmp_path / "bootd.yaml").store) == "rack-7"
+    assert replica_name(load_config_text(tmp_path, "store:\n  backend: etcd\n  endpoints: [127.0.0.1:2379]\n"
+                                         ).store) == socket.gethostname().split(".")[0]
+    for bad in ("a/b", '""', "x" * 64):
+        (tmp_path / "bootd.yaml").write_text(f"store:\n  backend: etcd\n  endpoints: [127.0.0.1:2379]\n"
+                                              f"  replica: {bad}\n")
+        with pytest.raises(ConfigInvalid, match=r"bootd.yaml:4: store.replica"):
+            load_config(tmp_path / "bootd.yaml")
+
+
+def load_config_text(root, text: str):
+    (root / "bootd.yaml").write_text(text)
+    return load_config(root / "bootd.yaml")
 
 
 def test_status_names_the_replica_of_each_current_stage_and_says_when_the_view_is_stale():

@@ -21,6 +21,8 @@ Rules:
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -29,7 +31,9 @@ from types import MappingProxyType
 from appliance.dhcp.leases import (
     OFFER_HOLD_SECONDS, QUARANTINE_SECONDS, Bind, Decline, HoldOffer, Lease, LeaseChange, LeaseTable, Release,
 )
-from appliance.dhcp.packet import BOOTREPLY, ZERO_IP, DhcpPacket, MessageType, Option
+from appliance.dhcp.packet import (
+    BOOTREPLY, MAGIC_COOKIE, MIN_PACKET, ZERO_IP, DhcpPacket, MessageType, Option, encode_options, encode_packet,
+)
 from appliance.dhcp.pxe import (
     BootOffer, Ignore, PxePolicy, PxeRequest, boot_file_fields, classify_client, client_of, decide_boot, pxe_options,
 )
@@ -58,14 +62,24 @@ class AddressPolicy:
     # the pools of segments behind DHCP relays (same reservations, domain, lease and options; own subnet,
     # range, router and DNS servers): chosen by the relay's address
     relayed: tuple[AddressPolicy, ...] = ()
+    # the same facts as integers, for the per-packet free-address check (IPv4Address compares and hashes
+    # through method calls); derived, never passed
+    first_number: int = field(default=0, repr=False, compare=False)
+    last_number: int = field(default=-1, repr=False, compare=False)
+    router_number: int = field(default=-1, repr=False, compare=False)
+    reserved_numbers: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reserved_ips", frozenset(r.ip for r in self.reservations.values()))
+        object.__setattr__(self, "first_number", int(self.first))
+        object.__setattr__(self, "last_number", int(self.last))
+        object.__setattr__(self, "router_number", int(self.router) if self.router is not None else -1)
+        object.__setattr__(self, "reserved_numbers", frozenset(int(ip) for ip in self.reserved_ips))
 
     def for_segment(self, giaddr: IPv4Address) -> AddressPolicy | None:
         """The pool of the client's segment: the local one for a request that was not relayed, else the one
         whose subnet holds the relay's address; None when no pool has it."""
-        if giaddr == ZERO_IP or giaddr in self.subnet:
+        if giaddr is ZERO_IP or giaddr == ZERO_IP or giaddr in self.subnet:
             return self
         return next((pool for pool in self.relayed if giaddr in pool.subnet), None)
 
@@ -78,6 +92,17 @@ class DhcpAnswer:
     ip: IPv4Address | None
     boot: BootOffer | Ignore | None  # the PXE part, for events: what it boots, or why nothing
     summary: str
+    # the reply encoded from a precompiled template, with the reply it encodes (byte for byte what
+    # encode_packet gives; the unit tests hold it to that); a copy with another reply (dataclasses.replace)
+    # is encoded from its own: see `encoded_reply`
+    wire: tuple[DhcpPacket, bytes] | None = None
+
+    def encoded_reply(self) -> bytes:
+        """The reply's bytes (the caller checked there is a reply)."""
+        assert self.reply is not None
+        if self.wire is not None and self.wire[0] is self.reply:
+            return self.wire[1]
+        return encode_packet(self.reply)
 
 
 def decide_dhcp(packet: DhcpPacket, table: LeaseTable, policy: AddressPolicy, pxe_policy: PxePolicy,
@@ -163,11 +188,12 @@ def may_have(mac: MacAddress, ip: IPv4Address, table: LeaseTable, policy: Addres
 def _free_for(mac: MacAddress, ip: IPv4Address, table: LeaseTable, policy: AddressPolicy, server_ip: IPv4Address,
               now: float) -> bool:
     number = int(ip)  # integers: IPv4Address's own comparisons cost a method call each
-    if not int(policy.first) <= number <= int(policy.last) or ip == server_ip or ip == policy.router:
+    if not policy.first_number <= number <= policy.last_number or number == policy.router_number:
         return False
-    if ip in policy.reserved_ips or table.quarantined(ip, now):
+    if number in policy.reserved_numbers or number == int(server_ip) or table.quarantined(ip, now):
         return False
-    return table.holder(ip, now) in (None, mac)
+    holder = table.holder(ip, now)
+    return holder is None or holder == mac
 
 
 def _lease_ip(table: LeaseTable, mac: MacAddress, now: float) -> IPv4Address | None:
@@ -182,8 +208,21 @@ def _hostname(mac: MacAddress, policy: AddressPolicy) -> str:
 
 def _answer(packet: DhcpPacket, kind: MessageType, ip: IPv4Address | None, mac: MacAddress, policy: AddressPolicy,
             pxe_policy: PxePolicy, server_ip: IPv4Address, change: LeaseChange | None) -> DhcpAnswer:
+    hostname = _hostname(mac, policy)
+    if _ARCH not in packet.options:  # not PXE firmware (an OS's DHCP client): the pool's precompiled reply
+        template = _reply_template(policy, kind, ip is not None, server_ip, hostname)
+        yiaddr = ip or ZERO_IP
+        ciaddr = packet.ciaddr if kind == MessageType.ACK else ZERO_IP
+        reply = DhcpPacket(op=BOOTREPLY, htype=packet.htype, hlen=packet.hlen, xid=packet.xid, flags=packet.flags,
+                           ciaddr=ciaddr, yiaddr=yiaddr, giaddr=packet.giaddr, chaddr=packet.chaddr,
+                           options=template.options)
+        wire = _REPLY_HEAD.pack(BOOTREPLY, packet.htype, packet.hlen, 0, packet.xid, 0, packet.flags,
+                                ciaddr.packed, yiaddr.packed, b"\0\0\0\0", packet.giaddr.packed,
+                                packet.chaddr[:16]) + template.tail
+        what = f"{template.verb} {socket.inet_ntoa(yiaddr.packed)}" if ip is not None else f"{template.verb} (INFORM)"
+        return DhcpAnswer(reply=reply, change=change, mac=mac, ip=ip, boot=None, summary=what, wire=(reply, wire))
     before, after = _base_options(policy, kind, ip is not None, server_ip)
-    if hostname := _hostname(mac, policy):
+    if hostname:
         options = {**before, Option.HOSTNAME: hostname.encode(), **after}
     else:
         options = {**before, **after}
@@ -209,6 +248,41 @@ def _answer(packet: DhcpPacket, kind: MessageType, ip: IPv4Address | None, mac: 
     elif isinstance(boot, Ignore):
         what += f", no boot: {boot.detail or boot.reason}"
     return DhcpAnswer(reply=reply, change=change, mac=mac, ip=ip, boot=boot, summary=what)
+
+
+_ARCH = int(Option.ARCH)
+_REPLY_HEAD = struct.Struct("!BBBBIHH4s4s4s4s16s")  # the header up to chaddr: what a reply copies or sets
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplyTemplate:
+    """A pool's reply of one kind to a client that is not PXE firmware: everything past chaddr is the
+    same for every client of the pool (sname and file empty, the options, END, padding)."""
+
+    options: Mapping[int, bytes]
+    tail: bytes
+    verb: str
+
+
+_TEMPLATES: dict[tuple[int, int, bool, int, str], tuple[AddressPolicy, _ReplyTemplate]] = {}
+
+
+def _reply_template(policy: AddressPolicy, kind: MessageType, with_lease: bool, server_ip: IPv4Address,
+                    hostname: str) -> _ReplyTemplate:
+    """Built once per policy object (a reload makes a new one), kind, server address and hostname."""
+    key = (id(policy), kind, with_lease, int(server_ip), hostname)  # an int: IPv4Address hashes through hex()
+    cached = _TEMPLATES.get(key)
+    if cached is not None and cached[0] is policy:
+        return cached[1]
+    before, after = _base_options(policy, kind, with_lease, server_ip)
+    options = {**before, Option.HOSTNAME: hostname.encode(), **after} if hostname else {**before, **after}
+    tail = bytes(64 + 128) + MAGIC_COOKIE + encode_options(options) + bytes((Option.END,))
+    template = _ReplyTemplate(options=MappingProxyType(options), tail=tail.ljust(MIN_PACKET - _REPLY_HEAD.size, b"\0"),
+                              verb="OFFER" if kind == MessageType.OFFER else "ACK")
+    if len(_TEMPLATES) >= 4096:  # one per reserved hostname and kind: bounded all the same
+        _TEMPLATES.clear()
+    _TEMPLATES[key] = (policy, template)
+    return template
 
 
 _BASE_OPTIONS: dict[tuple[int, int, bool, IPv4Address], tuple[AddressPolicy, dict[int, bytes], dict[int, bytes]]] = {}

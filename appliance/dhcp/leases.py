@@ -26,9 +26,11 @@ import asyncio
 import json
 import logging
 import os
+import queue
+import socket
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -86,11 +88,13 @@ def journal_path(path: Path) -> Path:
 
 
 def _record(change: LeaseChange) -> bytes:
-    """The journal line for a change that `apply` said alters what is persisted."""
+    """The journal line for a change that `apply` said alters what is persisted (per ACK: formatted by hand,
+    the same JSON as json.dumps with compact separators gives; only a hostname can need escaping)."""
     match change:
         case Bind(lease):
-            return (json.dumps({"ip": str(lease.ip), "mac": lease.mac, "expires": lease.expires,
-                                "hostname": lease.hostname}, separators=(",", ":")) + "\n").encode()
+            hostname = json.dumps(lease.hostname) if lease.hostname else '""'
+            return (f'{{"ip":"{socket.inet_ntoa(lease.ip.packed)}","mac":"{lease.mac}",'
+                    f'"expires":{float(lease.expires)!r},"hostname":{hostname}}}\n').encode()
         case Release(ip, mac) | Decline(ip, mac, _):
             return f'{{"release":"{ip}","mac":"{mac}"}}\n'.encode()
     raise AssertionError(f"not persisted: {change!r}")
@@ -101,10 +105,12 @@ class LeaseWriter:
     milliseconds per ACK on the loop, and grew with the table).
 
     `commit(change, then)`: the change (already applied to the table) is appended to the journal, and
-    `then(ok)` is called on the loop once the line is on disk. One write is in flight at a time, on its own
-    thread; changes that arrive meanwhile wait and go together in the next one, which starts no sooner than
-    GROUP_SECONDS after the previous one started (so at most ~100 fsyncs a second, each covering every
-    change that waited). When the journal has grown past twice the table (and a floor), the next write is a
+    `then(ok)` is called on the loop once the line is on disk. One write is in flight at a time, on the
+    writer's own thread (a plain thread fed by a SimpleQueue: an executor's futures and locks cost more on
+    the loop than the write itself); changes that arrive meanwhile wait and go together in the next one,
+    which starts no sooner than `group_seconds` after the previous one started (so at most 1/group_seconds
+    fsyncs a second, each covering every change that waited). When nothing was written for that long,
+    a change is written at once: the grouping only happens under load. When the journal has grown past twice the table (and a floor), the next write is a
     new snapshot instead (a copy of the leases taken on the loop, encoded and written on the thread).
     A failed write (a full disk) is logged as an error and the next write is a full snapshot again: the
     table in memory stays right, so serving goes on.
@@ -117,7 +123,10 @@ class LeaseWriter:
         self.failures = 0
         self.fsyncs = 0
         self.group_seconds = group_seconds
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="bootd-leases")
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], list[Callable[[bool], None]]] | None] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._run, name="bootd-leases", daemon=True)
+        self._thread.start()
         self._writing = False
         self._timer: asyncio.TimerHandle | None = None
         self._last_start = -1.0
@@ -153,13 +162,26 @@ class LeaseWriter:
             self._snapshot_next = False
             self._journal_lines = 0
             leases = list(self.table._bound.values())  # frozen values: this copy is the state as of now
-            job = self._thread.submit(self._snapshot, leases, self.table.generation + 1)
-            self.table.generation += 1
+            generation = self.table.generation = self.table.generation + 1
+            self._jobs.put((lambda: self._snapshot(leases, generation), waiting))
         else:
-            job = self._thread.submit(self._append, b"".join(records))
-        job.add_done_callback(lambda done: self.loop.call_soon_threadsafe(self._written, done, waiting))
+            data = b"".join(records)
+            self._jobs.put((lambda: self._append(data), waiting))
 
     # --- on the writer's thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            job, waiting = item
+            error: BaseException | None = None
+            try:
+                job()
+            except Exception as exc:  # OSError from the disk; anything else is our bug: the ACKs must not hang
+                error = exc
+            try:
+                self.loop.call_soon_threadsafe(self._written, error, waiting)
+            except RuntimeError:  # the loop is closed: bootd is shutting down, nobody waits for these
+                pass
 
     def _append(self, data: bytes) -> None:
         path = self.table.path
@@ -195,11 +217,10 @@ class LeaseWriter:
 
     # --- back on the loop -------------------------------------------------------------------------
 
-    def _written(self, done, waiting: list[Callable[[bool], None]]) -> None:
+    def _written(self, error: BaseException | None, waiting: list[Callable[[bool], None]]) -> None:
         self._writing = False
         if self._closed:  # shut down meanwhile: the sockets are closed, and close() wrote the snapshot
             return
-        error = done.exception()
         if error is not None:
             self.failures += 1
             self._snapshot_next = True  # what this write held is written with the next one, as a snapshot
@@ -217,14 +238,20 @@ class LeaseWriter:
             else:
                 self._write()
 
-    def close(self) -> None:
-        """At shutdown: finish the write in flight, then leave one whole snapshot (and an empty journal).
-        Changes still waiting are in the snapshot; their ACKs are never sent (so the rule holds)."""
+    def stop(self) -> None:
+        """Finish the write in flight and end the writer's thread (nothing more is written or answered)."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._thread.shutdown(wait=True)
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+    def close(self) -> None:
+        """At shutdown: finish the write in flight, then leave one whole snapshot (and an empty journal).
+        Changes still waiting are in the snapshot; their ACKs are never sent (so the rule holds)."""
+        self.stop()
         if self.table.path is not None:
             try:
                 self._snapshot(list(self.table._bound.values()), self.table.generation + 1)
@@ -272,13 +299,16 @@ class _PoolHints:
 
 
 class LeaseTable:
+    """The maps are keyed by the address as an integer (an IPv4Address hashes through hex() of its
+    integer, a cost per lookup on every packet); the interface takes and gives IPv4Address."""
+
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
-        self._bound: dict[IPv4Address, Lease] = {}
-        self._by_mac: dict[MacAddress, IPv4Address] = {}
-        self._offers: dict[IPv4Address, tuple[MacAddress, float]] = {}
-        self._offer_by_mac: dict[MacAddress, IPv4Address] = {}
-        self._quarantine: dict[IPv4Address, float] = {}
+        self._bound: dict[int, Lease] = {}
+        self._by_mac: dict[MacAddress, int] = {}
+        self._offers: dict[int, tuple[MacAddress, float, IPv4Address]] = {}
+        self._offer_by_mac: dict[MacAddress, int] = {}
+        self._quarantine: dict[int, float] = {}
         self._next_sweep = 0.0
         self._pools: dict[tuple[int, int], _PoolHints] = {}
         self.generation = 0  # the snapshot's; the journal being appended to has the same
@@ -294,19 +324,20 @@ class LeaseTable:
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = _PoolHints(first=key[0], last=key[1], cursor=key[0])
-        while pool.freed:
-            yield IPv4Address(pool.freed.popleft())
+        freed = pool.freed
+        while freed:
+            yield IPv4Address(freed.popleft())
         restarted = False
         while True:
-            while pool.cursor <= pool.last:
+            last = pool.last
+            while pool.cursor <= last:
                 yield IPv4Address(pool.cursor)  # left where it is when this one is taken: checked again next time
                 pool.cursor += 1
             if restarted or now < pool.restart_at:
                 return
             pool.cursor, pool.restart_at, restarted = pool.first, now + RESCAN_SECONDS, True
 
-    def _freed(self, ip: IPv4Address) -> None:
-        number = int(ip)
+    def _freed(self, number: int) -> None:
         for pool in self._pools.values():
             if pool.first <= number <= pool.last:
                 if len(pool.freed) < pool.last - pool.first + 1:
@@ -316,30 +347,31 @@ class LeaseTable:
     # --- reads (decisions) ------------------------------------------------------------------------
 
     def lease_for(self, mac: MacAddress, now: float) -> Lease | None:
-        ip = self._by_mac.get(mac)
-        lease = self._bound.get(ip) if ip is not None else None
+        number = self._by_mac.get(mac)
+        lease = self._bound.get(number) if number is not None else None
         return lease if lease is not None and lease.expires > now else None
 
     def offered_to(self, mac: MacAddress, now: float) -> IPv4Address | None:
-        ip = self._offer_by_mac.get(mac)
-        offer = self._offers.get(ip) if ip is not None else None
-        return ip if offer is not None and offer[0] == mac and offer[1] > now else None
+        number = self._offer_by_mac.get(mac)
+        offer = self._offers.get(number) if number is not None else None
+        return offer[2] if offer is not None and offer[0] == mac and offer[1] > now else None
 
     def holder(self, ip: IPv4Address, now: float) -> MacAddress | None:
         """Who has `ip` now: its unexpired lease, else its unexpired offer."""
-        lease = self._bound.get(ip)
+        number = int(ip)
+        lease = self._bound.get(number)
         if lease is not None and lease.expires > now:
             return lease.mac
-        offer = self._offers.get(ip)
+        offer = self._offers.get(number)
         if offer is not None and offer[1] > now:
             return offer[0]
         return None
 
     def quarantined(self, ip: IPv4Address, now: float) -> bool:
-        return self._quarantine.get(ip, 0.0) > now
+        return self._quarantine.get(int(ip), 0.0) > now
 
     def leases(self, now: float) -> list[Lease]:
-        return sorted((l for l in self._bound.values() if l.expires > now), key=lambda l: l.ip)
+        return [self._bound[number] for number in sorted(self._bound) if self._bound[number].expires > now]
 
     # --- changes (the server) ---------------------------------------------------------------------
 
@@ -347,66 +379,72 @@ class LeaseTable:
         """Apply a decision's change; True when the persisted state changed (the caller then saves)."""
         match change:
             case HoldOffer(ip, mac, until):
-                previous = self._offers.get(ip)
-                if previous is not None and self._offer_by_mac.get(previous[0]) == ip:
+                number = int(ip)
+                previous = self._offers.get(number)
+                if previous is not None and self._offer_by_mac.get(previous[0]) == number:
                     del self._offer_by_mac[previous[0]]  # so both maps stay as small as the pool
-                old_ip = self._offer_by_mac.get(mac)
-                if old_ip is not None and old_ip != ip:
-                    self._offers.pop(old_ip, None)
-                    self._freed(old_ip)
-                self._offers[ip] = (mac, until)
-                self._offer_by_mac[mac] = ip
+                old = self._offer_by_mac.get(mac)
+                if old is not None and old != number:
+                    self._offers.pop(old, None)
+                    self._freed(old)
+                self._offers[number] = (mac, until, ip)
+                self._offer_by_mac[mac] = number
                 return False
             case Bind(lease):
+                number = int(lease.ip)
                 self._drop_offer(lease.mac)
-                self._offers.pop(lease.ip, None)
-                old_ip = self._by_mac.get(lease.mac)
-                if old_ip is not None and old_ip != lease.ip:
-                    self._bound.pop(old_ip, None)
-                    self._freed(old_ip)
-                previous = self._bound.get(lease.ip)
+                self._offers.pop(number, None)
+                old = self._by_mac.get(lease.mac)
+                if old is not None and old != number:
+                    self._bound.pop(old, None)
+                    self._freed(old)
+                previous = self._bound.get(number)
                 if previous is not None and previous.mac != lease.mac:
                     self._by_mac.pop(previous.mac, None)
-                self._bound[lease.ip] = lease
-                self._by_mac[lease.mac] = lease.ip
+                self._bound[number] = lease
+                self._by_mac[lease.mac] = number
                 return True
             case Release(ip, mac):
+                number = int(ip)
                 self._drop_offer(mac)  # only this client's: a RELEASE never touches another client's offer
-                lease = self._bound.get(ip)
+                lease = self._bound.get(number)
                 if lease is not None and lease.mac == mac:
-                    del self._bound[ip]
+                    del self._bound[number]
                     self._by_mac.pop(mac, None)
                     if not isinstance(change, Decline):
-                        self._freed(ip)
+                        self._freed(number)
                     return True
                 return False
             case Decline(ip, mac, until):
-                self._quarantine[ip] = until  # found again by the cursor's next walk, after the quarantine
+                number = int(ip)
+                self._quarantine[number] = until  # found again by the cursor's next walk, after the quarantine
                 self._drop_offer(mac)
-                lease = self._bound.get(ip)
+                lease = self._bound.get(number)
                 if lease is not None and lease.mac == mac:
-                    del self._bound[ip]
+                    del self._bound[number]
                     self._by_mac.pop(mac, None)
                     return True
                 return False
         raise AssertionError(f"unknown lease change {change!r}")
 
     def _drop_offer(self, mac: MacAddress) -> None:
-        ip = self._offer_by_mac.pop(mac, None)
-        if ip is not None and self._offers.get(ip, (None, 0.0))[0] == mac:
-            del self._offers[ip]
-            if ip not in self._bound:
-                self._freed(ip)
+        number = self._offer_by_mac.pop(mac, None)
+        if number is not None:
+            offer = self._offers.get(number)
+            if offer is not None and offer[0] == mac:
+                del self._offers[number]
+                if number not in self._bound:
+                    self._freed(number)
 
     def expire(self, now: float) -> None:
         """Forget offers and quarantines that ran out (bound leases stay until replaced: their history
         lets a returning client get its address back)."""
-        for ip, offer in self._offers.items():
-            if offer[1] <= now and ip not in self._bound:
-                self._freed(ip)
-        self._offers = {ip: o for ip, o in self._offers.items() if o[1] > now}
-        self._offer_by_mac = {o[0]: ip for ip, o in self._offers.items()}
-        self._quarantine = {ip: t for ip, t in self._quarantine.items() if t > now}
+        for number, offer in self._offers.items():
+            if offer[1] <= now and number not in self._bound:
+                self._freed(number)
+        self._offers = {number: o for number, o in self._offers.items() if o[1] > now}
+        self._offer_by_mac = {o[0]: number for number, o in self._offers.items()}
+        self._quarantine = {number: t for number, t in self._quarantine.items() if t > now}
 
     def sweep(self, now: float, every: float = 60.0) -> None:
         """`expire`, at most once per `every` seconds: the server calls this per packet, so offers and

@@ -280,7 +280,7 @@ class DhcpServer:
             self._on_lease_change()
         if answer.reply is not None:
             target = send_target(packet, dgram.source, port=67, reply=answer.reply)
-            self._send(sock, encode_packet(answer.reply), target.address, target.port, dgram)
+            self._send(sock, answer.encoded_reply(), target.address, target.port, dgram)
             if self._on_new_interface is not None and dgram.ifindex not in self._answered_on:
                 self._answered_on.add(dgram.ifindex)
                 self._on_new_interface(dgram.ifindex)

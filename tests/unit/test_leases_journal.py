@@ -45,7 +45,7 @@ def commit_all(table: LeaseTable, changes: list, *, writer_seconds: float = 0.01
             writer.commit(change, then)
         await asyncio.wait_for(finished.wait(), 10)
         fsyncs = writer.fsyncs
-        writer._thread.shutdown(wait=True)
+        writer.stop()
         return done, fsyncs, seen
     return asyncio.run(run())
 

@@ -5,6 +5,7 @@ on loopback (free ports) or inside network namespaces a test made (tests/netns.p
     cluster.endpoints                                              # ["http://127.0.0.1:PORT", ...]
     cluster.kill(1)                                                # kill -9 member 1 (by PID)
     cluster.restart(1)                                             # same data dir, rejoins; waits until healthy
+    cluster.pause(2); cluster.resume(2)                            # SIGSTOP / SIGCONT: a member that hangs
     cluster.close()                                                # every member ended by PID
 
 or as a fixture: `etcd_cluster(size=3)` (the `etcd_cluster` fixture below is a factory; everything it made is
@@ -163,6 +164,18 @@ class EtcdCluster:
         member.proc.wait(10)
         return pid
 
+    def pause(self, index: int) -> None:
+        """SIGSTOP one member: it keeps its connections but answers nothing (a hung or cut-off member)."""
+        member = self.members[index]
+        assert member.pid is not None, f"{member.name} is not running"
+        os.kill(member.pid, signal.SIGSTOP)
+
+    def resume(self, index: int) -> None:
+        """SIGCONT a paused member."""
+        member = self.members[index]
+        assert member.pid is not None, f"{member.name} is not running"
+        os.kill(member.pid, signal.SIGCONT)
+
     def stop(self, index: int, grace: float = 10) -> None:
         """SIGTERM one member (kill -9 after `grace`)."""
         _end(self.members[index].proc, grace)
@@ -257,6 +270,7 @@ def _end(proc: subprocess.Popen | None, grace: float) -> None:
     if proc is None or proc.poll() is not None:
         return
     try:
+        os.killpg(proc.pid, signal.SIGCONT)  # a paused member would not see SIGTERM
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(grace)
     except subprocess.TimeoutExpired:

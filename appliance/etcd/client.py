@@ -474,15 +474,17 @@ class EtcdClient:
                     if batch.events or batch.revision >= next_revision:
                         next_revision = max(next_revision, batch.revision + 1)
                     yield batch
+                reason = f"{endpoint.url}: the stream ended"  # closed by the member (shutting down)
             except grpc.aio.AioRpcError as exc:
                 reason = f"{endpoint.url}: {_reason(exc)}"
-                if lost_since is None:
-                    logger.warning("etcd: watch on %s lost (%s); resuming from revision %d on the next endpoint",
-                                   k.decode(errors="replace"), reason, next_revision)
-                    lost_since = reason
-                step += 1
-                if step % len(self._endpoints) == 0:
-                    await asyncio.sleep(0.5)  # every endpoint tried: wait before the next round
+            # the stream is gone, by an error or an end: resume on the next endpoint
+            if lost_since is None:
+                logger.warning("etcd: watch on %s lost (%s); resuming from revision %d on the next endpoint",
+                               k.decode(errors="replace"), reason, next_revision)
+                lost_since = reason
+            step += 1
+            if step % len(self._endpoints) == 0:
+                await asyncio.sleep(0.5)  # every endpoint tried: wait before the next round
 
     async def _watch_stream(self, endpoint: _Endpoint, key: bytes, prefix: bool, start_revision: int,
                             progress: asyncio.Event | None) -> AsyncIterator[WatchBatch]:
@@ -505,7 +507,9 @@ class EtcdClient:
         call = self._channel(endpoint).stream_stream(
             "/etcdserverpb.Watch/Watch", request_serializer=pb.WatchRequest.SerializeToString,
             response_deserializer=pb.WatchResponse.FromString)
-        stream = call(request_iterator())
+        # hasleader: a member cut off from the leader ends the stream (etcd's WithRequireLeader), so the watch
+        # moves to a member that still receives the cluster's writes instead of waiting on one that does not
+        stream = call(request_iterator(), metadata=(("hasleader", "true"),))
         forwarder = asyncio.ensure_future(forward_progress()) if progress is not None else None
         events: list[WatchEvent] = []
         try:

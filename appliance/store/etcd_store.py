@@ -22,6 +22,7 @@ FRESH_SECONDS), the request is served from the mirror as it is, and that is logg
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import os
@@ -48,6 +49,7 @@ R = TypeVar("R")
 
 FRESH_SECONDS = 1.0  # at most this long per request for etcd's revision and the watch to catch up
 RETRY_AFTER_FAILURE = 1.0  # while etcd is unreachable, requests are served from the mirror without asking
+WATCH_RESTART_SECONDS = 5.0  # a watch that lags is started again at most this often
 FIRST_GENERATION = "g0"
 KINDS = ("profiles", "groups", "ignition", "generic", "cloud")
 FLAT_KINDS = ("profiles", "groups")
@@ -115,11 +117,12 @@ class EtcdMirror:
         self._progress = asyncio.Event()
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
-        self._revision_read: asyncio.Future[int] | None = None  # the read in flight
-        self._revision_next: asyncio.Future[int] | None = None  # the read to start when that one is done
+        self._revision_read: asyncio.Task[int] | None = None  # the read in flight (or the last one)
+        self._revision_next: asyncio.Task[int] | None = None  # the read to start when that one is done
         self._failed_at: float | None = None  # monotonic time of the last failed freshness check
         self.reachable = True
         self.loop: asyncio.AbstractEventLoop | None = None  # the daemon's, once started
+        self._watch_restarted = 0.0  # monotonic time the watch was last started again because it lagged
 
     async def load(self) -> None:
         """Read every key once (linearizable); EtcdUnavailable when no endpoint answers."""
@@ -202,17 +205,13 @@ class EtcdMirror:
 
     async def fresh(self, budget: float = FRESH_SECONDS) -> bool:
         """Wait (at most `budget` s) until the mirror holds every change etcd acknowledged before this call;
-        False when etcd did not answer in time (the mirror serves as it is)."""
+        False when etcd did not answer in time, or the watch did not catch up (the mirror serves as it is)."""
         if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_AFTER_FAILURE:
             return False
-        deadline = asyncio.get_running_loop().time() + budget
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
         try:
             target = await asyncio.wait_for(self._latest_revision(), budget)
-            if self.revision < target:
-                self._progress.set()
-                async with self._advanced:
-                    await asyncio.wait_for(self._advanced.wait_for(lambda: self.revision >= target),
-                                           max(deadline - asyncio.get_running_loop().time(), 0.01))
         except (EtcdError, asyncio.TimeoutError) as exc:
             self._failed_at = time.monotonic()
             if self.reachable:
@@ -221,32 +220,52 @@ class EtcdMirror:
                 logger.warning("store: etcd unreachable (%s): serving profiles, groups and templates from the "
                                "copy at revision %d until it answers", reason, self.revision)
             return False
-        self._failed_at = None
+        if self.revision < target:
+            self._progress.set()
+            try:
+                async with self._advanced:
+                    await asyncio.wait_for(self._advanced.wait_for(lambda: self.revision >= target),
+                                           max(deadline - loop.time(), 0.01))
+            except asyncio.TimeoutError:
+                self._watch_behind(target)
+                return False
         if not self.reachable:
             self.reachable = True
             logger.info("store: etcd answers again: serving revision %d", self.revision)
+        self._failed_at = None
         return True
+
+    def _watch_behind(self, target: int) -> None:
+        """etcd answered at `target` but the watch did not get there in time: its member may be cut off
+        without the connection breaking. Start it again (at most every WATCH_RESTART_SECONDS) on the member that
+        answered; it resumes after the last revision applied, so nothing is missed."""
+        now = time.monotonic()
+        if self._task is None or now - self._watch_restarted < WATCH_RESTART_SECONDS:
+            return
+        self._watch_restarted = now
+        logger.warning("store: the watch is at revision %d and etcd at %d; starting it again through another "
+                       "member (this request is served from the copy)", self.revision, target)
+        self._task.cancel()
+        self._task = asyncio.get_running_loop().create_task(self._follow())
 
     async def _latest_revision(self) -> int:
         """etcd's current revision, from a read that started after this call: requests arriving while a read
-        is in flight share the next one."""
-        if self._revision_next is not None:
-            return await asyncio.shield(self._revision_next)
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no "never retrieved"
-        self._revision_next = future
-        if self._revision_read is not None:
-            await asyncio.wait([self._revision_read])
-        self._revision_next = None
-        self._revision_read = future
-        try:
-            future.set_result(await self.client.revision())
-        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
-            future.set_exception(exc)
-        finally:
-            if self._revision_read is future:
-                self._revision_read = None
-        return await asyncio.shield(future)
+        is in flight share the next one. The reads are tasks of their own: a request that gives up waiting
+        (its budget) cancels only its wait, never the read others share."""
+        if self._revision_next is None:
+            previous = self._revision_read
+
+            async def read() -> int:
+                if previous is not None:
+                    await asyncio.wait([previous])
+                self._revision_next = None  # whoever arrives from now on needs a read that starts later
+                self._revision_read = task
+                return await self.client.revision()
+
+            task = asyncio.ensure_future(read())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, even if nobody waits
+            self._revision_next = task
+        return await asyncio.shield(self._revision_next)
 
 
 # --- the store the HTTP side reads ----------------------------------------------------------------------
@@ -420,8 +439,12 @@ class EtcdWriter:
 
     def _run(self, coro) -> R:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        wait = self.client.timeout * (len(self.client.endpoints) + 1) + 5
         try:
-            return future.result(self.client.timeout * (len(self.client.endpoints) + 1) + 5)
+            return future.result(wait)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise StoreUnavailable(f"etcd {', '.join(self.client.endpoints)}: no answer in {wait:g} s") from None
         except EtcdUnavailable as exc:
             raise StoreUnavailable(str(exc)) from None
         except EtcdError as exc:

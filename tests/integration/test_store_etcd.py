@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -198,11 +199,25 @@ def test_two_replicas_serve_an_edit_made_through_either_api_at_the_next_request(
         assert "kernel /assets/kernel-v3" in http_get(a, f"/ipxe?mac={MAC}")[1]
         cluster.restart(0)
 
+        # a member that hangs without closing its connections (SIGSTOP): the replicas move their reads,
+        # writes and watches to the others; B serves A's write once its watch has moved (bounded)
+        cluster.pause(1)
+        cluster.pause(0)  # and the one both replicas' clients talk to first
+        cluster.resume(1)
+        assert all("ok" in r for r in reference(a, tls, put_profile("/assets/kernel-v3b")))
+        deadline = time.monotonic() + 20
+        while "kernel /assets/kernel-v3b" not in http_get(b, f"/ipxe?mac={MAC}")[1]:
+            assert time.monotonic() < deadline, "B never served the write made while a member hung"
+            time.sleep(0.2)
+        assert "kernel /assets/kernel-v3b" in http_get(a, f"/ipxe?mac={MAC}")[1]
+        cluster.resume(0)
+        cluster.wait_healthy()
+
         # etcd stopped altogether: reads serve from the copy, API writes fail naming the endpoints
         cluster.stop_all()
         mark = len(a.lines)
         status, script = http_get(a, f"/ipxe?mac={MAC}")
-        assert status == 200 and "kernel /assets/kernel-v3" in script
+        assert status == 200 and "kernel /assets/kernel-v3b" in script
         a.wait_for_log(lambda line: line.get("message", "").startswith("store: etcd unreachable"), start=mark)
         assert http_get(a, f"/ipxe?mac={MAC}")[0] == 200
         failed = reference(a, tls, put_profile("/assets/kernel-v4"))

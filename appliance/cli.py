@@ -371,6 +371,15 @@ def cmd_render(path: Path, mac: str | None, labels: list[str], what: str) -> int
         pairs.append((key, value))
     raw_query = urlencode(pairs)
     store = build_store(config)
+    if config.store.backend.value == "etcd":  # what the replicas serve: the data in etcd
+        from appliance.etcd import EtcdError
+        from appliance.store.etcd_cli import etcd_store_of
+
+        try:
+            store = etcd_store_of(config)
+        except (EtcdError, OSError) as exc:
+            print(f"bootd render: store: {exc}", file=sys.stderr)
+            return 2
     request_labels = labels_from_query(raw_query)
     for key, value in request_labels.rejected:
         print(f"bootd render: label {key}={value!r} dropped: not a MAC address", file=sys.stderr)

@@ -91,6 +91,17 @@ def _export(config: Config, target: Path) -> int:
 
 def etcd_data_problems(config: Config) -> tuple[list[str], list[str]]:
     """For `bootd check` with store.backend etcd: (errors, warnings) of the data in etcd, as for a data dir."""
+    try:
+        store = etcd_store_of(config)
+    except (EtcdError, OSError) as exc:
+        return [], [f"store: {exc}; the profiles, groups and templates in etcd were not checked"]
+    where = f"etcd {config.store.prefix}/data/"
+    return ([f"{where}: {p}" for p in store.template_errors()], [f"{where}: {p}" for p in store.check()])
+
+
+def etcd_store_of(config: Config):
+    """For one-shot commands (`bootd render`): the data in etcd read once, as an EtcdStore; EtcdError or
+    OSError when it cannot be read."""
     from appliance.store.datadir import machine_groups
     from appliance.store.etcd_store import EtcdMirror, EtcdStore
 
@@ -99,9 +110,4 @@ def etcd_data_problems(config: Config) -> tuple[list[str], list[str]]:
             mirror = EtcdMirror(client, Layout(config.store.prefix))
             await mirror.load()
             return EtcdStore(mirror, machine_groups(config))
-    try:
-        store = asyncio.run(load())
-    except (EtcdError, OSError) as exc:
-        return [], [f"store: {exc}; the profiles, groups and templates in etcd were not checked"]
-    where = f"etcd {config.store.prefix}/data/"
-    return ([f"{where}: {p}" for p in store.template_errors()], [f"{where}: {p}" for p in store.check()])
+    return asyncio.run(load())

@@ -152,6 +152,9 @@ def test_an_import_with_bad_files_writes_nothing_and_names_each(tmp_path, etcd_c
     after = cluster.etcdctl(0, "get", "/bootd/", "--prefix", "-w", "json").stdout
     assert json.loads(after)["kvs"] == json.loads(before)["kvs"]  # not one key written, moved or removed
     assert json.loads(after)["header"]["revision"] == json.loads(before)["header"]["revision"]
+    # bootd render shows what the replicas would serve from etcd
+    rendered = cli("render", "-c", str(config), "--mac", MAC, "ipxe")
+    assert rendered.returncode == 0 and "kernel /assets/kernel-v1" in rendered.stdout, rendered.stderr
     # bootd check reads the store's data in etcd: an edit made there behind bootd's back is found
     assert cli("check", "-c", str(config)).returncode == 0
     generation = cluster.etcdctl(0, "get", "/bootd/data/current", "--print-value-only").stdout.strip()

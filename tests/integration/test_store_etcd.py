@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -262,6 +263,18 @@ def test_unreachable_at_start_refuses_naming_the_endpoint_or_waits_until_it_answ
         ready = waiting.wait_for_log(lambda line: line.get("message", "").startswith("bootd ready"), timeout=30)
         waiting.addresses = ready["addresses"].split(",")
         assert http_get(waiting, f"/ipxe?mac={MAC}")[0] == 404  # serving (an empty store selects nobody)
+        # an import into the running store is served at the next request
+        assert cli("store", "import", str(matchbox_data(tmp_path / "matchbox")), "-c", str(waiting.config)).returncode == 0
+        assert "kernel /assets/kernel-v1" in http_get(waiting, f"/ipxe?mac={MAC}")[1]
+        # a reload (SIGHUP) keeps the store and takes the config's machines as groups over it
+        machine = "52:54:00:00:18:99"
+        with waiting.config.open("a") as f:
+            f.write(f"machines:\n  - {{name: m1, mac: '{machine}', profile: other}}\n")
+        mark = len(waiting.lines)
+        waiting.send(signal.SIGHUP)
+        waiting.wait_for_log(lambda line: line.get("message", "").startswith("reloaded"), timeout=20, start=mark)
+        assert "kernel /assets/other" in http_get(waiting, f"/ipxe?mac={machine}")[1]
+        assert "kernel /assets/kernel-v1" in http_get(waiting, f"/ipxe?mac={MAC}")[1]
     finally:
         assert waiting.stop() == 0
 

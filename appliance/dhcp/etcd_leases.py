@@ -378,9 +378,8 @@ class EtcdLeaseTable:
 @dataclass(frozen=True, slots=True)
 class TxnPlan:
     compare: list[Compare]
-    success: list[Put | Delete | Get]
-    failure: list[Get]
-    read: list[bytes]  # the keys read back at the end of either branch, so the view learns what etcd has now
+    success: list[Put | Delete]  # every write of a transaction has its revision: the view learns them from it
+    failure: list[Get]  # the keys compared, read back so the view learns what etcd has instead
 
 
 def bind_plan(table: EtcdLeaseTable, lease: Lease, etcd_lease: int) -> TxnPlan:
@@ -390,8 +389,8 @@ def bind_plan(table: EtcdLeaseTable, lease: Lease, etcd_lease: int) -> TxnPlan:
     ip_key, mac_key = keys.ip(lease.ip), keys.mac(lease.mac)
     held = table.held(lease.ip)
     compare = [Compare.mod_revision(ip_key, held.revision) if held is not None else Compare.version(ip_key, 0)]
-    success: list[Put | Delete | Get] = [Put(ip_key, encode_address(lease, table.replica), etcd_lease),
-                                         Put(mac_key, str(lease.ip).encode(), etcd_lease)]
+    success: list[Put | Delete] = [Put(ip_key, encode_address(lease, table.replica), etcd_lease),
+                                   Put(mac_key, str(lease.ip).encode(), etcd_lease)]
     read = [ip_key, mac_key]
     previous = table.mac_key(lease.mac)
     if previous is None:
@@ -404,8 +403,7 @@ def bind_plan(table: EtcdLeaseTable, lease: Lease, etcd_lease: int) -> TxnPlan:
             compare.append(Compare.mod_revision(old_key, old.revision))
             success.append(Delete(old_key))
             read.append(old_key)
-    reads = [Get(k) for k in read]
-    return TxnPlan(compare, success + reads, reads, read)
+    return TxnPlan(compare, success, [Get(k) for k in read])
 
 
 def free_plan(table: EtcdLeaseTable, ip: IPv4Address, mac: MacAddress, decline_until: float | None,
@@ -418,7 +416,7 @@ def free_plan(table: EtcdLeaseTable, ip: IPv4Address, mac: MacAddress, decline_u
     keys = table.keys
     ip_key, mac_key = keys.ip(ip), keys.mac(mac)
     compare = [Compare.mod_revision(ip_key, held.revision)]
-    ops: list[Put | Delete | Get]
+    ops: list[Put | Delete]
     if decline_until is None:
         ops = [Delete(ip_key)]
     else:
@@ -430,18 +428,25 @@ def free_plan(table: EtcdLeaseTable, ip: IPv4Address, mac: MacAddress, decline_u
         compare.append(Compare.mod_revision(mac_key, mac_held[1]))
         ops.append(Delete(mac_key))
         read.append(mac_key)
-    reads = [Get(k) for k in read]
-    return TxnPlan(compare, ops + reads, reads, read)
+    return TxnPlan(compare, ops, [Get(k) for k in read])
 
 
-def learn(table: EtcdLeaseTable, result: TxnResult, read: list[bytes]) -> None:
-    """The transaction's reads (its last len(read) results, one per key), into the view."""
-    for key, found in zip(read, result.responses[-len(read):]):
+def learn(table: EtcdLeaseTable, plan: TxnPlan, result: TxnResult) -> None:
+    """What the transaction did (its writes, at its revision) or found instead (the failure's reads), into
+    the view, so the next decision sees it before the watch tells."""
+    if result.succeeded:
+        for op in plan.success:
+            if isinstance(op, Put):
+                table.put(op.key, op.value, result.revision)
+            else:
+                table.delete(op.key, result.revision)
+        return
+    for get, found in zip(plan.failure, result.responses):
         assert isinstance(found, RangeResult)
         if found.kvs:
-            table.put(key, found.kvs[0].value, found.kvs[0].mod_revision)
+            table.put(get.key, found.kvs[0].value, found.kvs[0].mod_revision)
         else:
-            table.delete(key, result.revision)
+            table.delete(get.key, result.revision)
 
 
 # --- etcd I/O -------------------------------------------------------------------------------------
@@ -583,7 +588,7 @@ class EtcdLeaseStore:
                     self._buckets.clear()
                     continue
                 raise
-            learn(self.table, result, plan.read)
+            learn(self.table, plan, result)
             return result.succeeded
         raise EtcdError("etcd: lease not found after granting it again")
 

@@ -26,6 +26,7 @@ from enum import StrEnum
 from typing import Any
 
 from appliance.dhcp.pxe import ARCH_TABLE  # the architecture table is defined once, there
+from appliance.logs import step_handler
 from appliance.mac import MacAddress
 
 logger = logging.getLogger(__name__)
@@ -220,6 +221,7 @@ class StageMark:
     detail: str
     ok: bool
     count: int = 1
+    timed: bool = False  # observed in bootd_boot_stage_seconds (metrics.StageTimer): once per stage and boot
 
     def as_json(self) -> dict[str, Any]:
         return {"stage": self.kind.value, "time": self.first, "last": self.last, "detail": self.detail,
@@ -239,6 +241,8 @@ EVENT_OVERHEAD = 200
 def bounded(event: Event) -> Event:
     """`event` as the tracker keeps it: its detail and a report's fields cut to the budgets above."""
     detail = event.detail
+    if len(detail) <= MAX_DETAIL_CHARS and not isinstance(event, MachineReport):  # nearly every event
+        return event
     if len(detail) > MAX_DETAIL_CHARS:
         detail = detail[: MAX_DETAIL_CHARS - 1] + "\u2026"
     fields = getattr(event, "fields", ())
@@ -255,6 +259,8 @@ def bounded(event: Event) -> Event:
 
 
 def cost_of(event: Event) -> int:
+    if not isinstance(event, MachineReport):  # the only event with fields (this runs per event)
+        return EVENT_OVERHEAD + len(event.detail)
     return EVENT_OVERHEAD + len(event.detail) + sum(len(k) + len(v) for k, v in getattr(event, "fields", ()))
 
 
@@ -302,13 +308,13 @@ class MachineProgress:
         # A DHCP or boot-script step after the machine got its boot config starts a new boot (the installed
         # system rebooting). Events carry the time of their request and may arrive late (a MAC found in the
         # neighbour table after the next request was answered), so "after" is by that time.
-        configured_at = min((s.first for s in self.stages if _RANK[s.kind] >= _NEW_BOOT_AFTER), default=None)
-        if (event.kind in (EventKind.DHCP, EventKind.BOOT_SCRIPT) and configured_at is not None
-                and event.time > configured_at):
-            self.cost -= sum(EVENT_OVERHEAD + len(mark.detail) for mark in self.stages)
-            self.stages = []
-            self.boots += 1
-            self.boot_assets = {}
+        if self.stages and (event.kind is EventKind.DHCP or event.kind is EventKind.BOOT_SCRIPT):
+            configured_at = min((s.first for s in self.stages if _RANK[s.kind] >= _NEW_BOOT_AFTER), default=None)
+            if configured_at is not None and event.time > configured_at:
+                self.cost -= sum(EVENT_OVERHEAD + len(mark.detail) for mark in self.stages)
+                self.stages = []
+                self.boots += 1
+                self.boot_assets = {}
         if isinstance(event, BootConfigServed):
             self.boot_assets = _asset_kinds(event)
             self.group, self.profile = event.group, event.profile
@@ -326,8 +332,13 @@ class MachineProgress:
                 mark.detail, mark.ok = event.detail, event.ok
                 mark.count += 1
                 return news
-        position = next((i for i, mark in enumerate(self.stages) if mark.first > event.time), len(self.stages))
-        self.stages.insert(position, StageMark(event.kind, event.time, event.time, event.detail, event.ok))
+        mark = StageMark(event.kind, event.time, event.time, event.detail, event.ok)
+        for position, other in enumerate(self.stages):  # before the first stage reached later (a late event)
+            if other.first > event.time:
+                self.stages.insert(position, mark)
+                break
+        else:
+            self.stages.append(mark)
         self.cost += EVENT_OVERHEAD + len(event.detail)
         return True
 
@@ -589,8 +600,14 @@ def log_event(event: Event, news: bool = True) -> None:
     detail = event.detail
     if not detail.isprintable():  # a client's bytes (labels, a report, a TFTP error) never start a line of their own
         detail = "".join(c if c.isprintable() else repr(c)[1:-1] for c in detail)
-    logger.log(level, "%s %s: %s", who, event.kind.value, detail,
-               extra={"mac": event.mac, "peer": event.peer, "stage": event.kind.value, "ok": event.ok})
+    stage = event.kind.value
+    handler = step_handler(logger, level)
+    if handler is not None:  # the same line, without a LogRecord (appliance/logs.py)
+        handler.emit_step((time.time(), logging.getLevelName(level), logger.name, f"{who} {stage}: {detail}",
+                           event.mac, event.peer, stage, event.ok), level)
+        return
+    logger.log(level, "%s %s: %s", who, stage, detail,
+               extra={"mac": event.mac, "peer": event.peer, "stage": stage, "ok": event.ok})
 
 
 def track_and_log(tracker: ProgressTracker) -> Callable[[Event], None]:

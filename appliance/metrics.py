@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import platform
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -36,7 +36,6 @@ from prometheus_client.registry import Collector
 
 from appliance import __version__
 from appliance.events import Event, EventKind, ProgressTracker
-from appliance.mac import MacAddress
 
 if TYPE_CHECKING:
     from appliance.dhcp.server import DhcpStats
@@ -316,29 +315,29 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 class StageTimer:
     """The bus sink behind bootd_boot_stage_seconds. Runs after the tracker's sink, so the machine's progress
     already holds the event: a stage reached (ok) for the first time in a boot is observed once, as the
-    time since that boot's first step. Remembers which stages it observed for at most `max_machines`
-    machines (the least recently seen are forgotten first, as the tracker does)."""
+    time since that boot's first step. The stage's mark in the tracker remembers that it was observed
+    (`StageMark.timed`): a new boot has new marks, a forgotten machine has none, and nothing is kept here per
+    machine (this runs for every event, a new machine's DHCP included)."""
 
-    def __init__(self, tracker: ProgressTracker, histograms: Mapping[EventKind, Any], *,
-                 max_machines: int = 4096) -> None:
+    def __init__(self, tracker: ProgressTracker, histograms: Mapping[EventKind, Any]) -> None:
         self._tracker = tracker
         self._histograms = histograms
-        self._max_machines = max_machines
-        self._observed: OrderedDict[MacAddress, tuple[int, set[EventKind]]] = OrderedDict()  # mac -> (boot, stages)
 
     def __call__(self, event: Event) -> None:
-        if event.mac is None or not event.ok or event.kind not in self._histograms:
+        if event.mac is None or not event.ok:
+            return
+        histogram = self._histograms.get(event.kind)
+        if histogram is None:
             return
         progress = self._tracker.get(event.mac)
-        if progress is None or not progress.stages:
+        if progress is None:
             return
-        seen = self._observed.get(event.mac)
-        if seen is None or seen[0] != progress.boots:
-            seen = self._observed[event.mac] = (progress.boots, set())
-            while len(self._observed) > self._max_machines:
-                self._observed.popitem(last=False)
-        self._observed.move_to_end(event.mac)
-        if event.kind in seen[1]:
+        for mark in progress.stages:
+            if mark.kind is event.kind:
+                break
+        else:
             return
-        seen[1].add(event.kind)
-        self._histograms[event.kind].observe(max(0.0, event.time - progress.stages[0].first))
+        if mark.timed:
+            return
+        mark.timed = True
+        histogram.observe(max(0.0, event.time - progress.stages[0].first))

@@ -431,7 +431,7 @@ def compile_template(request: PxeRequest, offer: BootOffer, *, port: int) -> Rep
                          guid_offset=guid_offset, offer=offer, request=request)
 
 
-def template_key(data: bytes, options: Mapping[int, bytes], port: int, server_ip: IPv4Address,
+def template_key(data: bytes, options: Mapping[int, bytes], port: int, server_ip: IPv4Address | int,
                  machine: MachinePolicy | None, claimed: bool) -> tuple[object, ...]:
     """Everything in a request that `classify_client`, `decide_boot` and `proxy_reply` read, except the
     fields a template copies. Two requests with the same key get the same reply but for those fields.

@@ -82,7 +82,7 @@ class DhcpStats:
                 "lease_write_failures": self.lease_write_failures, "dropped": dict(dropped)}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per packet, and a frozen dataclass's __init__ costs a call per field
 class Datagram:
     data: bytes
     source: tuple[str, int]
@@ -215,7 +215,8 @@ class DhcpServer:
         mac = MacAddress(data[28:34].hex(":"))
         pxe_port = PXE_PORT if port == self.pxe_port else 67
         pxe = self.policies.pxe
-        key = template_key(data, options, pxe_port, server_ip, pxe.machines.get(mac), pxe.is_claimed(mac))
+        # the server address as an int: IPv4Address hashes and compares in Python, twice per packet
+        key = template_key(data, options, pxe_port, int(server_ip), pxe.machines.get(mac), pxe.is_claimed(mac))
         cached = self._templates.get(key)
         if cached is None:
             try:
@@ -294,13 +295,14 @@ class DhcpServer:
                                     arch=client_arch(packet.options.get(Option.ARCH))))
 
     def _send(self, sock: socket.socket, data: bytes, address: str, port: int, dgram: Datagram) -> None:
-        ancillary = _ANCILLARY.get((dgram.ifindex, dgram.local_ip))
+        key = (dgram.ifindex, int(dgram.local_ip))  # an int: IPv4Address hashes in Python
+        ancillary = _ANCILLARY.get(key)
         if ancillary is None:
             ancillary = [(socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(
                 dgram.ifindex, dgram.local_ip.packed, b"\0\0\0\0"))] if dgram.ifindex else []
             if len(_ANCILLARY) > 256:
                 _ANCILLARY.clear()
-            _ANCILLARY[dgram.ifindex, dgram.local_ip] = ancillary
+            _ANCILLARY[key] = ancillary
         try:
             sock.sendmsg([data], ancillary, 0, (address, port))
             dgram.counts.answered += 1
@@ -333,7 +335,7 @@ def _udp_socket(address: str, port: int) -> socket.socket:
 
 
 _LOCAL_ADDRESSES: dict[bytes, IPv4Address] = {}  # a host has few: build each IPv4Address once
-_ANCILLARY: dict[tuple[int, IPv4Address], list[tuple[int, int, bytes]]] = {}  # IP_PKTINFO to send with, per interface
+_ANCILLARY: dict[tuple[int, int], list[tuple[int, int, bytes]]] = {}  # IP_PKTINFO to send with, per interface
 
 
 def _pktinfo(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, IPv4Address]:

@@ -8,6 +8,11 @@ Workloads, each round alternating the servers:
   as dnsmasq runs with --quiet-dhcp; "proxy varied" does the same with clients as varied as real firmware
   (a random GUID each, BIOS and UEFI, five vendor-class and parameter-list kinds).
 - proxy, open loop at 1000/s: p50/p99 latency.
+- The proxy workloads are sent by bench/dhcp_load.c (compiled with the system's cc into the work dir; the
+  Python generator when there is no compiler), and each round also runs them against bench/dhcp_echo.py, a
+  responder that does nothing but patch a pre-built OFFER: the load generator's ceiling, printed and kept
+  in the results (a server measured near it was limited by the load, not by its own work). Each sample
+  keeps the server's CPU per answer (server_us_per_offer), which no load generator limits.
 - authoritative (a /16 range: 10.96.0.10-10.96.255.250), bootd vs dnsmasq --no-ping:
   "authoritative max": DISCOVER->OFFER, closed loop over 200 MACs;
   "authoritative DORA": whole DISCOVER-OFFER-REQUEST-ACK exchanges, a new MAC each (sequential, as perfdhcp),
@@ -19,7 +24,7 @@ Workloads, each round alternating the servers:
 Before measuring, one sample OFFER from each server is checked: OFFER, server id, GUID echoed, option
 60 PXEClient, and a boot path (bootd: the file; dnsmasq: its PXE menu, which names the same file on 4011).
 
-Usage (root): python -m bench.dhcp [--rounds 3] [--secs 5] [--smoke]
+Usage (root): python -m bench.dhcp [--rounds 3] [--secs 5] [--only proxy|authoritative] [--smoke]
 (--smoke: one short round, a fill of 2,000: both servers' answers checked, no performance asserted)
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -75,12 +81,32 @@ def bootd_config(work: Path, authoritative: bool) -> Path:
     return path
 
 
-def load(lab: NetLab, client, *args: str, secs: float) -> dict:
-    result = lab.run(client.ns, ["taskset", "-c", LOAD_CPU, sys.executable, "-m", "bench.dhcp_load",
-                                 "--iface", client.ifname, "--secs", str(secs), *args], cwd=ROOT, timeout=secs + 60)
+_C_OPTIONS = ("--dora", "--count", "--sequential", "--first", "--acked", "--deciles")  # dhcp_load.py's only
+
+
+def build_c_load(work: Path) -> Path | None:
+    """bench/dhcp_load.c compiled into the work dir; None (the Python generator) when there is no compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    binary = work / "dhcp_load"
+    result = subprocess.run([cc, "-O2", "-o", str(binary), str(ROOT / "bench/dhcp_load.c")], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"bench/dhcp_load.c did not compile, using the Python load generator:\n{result.stderr}", file=sys.stderr)
+        return None
+    return binary
+
+
+def load(lab: NetLab, client, *args: str, secs: float, generator: Path | None = None) -> dict:
+    if generator is not None and not any(arg in _C_OPTIONS for arg in args):
+        argv = [str(generator)]
+    else:
+        argv = [sys.executable, "-m", "bench.dhcp_load"]
+    result = lab.run(client.ns, ["taskset", "-c", LOAD_CPU, *argv, "--iface", client.ifname, "--secs", str(secs), *args],
+                     cwd=ROOT, timeout=secs + 60)
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
-    return json.loads(result.stdout)
+    return {"generator": "python", **json.loads(result.stdout)}
 
 
 def check_offer(name: str, sample_hex: str, fixed_guid: bool = True) -> str:
@@ -128,12 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--secs", type=float, default=5.0)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--only", choices=("proxy", "authoritative"), help="one mode's workloads (default: both)")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/bootd-bench/dhcp"))
     args = parser.parse_args(argv)
     rounds, secs = (1, 1.0) if args.smoke else (args.rounds, args.secs)
     fill = 2000 if args.smoke else FILL
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    generator = build_c_load(work)
     workloads = [  # name, server mode, load arguments
         ("proxy max", "proxy", ["--window", "32"]),
         ("proxy varied", "proxy", ["--window", "32", "--varied"]),
@@ -149,25 +177,35 @@ def main(argv: list[str] | None = None) -> int:
         client = lab.add_client()
         server_if = f"{lab.name[:8]}s0"
         for r in range(rounds):
-            servers = ["dnsmasq", "dnsmasq-log", "bootd"] if r % 2 == 0 else ["bootd", "dnsmasq-log", "dnsmasq"]
-            for mode in ("proxy", "authoritative", "fill") if r == 0 else ("proxy", "authoritative"):  # one fill
+            servers = ["echo", "dnsmasq", "dnsmasq-log", "bootd"] if r % 2 == 0 else ["bootd", "dnsmasq-log", "dnsmasq", "echo"]
+            modes = ("proxy", "authoritative", "fill") if r == 0 else ("proxy", "authoritative")  # one fill
+            for mode in [m for m in modes if args.only is None or (m == "proxy") == (args.only == "proxy")]:
                 authoritative = mode != "proxy"
                 for name in servers:
-                    if name == "dnsmasq-log" and authoritative:
-                        continue  # logging dnsmasq: proxy only (what the issue compares it in)
-                    argv = (dnsmasq(server_if, authoritative, logging=name == "dnsmasq-log") if name != "bootd" else
-                            [sys.executable, "-m", "appliance", "run", "-c", str(bootd_config(work, authoritative))])
+                    if name in ("dnsmasq-log", "echo") and authoritative:
+                        continue  # logging dnsmasq: proxy only (what the issue compares it in); echo: proxy's ceiling
+                    if name == "echo":
+                        argv = [sys.executable, "-m", "bench.dhcp_echo", "--iface", server_if, "--server-ip", SERVER_IP]
+                    elif name == "bootd":
+                        argv = [sys.executable, "-m", "appliance", "run", "-c", str(bootd_config(work, authoritative))]
+                    else:
+                        argv = dnsmasq(server_if, authoritative, logging=name == "dnsmasq-log")
                     busy.append(0.0 if args.smoke else wait_quiet())
                     proc = run_server(lab, argv, work / f"{name}.log")
                     try:
                         wait_answering(lab, client, ["--macs", "200"] if authoritative else [])
                         for label, server_mode, load_args in workloads:
-                            if server_mode != mode:
+                            if server_mode != mode or name == "echo" and "--rate" in load_args:
                                 continue
                             c0, t0 = cpu_seconds(proc.pid), time.monotonic()
-                            result = load(lab, client, *load_args, secs=secs if mode != "fill" else 120)
-                            result["server_cpu_pct"] = round(100 * (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0))
+                            result = load(lab, client, *load_args, secs=secs if mode != "fill" else 120, generator=generator)
+                            cpu = cpu_seconds(proc.pid) - c0
+                            result["server_cpu_pct"] = round(100 * cpu / (time.monotonic() - t0))
+                            result["server_us_per_offer"] = round(1e6 * cpu / max(result["offers"], 1), 1)
                             sample = result.pop("sample")
+                            if name == "echo":
+                                samples.setdefault(label, {}).setdefault(name, []).append(result)
+                                continue
                             if "--dora" not in load_args:
                                 boots[f"{name} {'authoritative' if authoritative else 'proxy'}"] = check_offer(name, sample, "--varied" not in load_args)
                             elif not sample or parse_packet(bytes.fromhex(sample)).message_type != MessageType.ACK:
@@ -178,29 +216,38 @@ def main(argv: list[str] | None = None) -> int:
                     finally:
                         stop(proc)
     table = {}
-    print(f"{'workload':18s} {'dnsmasq':>12s} {'bootd':>12s} {'ratio':>7s}   p99 ms dnsmasq/bootd   cpu% dnsmasq/bootd"
-          "   (ratio vs dnsmasq logging each request)")
+    print(f"{'workload':18s} {'dnsmasq':>10s} {'bootd':>10s} {'ratio':>6s} {'vs log':>6s}   us/offer dnsmasq/log/bootd"
+          "   p99 ms dnsmasq/bootd   load ceiling")
     for label, by_server in samples.items():
         row = {}
-        for name in [n for n in ("dnsmasq", "dnsmasq-log", "bootd") if n in by_server]:
+        for name in [n for n in ("dnsmasq", "dnsmasq-log", "bootd", "echo") if n in by_server]:
             runs = by_server[name]
             row[name] = {"offers_per_s": median([r["offers_per_s"] for r in runs]),
                          "p50_ms": median([r["p50_ms"] or 0 for r in runs]),
                          "p99_ms": median([r["p99_ms"] or 0 for r in runs]),
                          "loss_pct": median([r["loss_pct"] for r in runs]),
-                         "server_cpu_pct": median([r["server_cpu_pct"] for r in runs])}
+                         "server_cpu_pct": median([r["server_cpu_pct"] for r in runs]),
+                         "server_us_per_offer": median([r["server_us_per_offer"] for r in runs])}
         row["ratio"] = row["bootd"]["offers_per_s"] / max(row["dnsmasq"]["offers_per_s"], 1e-9)
+        # offers per CPU second, bootd against dnsmasq: what the ratio would be with both servers saturated
+        row["cpu_ratio"] = row["dnsmasq"]["server_us_per_offer"] / max(row["bootd"]["server_us_per_offer"], 1e-9)
         if "dnsmasq-log" in row:
             row["ratio_vs_logging"] = row["bootd"]["offers_per_s"] / max(row["dnsmasq-log"]["offers_per_s"], 1e-9)
+            row["cpu_ratio_vs_logging"] = (row["dnsmasq-log"]["server_us_per_offer"]
+                                           / max(row["bootd"]["server_us_per_offer"], 1e-9))
+        if "echo" in row:
+            row["load_ceiling_per_s"] = row.pop("echo")["offers_per_s"]
         for name in [n for n in ("dnsmasq", "bootd") if n in by_server]:
             tenths = [r["deciles_per_s"] for r in by_server[name] if r.get("deciles_per_s")]
             if tenths:  # the fill: the last tenth's rate against the first's, per run, median
                 row[name]["last_vs_first_tenth"] = median([t[-1] / t[0] for t in tenths if t[0] and t[-1]])
         table[label] = row
-        d, b = row["dnsmasq"], row["bootd"]
-        print(f"{label:18s} {d['offers_per_s']:10.0f}/s {b['offers_per_s']:10.0f}/s {row['ratio']:6.2f}x   "
-              f"{d['p99_ms']:.2f}/{b['p99_ms']:.2f}   {d['server_cpu_pct']:.0f}/{b['server_cpu_pct']:.0f}"
-              + (f"   ({row['ratio_vs_logging']:.2f}x)" if "ratio_vs_logging" in row else ""))
+        d, b, g = row["dnsmasq"], row["bootd"], row.get("dnsmasq-log")
+        print(f"{label:18s} {d['offers_per_s']:8.0f}/s {b['offers_per_s']:8.0f}/s {row['ratio']:5.2f}x "
+              + (f"{row['ratio_vs_logging']:5.2f}x" if g else "     -")
+              + f"   {d['server_us_per_offer']:.1f}/{g['server_us_per_offer'] if g else '-'}/{b['server_us_per_offer']:.1f}"
+              f"   {d['p99_ms']:.2f}/{b['p99_ms']:.2f}"
+              + (f"   {row['load_ceiling_per_s']:.0f}/s" if "load_ceiling_per_s" in row else ""))
     for name in ("dnsmasq", "bootd"):
         if "last_vs_first_tenth" in table.get("authoritative fill", {}).get(name, {}):
             print(f"fill of {fill}: {name}: last tenth / first tenth = "
@@ -211,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.smoke:
         version = subprocess.run(["dnsmasq", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
         path = write_results("dhcp", {"rounds": rounds, "secs": secs, "peer": version, "busy_before_each_server": busy,
+                                      "load_generator": "bench/dhcp_load.c" if generator else "bench/dhcp_load.py",
                                       "results": table, "samples": samples, "boot_paths": boots})
         print(f"results: {path}")
     return 0

@@ -36,6 +36,7 @@ from appliance.etcd.client import (
     EtcdError,
     KeyValue,
     Put,
+    prefix_end,
 )
 from appliance.events import Event, EventBus, MachineProgress
 from appliance.fleet.records import (
@@ -59,6 +60,7 @@ LEASE_TTL = 120  # seconds a dead replica's records outlive it
 HEALTH_SECONDS = 1.0  # the watch is asked for a progress notice this often
 STALE_SECONDS = 3.0  # no answer for this long: the view is stale (a busy loop answers late, not never)
 MAX_INCOMING = 100_000  # this replica's events waiting for the writer (a quarter second's worth, and far more)
+READ_PAGE = 256  # records per read of the whole prefix
 FEED_CHUNK = 512  # remote events published before the bus gets to deliver them (its queue is bounded)
 
 
@@ -203,13 +205,12 @@ class Fleet:
         delay = 0.1
         while True:
             try:
-                snapshot = await self.client.get_prefix(prefix)
+                revision = await self._read_all(prefix)
                 self._answered = asyncio.get_running_loop().time()
-                await self._feed(snapshot.kvs)
                 if self.freshness.watch_ok():
                     self._became_current()
                 delay = 0.1
-                async for batch in self.client.watch(prefix, start_revision=snapshot.revision + 1,
+                async for batch in self.client.watch(prefix, start_revision=revision + 1,
                                                      progress=self._progress):
                     self._answered = asyncio.get_running_loop().time()
                     if self.freshness.watch_ok():
@@ -221,6 +222,19 @@ class Fleet:
                 self._lost(f"cannot read from etcd: {exc}")
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX_SECONDS)
+
+    async def _read_all(self, prefix: str) -> int:
+        """Every record under `prefix`, a page at a time (one answer must stay far below gRPC's message
+        limit: 4,096 machines x replicas x up to 32 KiB), all at one revision; that revision."""
+        start, end = prefix.encode(), prefix_end(prefix.encode())
+        page = await self.client.range(start, range_end=end, limit=READ_PAGE)
+        revision = page.revision
+        while True:
+            await self._feed(page.kvs)
+            if not page.more or not page.kvs:
+                return revision
+            page = await self.client.range(page.kvs[-1].key + b"\0", range_end=end, revision=revision,
+                                           limit=READ_PAGE)
 
     async def _feed(self, kvs: tuple[KeyValue, ...]) -> None:
         """Publish the records' events this replica has not fed yet, a chunk at a time."""

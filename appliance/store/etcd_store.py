@@ -54,6 +54,10 @@ FIRST_GENERATION = "g0"
 KINDS = ("profiles", "groups", "ignition", "generic", "cloud")
 FLAT_KINDS = ("profiles", "groups")
 BATCH_OPS = 100  # puts per transaction when importing (etcd's default --max-txn-ops is 128)
+# etcd refuses a request larger than --max-request-bytes (1.5 MiB by default): one file must fit in one put
+# with its key, and an import's transaction holds at most BATCH_BYTES of files
+MAX_VALUE_BYTES = 1_400_000
+BATCH_BYTES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,8 +491,11 @@ class EtcdWriter:
         names = [kv.key[start:].decode(errors="replace") for kv in found.kvs]
         return sorted(n[:-5] for n in names if n.endswith(".json") and "/" not in n and not n.startswith("."))
 
-    def _checked(self, kind: Kind, name: str) -> str:
+    def _checked(self, kind: Kind, name: str, data: bytes = b"") -> str:
         check_name(kind, name)
+        if len(data) > MAX_VALUE_BYTES:
+            raise WriteRefused(f"{name[:80]!r}: {len(data)} bytes, more than the etcd store takes in one object "
+                               f"({MAX_VALUE_BYTES})")
         return kind_path(kind, name)
 
     # DataWriter's interface
@@ -496,8 +503,9 @@ class EtcdWriter:
     def put_profile(self, profile: Profile) -> str:
         if not profile.id:
             raise WriteRefused("profile: id is required")
-        path = self._checked(Kind.PROFILE, profile.id)
-        self._run(self._put(path, profile_json(profile)))
+        data = profile_json(profile)
+        path = self._checked(Kind.PROFILE, profile.id, data)
+        self._run(self._put(path, data))
         return path
 
     def put_group(self, group: Group) -> str:
@@ -510,7 +518,7 @@ class EtcdWriter:
             parse_group(data)
         except InvalidDocument as exc:
             raise WriteRefused(f"group {group.id!r}: {exc}") from None
-        path = self._checked(Kind.GROUP, group.id)
+        path = self._checked(Kind.GROUP, group.id, data)
         self._run(self._put(path, data))
         return path
 
@@ -533,7 +541,7 @@ class EtcdWriter:
         return []  # an etcd write is one transaction: nothing partial to sweep
 
     def put(self, kind: Kind, name: str, data: bytes) -> str:
-        path = self._checked(kind, name)
+        path = self._checked(kind, name, data)
         self._run(self._put(path, data))
         return path
 
@@ -604,6 +612,10 @@ def read_data_dir(root: Path) -> DataDirFiles:
             except OSError as exc:
                 problems.append(f"{relative}: cannot be read ({exc.strerror or exc})")
                 continue
+            if len(data) > MAX_VALUE_BYTES:
+                problems.append(f"{relative}: {len(data)} bytes, more than etcd takes in one value "
+                                f"({MAX_VALUE_BYTES}); serve it as an asset instead")
+                continue
             files[relative] = data
     problems += data_problems(files)
     problems += template_errors(files)
@@ -615,6 +627,20 @@ class ImportResult:
     generation: str
     files: int
     revision: int  # the revision at which the new data became live
+
+
+def import_batches(items: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+    """The files in transactions etcd accepts: at most BATCH_OPS files and BATCH_BYTES (or one file) each."""
+    batches: list[list[tuple[str, bytes]]] = []
+    size = 0
+    for item in items:
+        weight = len(item[0]) + len(item[1])
+        if not batches or len(batches[-1]) >= BATCH_OPS or (batches[-1] and size + weight > BATCH_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += weight
+    return batches
 
 
 async def import_files(client: EtcdClient, layout: Layout, files: dict[str, bytes],
@@ -631,10 +657,11 @@ async def import_files(client: EtcdClient, layout: Layout, files: dict[str, byte
     staged = layout.generation(new)
     try:
         items = sorted(files.items())
-        for start in range(0, len(items), BATCH_OPS):
-            batch = items[start:start + BATCH_OPS]
+        done_files = 0
+        for batch in import_batches(items):
             await client.txn([], [Put(staged + path.encode(), data) for path, data in batch])
-            progress(f"staged {min(start + BATCH_OPS, len(items))}/{len(items)} files under {staged.decode()}")
+            done_files += len(batch)
+            progress(f"staged {done_files}/{len(items)} files under {staged.decode()}")
         done = await client.txn([live], [Put(layout.pointer, new.encode())])
         if not done.succeeded:
             raise EtcdError(f"{layout.pointer.decode()} changed during the import (another import?); nothing "

@@ -111,10 +111,13 @@ def put_profile(kernel: str) -> list:
 def test_import_then_export_gives_the_same_bytes_back_and_a_second_import_replaces_all(tmp_path, etcd_cluster):  # noqa: F811
     cluster = etcd_cluster(size=1)
     config = write_config(tmp_path / "cli", cluster)
-    data = matchbox_data(tmp_path / "matchbox", groups=150)  # 150 + 8 files: two staging transactions
+    data = matchbox_data(tmp_path / "matchbox", groups=150)  # 150 + 8 files: more than one transaction holds
+    for i in range(4):  # 1.6 MB of raw Ignition: more bytes than one etcd request takes
+        (data / f"ignition/big{i}.ign").write_bytes(b'{"ignition": {"version": "3.3.0"}, "pad": "%s"}' % (
+            b"x" * 400_000))
     imported = cli("store", "import", str(data), "-c", str(config))
     assert imported.returncode == 0, imported.stderr
-    assert "imported 158 files" in imported.stdout and "skipped assets/" in imported.stdout
+    assert "imported 162 files" in imported.stdout and "skipped assets/" in imported.stdout
     out = tmp_path / "exported"
     exported = cli("store", "export", str(out), "-c", str(config))
     assert exported.returncode == 0, exported.stderr
@@ -145,11 +148,13 @@ def test_an_import_with_bad_files_writes_nothing_and_names_each(tmp_path, etcd_c
     (bad / "groups/badmac.json").write_bytes(b'{"id": "badmac", "profile": "worker", "selector": {"mac": "nope"}}')
     (bad / "generic/broken.tmpl").write_bytes(b"{{ if .x }} never closed\n")
     (bad / "groups/sub").mkdir()
+    (bad / "ignition/huge.ign").write_bytes(b"{}" + b" " * 1_500_000)  # more than etcd takes in one value
     refused = cli("store", "import", str(bad), "-c", str(config))
     assert refused.returncode == 1
-    for name in ("profiles/broken.json", "groups/badmac.json", "generic/broken.tmpl", "groups/sub"):
+    for name in ("profiles/broken.json", "groups/badmac.json", "generic/broken.tmpl", "groups/sub",
+                 "ignition/huge.ign: 1500002 bytes"):
         assert name in refused.stderr, refused.stderr
-    assert "nothing was written (4 bad files)" in refused.stderr
+    assert "nothing was written (5 bad files)" in refused.stderr
     after = cluster.etcdctl(0, "get", "/bootd/", "--prefix", "-w", "json").stdout
     assert json.loads(after)["kvs"] == json.loads(before)["kvs"]  # not one key written, moved or removed
     assert json.loads(after)["header"]["revision"] == json.loads(before)["header"]["revision"]

@@ -267,6 +267,8 @@ class Daemon:
         if self.assets is not None:
             out["assets"] = {"checks": self.assets.checks, "switches": self.assets.switches,
                              "failures": self.assets.failures}
+        if self.fleet is not None:
+            out["fleet"] = self.fleet.stats()
         return out
 
     def service_stats(self) -> ServiceStats:

@@ -139,6 +139,9 @@ def test_a_machine_served_by_two_replicas_is_one_row_on_both_with_the_replica_of
         detail = get_json(server, f"/api/v1/machines/{NODE1}")
         assert [(e["stage"], e["replica"]) for e in detail["events"]] == both
 
+    fed = get_json(b, "/api/v1/stats")["fleet"]
+    assert fed["events_fed"] == 1 and fed["records_invalid"] == 0 and fed["writes"] >= 1  # a's step; b's report
+
     shown = status(b)
     assert shown.returncode == 0, shown.stderr
     line = next(x for x in shown.stdout.splitlines() if x.startswith("node1"))

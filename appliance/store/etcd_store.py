@@ -168,6 +168,9 @@ class EtcdMirror:
             except EtcdError as exc:
                 logger.warning("store: the watch on %s stopped: %s; starting it again", self.layout.data.decode(), exc)
                 await asyncio.sleep(1)
+            except Exception:  # a bug of ours: said with its traceback, and the copy keeps following
+                logger.exception("store: the watch on %s failed; starting it again", self.layout.data.decode())
+                await asyncio.sleep(1)
 
     async def _reload_until_read(self) -> None:
         while True:

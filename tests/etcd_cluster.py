@@ -10,7 +10,9 @@ on loopback (free ports) or inside network namespaces a test made (tests/netns.p
 
 or as a fixture: `etcd_cluster(size=3)` (the `etcd_cluster` fixture below is a factory; everything it made is
 closed after the test). In namespaces, give one `MemberPlace` per member (namespace, address and ports) and the
-NetLab: each etcd runs through `lab.start` (`ip netns exec` execs etcd, so the PID is etcd's).
+NetLab: each etcd runs through `lab.start` (`ip netns exec` execs etcd, so the PID is etcd's). The members must
+reach each other: a NetLab with `bridge=True` puts every client namespace on one segment with the server's
+(checked: 3 members at 192.0.2.1, .10, .11 up in ~1.3 s, kill -9 and restart of one).
 
 `tls=ServerTls(ca, cert, key, client_cert, client_key)` serves https with client certificates required
 (`bootd certs init --san IP:127.0.0.1` makes a usable set: server.crt/key and client.crt/key under one CA).

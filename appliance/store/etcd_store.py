@@ -47,8 +47,8 @@ from appliance.templates.compiled import check_template
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
 
-FRESH_SECONDS = 1.0  # at most this long per request for etcd's revision and the watch to catch up
-RETRY_AFTER_FAILURE = 1.0  # while etcd is unreachable, requests are served from the mirror without asking
+FRESH_SECONDS = 2.0  # at most this long per request for etcd's revision and the watch to catch up
+RETRY_AFTER_FAILURE = 2.0  # while etcd is unreachable, requests are served from the mirror without asking
 WATCH_RESTART_SECONDS = 5.0  # a watch that lags is started again at most this often
 FIRST_GENERATION = "g0"
 KINDS = ("profiles", "groups", "ignition", "generic", "cloud")

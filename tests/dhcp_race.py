@@ -7,8 +7,9 @@ namespace (never on a real interface). Raw packets, one socket, many clients in 
 
 `dora`: each client (MAC 02:01:xx:xx:xx:xx, numbered from --first) broadcasts a DISCOVER, takes the FIRST
 OFFER that arrives (whichever server sent it), broadcasts one REQUEST naming that server (options 50, 54),
-and is done at the ACK; a NAK sends it back to DISCOVER (RFC 2131 §4.4.1); no answer within a second
-retransmits the same message (at most 8 times, then the client gives up). Prints one JSON object:
+and is done at the ACK; a NAK sends it back to DISCOVER (RFC 2131 §4.4.1); no answer retransmits the same
+message after 1, 2, 4, 8, 8... s (RFC 2131 §4.1 backs off the same way from 4 s; at most 8 times, then the
+client gives up). Prints one JSON object:
 `acked` {mac: [ip, server id, lease seconds]}, `naks`, `retransmits`, `given_up`, `seconds`, `dora_per_s`.
 `renew`: one REQUEST per MAC for its address; prints `acked` (ACKs) and `naked` (NAKs) the same way.
 `discover`: DISCOVERs only, for --secs; prints `offers` {mac: [ip, server id]}.
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 
 MAGIC = b"\x63\x82\x53\x63"
 DISCOVER, OFFER, REQUEST, ACK, NAK = 1, 2, 3, 5, 6
-RETRY_SECONDS = 1.0
+RETRY_SECONDS = 1.0  # the first retransmission's wait; doubled each time up to MAX_RETRY_SECONDS
+MAX_RETRY_SECONDS = 8.0
 MAX_TRIES = 8
 
 
@@ -125,7 +127,7 @@ def main() -> int:
                 flying[xid, mac] = client
                 send(client.message)
             for key, client in list(flying.items()):
-                if now - client.sent_at > RETRY_SECONDS:
+                if now - client.sent_at > min(RETRY_SECONDS * 2 ** (client.tries - 1), MAX_RETRY_SECONDS):
                     if client.tries >= MAX_TRIES:
                         del flying[key]
                         given_up += 1

@@ -83,7 +83,6 @@ logger = logging.getLogger(__name__)
 
 GRACE_SECONDS = 60.0  # a key outlives its DHCP lease by at least this (clock steps, the time a REQUEST takes)
 BUCKET_SECONDS = 60.0  # expiry times this close share one etcd lease
-CALL_SECONDS = 2.0  # an etcd call not answered by then counts as "no quorum" (a leader election takes ~1 s)
 PROBE_SECONDS = 1.0  # how often the quorum is checked (a linearizable read)
 MIN_CACHED_ACK_SECONDS = 10  # without quorum, a renewal with less left than this is not answered
 
@@ -460,11 +459,13 @@ class BindOutcome(Enum):
 
 class EtcdLeaseStore:
     """The view's I/O: loads it, follows the watch, commits changes with transactions, and knows whether
-    etcd has a quorum from here (`table.allocating`). Every call is bounded by CALL_SECONDS whatever the
-    client's own timeout (which is per endpoint, tried in turn): a DHCP client waits only seconds."""
+    etcd has a quorum from here (`table.allocating`). Every call is bounded by the client's timeout
+    (store.timeout) in all, not per endpoint tried as the client does: a DHCP client waits only seconds, and
+    a call not answered by then counts as "no quorum"."""
 
     def __init__(self, client: EtcdClient, table: EtcdLeaseTable, *, clock: Callable[[], float] = time.time) -> None:
         self.client = client
+        self.call_seconds = client.timeout
         self.table = table
         self.clock = clock
         self.commits = 0
@@ -472,6 +473,7 @@ class EtcdLeaseStore:
         self._buckets: dict[int, int] = {}  # bucket end -> etcd lease ID
         self._granting: dict[int, asyncio.Future[int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._watching: asyncio.Task[None] | None = None
 
     @property
     def endpoints(self) -> str:
@@ -481,20 +483,22 @@ class EtcdLeaseStore:
         """Load the view (EtcdError if etcd cannot be read), then follow it and watch the quorum."""
         await self._load()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._watch()), loop.create_task(self._probe())]
+        self._watching = loop.create_task(self._watch())
+        self._tasks = [loop.create_task(self._probe())]
         logger.info("leases: %d addresses held in etcd (%s), followed from revision %d", self.table.sizes()["leases"],
                     self.endpoints, self.table.watched_revision)
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._watching] if self._watching is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _call(self, work):
         try:
-            return await asyncio.wait_for(work, CALL_SECONDS)
+            return await asyncio.wait_for(work, self.call_seconds)
         except TimeoutError:
-            raise EtcdUnavailable(f"etcd unreachable: no answer within {CALL_SECONDS:.0f} s") from None
+            raise EtcdUnavailable(f"etcd unreachable: no answer within {self.call_seconds:g} s") from None
 
     async def _load(self) -> None:
         found = await self._call(self.client.get_prefix(self.table.keys.root))
@@ -518,6 +522,11 @@ class EtcdLeaseStore:
                 continue
             if not self.table.allocating:
                 self._buckets.clear()  # granted before the outage: may have expired meanwhile
+                # a watch stream through a link that silently dropped packets may still look alive (gRPC's
+                # keepalive notices after ~15 s): resume it now, from the last revision it delivered
+                if self._watching is not None:
+                    self._watching.cancel()
+                self._watching = asyncio.get_running_loop().create_task(self._watch())
                 self.table.allocating = True
                 logger.info("leases: etcd quorum reachable again (%s): allocating new addresses", self.endpoints)
 

@@ -52,7 +52,7 @@ def replica_config(tmp_path: Path, name: str, address: str, endpoints: list[str]
     path.write_text(
         f"state_dir: {tmp_path / name / 'state'}\nlisten:\n  address: {address}\n"
         f"http:\n  address: {address}\n  port: 8080\n  data_dir: {data}\n"
-        f"store:\n  backend: etcd\n  endpoints: [{', '.join(endpoints)}]\n  prefix: /bootd\n  timeout: 2\n"
+        f"store:\n  backend: etcd\n  endpoints: [{', '.join(endpoints)}]\n  prefix: /bootd\n"
         f"dhcp:\n  mode: authoritative\n  subnet: 10.97.0.0/16\n  range: [{RANGE[0]}, {RANGE[1]}]\n"
         f"  router: 10.97.0.1\n  lease: 1h\n"
         f"machines:\n  - {{name: r1, mac: \"{RESERVED_MAC}\", ip: {RESERVED_IP}}}\n")
@@ -138,7 +138,7 @@ def test_two_replicas_race_survive_a_kill_and_a_cut_off(lab, tmp_path):
             known_mac, (known_ip, _s, _t) = next((m, v) for m, v in acked.items() if m != mac_a)
             cached = clients(lab, load, "renew", f"{known_mac}={known_ip}")
             assert cached["acked"].get(known_mac, [None])[0] == known_ip, cached
-            assert 0 < cached["acked"][known_mac][2] <= 3600  # what etcd still holds, never more
+            assert 0 < cached["acked"][known_mac][2] < 3600  # what etcd still holds, not a new hour
             assert not [l for l in survivor.lines[mark:] if "no quorum from this replica" in l.get("message", "")]
         finally:
             lab.run(survivor_ns, ["iptables", "-D", "OUTPUT", *rule])

@@ -19,7 +19,7 @@ import logging
 import socket
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -45,6 +45,10 @@ _PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 _CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
 _MAX_DATAGRAM = 4096  # DHCP messages are at most 576 bytes unless option 57 allows more; 4 KiB bounds it
 _DRAIN_BATCH = 64  # datagrams read per wakeup before other callbacks get a turn
+# Authoritative mode under overload (see _drain_authoritative): DISCOVERs kept waiting at most this many
+# (beyond, the oldest are dropped: their clients have retried or given up), and answered per turn of the loop.
+_DISCOVER_BACKLOG = 256
+_DISCOVERS_PER_TURN = 16
 _TEMPLATE_CACHE = 4096  # reply kinds kept; mutated floods make new kinds, so the cache is bounded
 _GIADDR = slice(24, 28)
 # How often, at most, the server asks whether its policies need rebuilding (`refresh`: the groups, read from
@@ -118,6 +122,8 @@ class DhcpServer:
         self._refresh = refresh  # may call `update` with new policies
         self._writer: LeaseWriter | None = None
         self._refresh_at = 0.0
+        self._discover_backlog: deque[Datagram] = deque()  # authoritative mode: see _drain_authoritative
+        self._backlog_scheduled = False
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -158,6 +164,9 @@ class DhcpServer:
             except Exception:  # our bug: serve with the policies we have
                 self.stats.internal_errors += 1
                 logger.exception("dhcp: refreshing the policies failed")
+        if port != self.pxe_port and self.policies.mode is DhcpMode.AUTHORITATIVE:
+            self._drain_authoritative(sock, port, counts)
+            return
         for _ in range(_DRAIN_BATCH):
             try:
                 data, ancdata, _flags, source = sock.recvmsg(_MAX_DATAGRAM, _CMSG_SPACE)
@@ -172,6 +181,53 @@ class DhcpServer:
             except Exception:  # our bug: log it once with the traceback, count it, serve the next packet
                 self.stats.internal_errors += 1
                 logger.exception("dhcp: internal error on a packet from %s", source)
+
+    def _drain_authoritative(self, sock: socket.socket, port: int, counts: PortCounts) -> None:
+        """Overload: finish exchanges before starting new ones. Everything waiting is read (a read costs a
+        few microseconds, an answer a hundred); REQUESTs (and every other kind) are answered at once, while
+        DISCOVERs wait in a bounded backlog answered newest first, a few per turn of the loop. Answering in
+        arrival order, a flood of DISCOVERs delays the REQUESTs behind it until their clients give up, and
+        the OFFER made for each of those was work for nothing. Without overload the backlog never holds
+        more than what one read brought, and every packet is answered as before."""
+        backlog = self._discover_backlog
+        for _ in range(4 * _DISCOVER_BACKLOG):
+            try:
+                data, ancdata, _flags, source = sock.recvmsg(_MAX_DATAGRAM, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP errors surfacing on the socket
+                logger.debug("dhcp :%d receive error: %s", port, exc)
+                break
+            ifindex, local_ip = _pktinfo(ancdata)
+            dgram = Datagram(data, source, ifindex, local_ip, counts)
+            # option 53 is the first option of every client's DISCOVER seen so far; anything else is
+            # answered at once, as it comes
+            if data[240:243] == b"\x35\x01\x01":
+                if len(backlog) == _DISCOVER_BACKLOG:
+                    counts.received += 1
+                    counts.dropped["overload"] += 1
+                    backlog.popleft()
+                backlog.append(dgram)
+                continue
+            self._handle_guarded(sock, dgram, port)
+        for _ in range(min(len(backlog), _DISCOVERS_PER_TURN)):
+            self._handle_guarded(sock, backlog.pop(), port)
+        if backlog and not self._backlog_scheduled:
+            assert self._loop is not None
+            self._backlog_scheduled = True
+            self._loop.call_soon(self._backlog_turn, sock, port, counts)
+
+    def _backlog_turn(self, sock: socket.socket, port: int, counts: PortCounts) -> None:
+        self._backlog_scheduled = False
+        if sock.fileno() >= 0:
+            self._drain_authoritative(sock, port, counts)
+
+    def _handle_guarded(self, sock: socket.socket, dgram: Datagram, port: int) -> None:
+        try:
+            self.handle_datagram(sock, dgram, port, self._clock())
+        except Exception:  # our bug: log it once with the traceback, count it, serve the next packet
+            self.stats.internal_errors += 1
+            logger.exception("dhcp: internal error on a packet from %s", dgram.source)
 
     def handle_datagram(self, sock: socket.socket, dgram: Datagram, port: int, now: float) -> None:
         dgram.counts.received += 1

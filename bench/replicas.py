@@ -80,7 +80,7 @@ def replica_config(work: Path, lab: ReplicaLab, replica: Replica, *, store: str,
     store_section = ""
     if store == "etcd":
         endpoints = ", ".join(lab.endpoints)
-        store_section = f"store: {{backend: etcd, endpoints: [{endpoints}], prefix: {PREFIX}}}\n"
+        store_section = f"store: {{backend: etcd, endpoints: [{endpoints}], prefix: {PREFIX}, replica: {replica.name}}}\n"
     config = home / "bootd.yaml"
     config.write_text(
         f"state_dir: {home / 'state'}\nlisten: {{address: {replica.address}}}\n"

@@ -173,6 +173,31 @@ def test_block_numbers_wrap_after_65535():
     assert t.acked == 65536
 
 
+@pytest.mark.parametrize("windowsize", [1, 3, 8])
+@pytest.mark.parametrize("oack", [None, {"blksize": "8"}])
+def test_acked_windows_deliver_the_file_across_the_block_wrap(windowsize, oack):
+    """ACKs of whole windows (the per-block fast path in `receive`) deliver every byte once, in order,
+    across the 16-bit block wrap and a short last window, with the timer re-armed at each window."""
+    t, content = transfer(8 * 65540 + 3, blksize=8, windowsize=windowsize, oack=oack)
+    packets = t.start(0.0)
+    if oack is not None:
+        assert parse_reply(packets[0])[0] == OACK
+        packets = t.receive(encode_ack(0), 0.0)
+    received = bytearray()
+    now = 0.0
+    while t.outcome is Outcome.RUNNING:
+        assert len(packets) == min(windowsize, t.blocks - t.acked)
+        for packet in packets:
+            opcode, number, payload = parse_reply(packet)
+            assert opcode == DATA and number == (len(received) // 8 + 1) & 0xFFFF
+            received += payload
+        assert t.deadline == now + 1.0
+        now += 0.001
+        packets = t.receive(encode_ack(number), now)
+    assert t.outcome is Outcome.DONE and bytes(received) == content
+    assert (t.stats.data_sent, t.stats.retransmitted, t.stats.duplicate_acks) == (t.blocks, 0, 0)
+
+
 def test_client_error_mid_transfer_is_an_abort():
     t, _ = transfer(5000)
     t.start(0.0)

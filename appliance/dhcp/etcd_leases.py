@@ -360,6 +360,11 @@ class EtcdLeaseTable:
                 self._freed(ip)
         self._offers = {ip: o for ip, o in self._offers.items() if o[1] > now}
         self._offer_by_mac = {o[0]: ip for ip, o in self._offers.items()}
+        # deletions are remembered only until the watch has passed them: no older fact can come after that
+        # (so the map stays as large as what etcd holds, not as every MAC ever seen)
+        present = {self.keys.ip(ip) for ip in self._held} | {self.keys.mac(mac) for mac in self._mac_keys}
+        self._revisions = {key: revision for key, revision in self._revisions.items()
+                           if key in present or revision > self.watched_revision}
 
     def sweep(self, now: float, every: float = 60.0) -> None:
         if now >= self._next_sweep:
@@ -542,7 +547,10 @@ class EtcdLeaseStore:
                             self.table.delete(event.kv.key, event.kv.mod_revision)
                         else:
                             self.table.put(event.kv.key, event.kv.value, event.kv.mod_revision)
-                    self.table.watched_revision = max(self.table.watched_revision, batch.revision)
+                    # an empty batch is a progress notice (everything up to its revision was delivered); for
+                    # events, what they carry (a catch-up batch's header may run ahead of the events sent so far)
+                    seen = max(e.kv.mod_revision for e in batch.events) if batch.events else batch.revision
+                    self.table.watched_revision = max(self.table.watched_revision, seen)
             except EtcdCompacted:
                 logger.info("leases: etcd compacted past revision %d: reading the leases again",
                             self.table.watched_revision)

@@ -66,6 +66,12 @@ def test_an_older_fact_never_overwrites_a_newer_one():
     table.delete(KEYS.ip(ip), 10)
     assert table.holder(ip, NOW) is None
     assert ip in list(table.candidates(ip, ip, NOW))  # freed: proposed again
+    table.watched_revision = 9
+    table.expire(NOW)
+    assert KEYS.ip(ip) in table._revisions  # the watch has not passed the deletion yet: kept
+    table.watched_revision = 10
+    table.expire(NOW)
+    assert KEYS.ip(ip) not in table._revisions and KEYS.mac(MAC_B) in table._revisions  # only what etcd holds
 
 
 def test_bucket_end_covers_the_lease_and_its_grace_and_is_shared():

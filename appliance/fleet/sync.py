@@ -246,6 +246,8 @@ class Fleet:
             record = self._decode(kv)
             if record is None:
                 continue
+            if record.replica not in self.replicas:  # the views list the replicas: they reload the list
+                self.bus.resync_views()
             self.replicas[record.replica] = self._clock()
             events, invalid = self.cursors.fresh(record)
             fresh.extend(events)

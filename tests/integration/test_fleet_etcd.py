@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.bootd_process import BootdProcess
+from tests.cdp import Browser
 from tests.etcd_cluster import etcd_cluster  # noqa: F401 - the fixture
 from tests.integration.test_http import write
 
@@ -165,17 +166,49 @@ def read_machine_message(stream, wanted: Callable[[dict[str, Any]], bool]) -> di
     raise AssertionError("the stream ended")
 
 
+def cell(mac: str, name: str) -> str:
+    """JS: the text of a cell of `mac`'s row on /ui/."""
+    return f"(document.querySelector('tr[data-mac=\"{mac}\"] td.{name}') || {{}}).textContent"
+
+
+FLEET_NOTE = "document.getElementById('fleet').textContent"
+
+
 def test_with_etcd_stopped_the_views_serve_and_say_stale_and_writes_resume_after(fleet):
     cluster, a, b = fleet
     name_a = replica_of(a)
-    assert request(a, f"/boot.ipxe?mac={NODE2}") == 200
-    wait_for(b, "/api/v1/machines", lambda li: stages(row(li, NODE2)) == [("boot-script", name_a)])
+    browser = Browser().start()  # b's /ui/, on loopback
+    try:
+        page = browser.new_page()
+        page.goto(b.url("/ui/"))
+        page.wait_for("document.getElementById('connection').textContent === 'live'", within=WAIT)
+        assert request(a, f"/boot.ipxe?mac={NODE2}") == 200
+        # a's first record: b hears of a new replica and tells its views to reload the list
+        page.wait_for(f"{FLEET_NOTE} === 'fleet: a, b (this is b)'", within=WAIT)
+        page.wait_for(f"{cell(NODE2, 'stage')} === 'boot-script@a'", within=WAIT)  # a's step, live on b's page
+        page.evaluate(f"document.querySelector('tr[data-mac=\"{NODE2}\"]').click()")  # its timeline
+        page.wait_for("document.querySelector('#timeline-stages tbody tr td.replica')?.textContent === 'a'",
+                      within=WAIT)
+        assert page.evaluate("document.getElementById('timeline-replica').hidden") is False
 
-    cluster.stop_all()
-    for server in (a, b):
-        listing = wait_for(server, "/api/v1/machines", lambda li: li["fleet"]["stale"])
-        assert stages(row(listing, NODE2)) == [("boot-script", name_a)]  # what it has, still served
-        assert listing["fleet"]["stale_since"] is not None and listing["fleet"]["stale_reason"]
+        cluster.stop_all()
+        # the page is told to reload the list, which says the view is stale; the row stays
+        page.wait_for(f"{FLEET_NOTE}.startsWith('fleet view stale since ')", within=WAIT)
+        assert "showing what b has" in page.evaluate(FLEET_NOTE)
+        assert page.evaluate(f"{cell(NODE2, 'stage')}") == "boot-script@a"
+        for server in (a, b):
+            listing = wait_for(server, "/api/v1/machines", lambda li: li["fleet"]["stale"])
+            assert stages(row(listing, NODE2)) == [("boot-script", name_a)]  # what it has, still served
+            assert listing["fleet"]["stale_since"] is not None and listing["fleet"]["stale_reason"]
+        status_then_recovery(cluster, a, b, name_a)
+        page.wait_for(f"{FLEET_NOTE} === 'fleet: a, b (this is b)'", within=WAIT)  # current again
+        page.wait_for(f"{cell(NODE3, 'stage')} === 'boot-script@a'", within=WAIT)  # what a served meanwhile
+    finally:
+        browser.close()
+
+
+def status_then_recovery(cluster, a: BootdProcess, b: BootdProcess, name_a: str) -> None:
+    """etcd is stopped: `bootd status` says stale, a step at a is kept; etcd back: both current, a's step at b."""
     shown = status(b)
     assert shown.returncode == 0, shown.stderr
     assert any(x.startswith("fleet view STALE since") and f"showing what {replica_of(b)} has" in x

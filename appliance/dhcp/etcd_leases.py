@@ -6,7 +6,7 @@ What is where:
 - Each replica keeps a local view (`EtcdLeaseTable`): everything under `<prefix>/leases/` loaded once, then
   followed by a watch. The decisions (authoritative.py, unchanged) read the view through the same interface
   as the file store's `LeaseTable`, so DISCOVER -> OFFER costs no round trip and proposes an address that is
-  free as far as the view knows (a cursor per range starting at a replica-specific place, and the addresses
+  free as far as the view knows (a walk through each range in a replica-specific order, and the addresses
   the watch saw freed: O(1) per client, no range scan).
 - The REQUEST decides: the ACK is sent only after a transaction committed the lease (etcd commits on a
   quorum, each member fsyncing its log first: the durability rule of the file store, held by a cluster).
@@ -702,7 +702,13 @@ class EtcdDhcpServer(DhcpServer):
     def _start(self, work) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._commits.add(task)
-        task.add_done_callback(self._commits.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._commits.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:  # our bug: logged and counted
+            self.stats.internal_errors += 1
+            logger.error("dhcp: internal error committing a lease change", exc_info=error)
 
     async def _bind(self, sock, packet: DhcpPacket, answer: DhcpAnswer, lease: Lease, dgram: Datagram) -> None:
         try:
@@ -751,6 +757,7 @@ def with_lease_time(reply: DhcpPacket, seconds: int) -> DhcpPacket:
     options[Option.RENEWAL_TIME] = (seconds // 2).to_bytes(4, "big")
     options[Option.REBINDING_TIME] = (seconds * 7 // 8).to_bytes(4, "big")
     return replace(reply, options=MappingProxyType(options))
+
 
 # --- the daemon's entry -----------------------------------------------------------------------------
 

@@ -127,3 +127,28 @@ def test_no_quorum_stops_allocation_says_so_once_and_recovers(etcd_cluster, capl
     back = [r for r in caplog.records if "quorum reachable again" in r.getMessage()]
     assert len(lost) == 1 and lost[0].levelno == logging.WARNING, [r.getMessage() for r in caplog.records]
     assert len(back) == 1
+
+
+def test_release_and_decline_only_by_the_holder_and_seen_by_the_other_replica(etcd_cluster):
+    cluster = etcd_cluster(size=1)
+
+    async def main() -> None:
+        a, b = await replica(cluster.endpoints, "a"), await replica(cluster.endpoints, "b")
+        try:
+            ip, expires = IPv4Address("10.5.4.1"), time.time() + 3600
+            assert await a.bind(Lease(ip=ip, mac=mac(1), expires=expires)) is BindOutcome.COMMITTED
+            assert await a.free(ip, mac(2), None) is False  # not its address
+            assert await a.client.get(KEYS.ip(ip)) is not None
+            assert await a.free(ip, mac(1), None) is True
+            assert await a.client.get(KEYS.ip(ip)) is None and await a.client.get(KEYS.mac(mac(1))) is None
+            assert await a.bind(Lease(ip=ip, mac=mac(3), expires=expires)) is BindOutcome.COMMITTED
+            assert await a.free(ip, mac(3), time.time() + 600) is True  # DECLINE: quarantined in etcd
+            deadline = time.monotonic() + 10
+            while not b.table.quarantined(ip, time.time()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # B learns it through its watch
+            assert b.table.quarantined(ip, time.time())
+            assert await b.bind(Lease(ip=ip, mac=mac(4), expires=expires)) is BindOutcome.TAKEN
+        finally:
+            await stop(a, b)
+
+    asyncio.run(main())

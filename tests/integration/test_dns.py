@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dnslib import RCODE, RR, SOA, A, DNSHeader, DNSRecord, QTYPE
+from dnslib import EDNS0, RCODE, RR, SOA, A, DNSHeader, DNSRecord, QTYPE
 
 from appliance.config import parse_config
 from appliance.dns.forward import MAX_NEGATIVE_TTL, MAX_TTL
@@ -576,3 +576,61 @@ def test_listen_interfaces_start_dns_with_the_interfaces_addresses(tmp_path):
         assert short(bootd, "example.com", "SOA"), "bootd does not answer for its zone"
     finally:
         assert bootd.stop() == 0
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+async def test_a_burst_is_answered_query_by_query_to_each_sender(address):
+    """Queries that arrive together are read and answered in batches (recvmmsg/sendmmsg, issue 16): 300
+    queries queued from three client sockets before the server runs, mixing cached answers, questions it
+    answers for the first time (EDNS, NXDOMAIN, PTR), a query asked with EDNS twice (then cached), a response
+    (dropped) and garbage (FORMERR). Each sender gets exactly its own answers, each with its query's ID and
+    question, and the counters add up."""
+    config = parse_config(ZONE_CONFIG, Path("/etc/bootd/bootd.yaml"))
+    server = DnsServer(zone=build_zone(config, [ipaddress.ip_address("10.77.0.1")]), address=address, port=0)
+    await server.start()
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    clients = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        kinds = [("node1.example.com", "A", False), ("node1.example.com", "A", True), ("nx.example.com", "A", False),
+                 ("21.0.77.10.in-addr.arpa", "PTR", False), ("node1.example.com", "AAAA", False)]
+        sent: dict[int, list[tuple[int, str, str, int]]] = {i: [] for i in range(3)}
+        loop = asyncio.get_running_loop()
+        server_loop_paused = loop.remove_reader(server._udp.fileno())  # queue everything first: full batches
+        for n in range(300):
+            client = n % 3
+            name, qtype, edns = kinds[n % len(kinds)]
+            query = DNSRecord.question(name, qtype)
+            query.header.id = n
+            if edns:
+                query.add_ar(EDNS0(udp_len=1232))
+            expected = RCODE.NXDOMAIN if name.startswith("nx") else RCODE.NOERROR
+            sent[client].append((n, name, qtype, expected))
+            clients[client].sendto(query.pack(), (address, server.port))
+        response = DNSRecord.question("node1.example.com")
+        response.header.qr = 1
+        clients[0].sendto(response.pack(), (address, server.port))  # dropped: never answer a response
+        clients[1].sendto(b"\x12\x34garbage!!!!!", (address, server.port))  # FORMERR, ID kept
+        assert server_loop_paused and server._batch is not None  # recvmmsg is there (Linux)
+        loop.add_reader(server._udp.fileno(), server._drain_udp)
+        for i, client in enumerate(clients):
+            client.setblocking(False)
+            want = len(sent[i]) + (i == 1)
+            replies = [await asyncio.wait_for(loop.sock_recv(client, 4096), 30) for _ in range(want)]
+            if i == 1:
+                formerr = next(r for r in replies if r[:2] == b"\x12\x34")
+                assert formerr[3] & 0x0F == RCODE.FORMERR
+                replies.remove(formerr)
+            got = sorted((r.header.id, str(r.q.qname).rstrip("."), QTYPE[r.q.qtype], r.header.rcode)
+                         for r in map(DNSRecord.parse, replies))
+            assert got == sorted(sent[i])
+        await asyncio.sleep(0.2)
+        for client in clients:  # nothing more: the response got no answer
+            with pytest.raises(BlockingIOError):
+                client.recv(4096)
+        assert server.stats.queries == 302
+        assert server.stats.dropped["response"] == 1
+        assert server.stats.cache_hits >= 300 - 3 * len(kinds)
+    finally:
+        for client in clients:
+            client.close()
+        await server.close()

@@ -90,12 +90,19 @@ def encode_event(seq: int, event: Event) -> bytes:
         out.update(type="dhcp", arch=event.arch)
     elif isinstance(event, PowerEvent):
         out.update(type="power", state=event.state, timeline=event.timeline, new_boot=event.new_boot)
-    return json.dumps(out, separators=(",", ":")).encode()
+    return _COMPACT.encode(out).encode()
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options makes one per call
+
+
+def record_head(replica: str, run: str) -> bytes:
+    """A record's bytes before its events (the same for every record of a run)."""
+    return _COMPACT.encode({"v": VERSION, "replica": replica, "run": run}).encode()[:-1] + b',"events":['
 
 
 def encode_record(replica: str, run: str, events: list[bytes]) -> bytes:
-    head = json.dumps({"v": VERSION, "replica": replica, "run": run}, separators=(",", ":")).encode()
-    return head[:-1] + b',"events":[' + b",".join(events) + b"]}"
+    return record_head(replica, run) + b",".join(events) + b"]}"
 
 
 def machine_key(prefix: str, mac: str, replica: str) -> str:

@@ -34,7 +34,7 @@ from appliance.fleet.records import (
     Remote,
     check_replica,
     encode_event,
-    encode_record,
+    record_head,
     replica_of,
 )
 from appliance.mac import MacAddress
@@ -69,6 +69,7 @@ class LocalLog:
 
     def __init__(self, replica: str, run: str, *, max_machines: int = 4096, budget: int = TOTAL_BUDGET) -> None:
         self.replica, self.run = replica, run
+        self._head = record_head(replica, run)
         self.max_machines, self.budget = max_machines, budget
         self.seq = 0
         self.cost = 0
@@ -77,8 +78,8 @@ class LocalLog:
         self._gone: dict[MacAddress, None] = {}
 
     def add(self, event: Event) -> bool:
-        """The bus sink's work, on every event: keep it and mark its machine. True when there is something
-        new to write (the caller wakes its writer)."""
+        """Keep this replica's `event` and mark its machine (the writer does this for what the bus sink
+        collected); True when there is something new to write."""
         mac = event.mac
         if mac is None or isinstance(event, Remote):
             return False
@@ -156,7 +157,7 @@ class LocalLog:
             parts.append(entry.encoded)
             size += len(entry.encoded) + 1
         parts.reverse()
-        return encode_record(self.replica, self.run, parts)
+        return self._head + b",".join(parts) + b"]}"
 
 
 @dataclass(slots=True)

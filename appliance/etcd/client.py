@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -288,6 +289,7 @@ class EtcdClient:
         self._credentials = tls.credentials() if tls is not None and any(e.secure for e in self._endpoints) \
             else None
         self._current = 0
+        self.last_answer = 0.0  # time.monotonic() of the last call any endpoint answered (0: none yet)
 
     @property
     def endpoints(self) -> list[str]:
@@ -331,6 +333,7 @@ class EtcdClient:
                 failures.add(endpoint, exc)
                 continue
             self._current = index
+            self.last_answer = time.monotonic()
             return response
         raise EtcdUnavailable("etcd unreachable: " + "; ".join(failures.reasons))
 
@@ -407,6 +410,7 @@ class EtcdClient:
             try:
                 async for response in stream:
                     self._current = index
+                    self.last_answer = time.monotonic()
                     return response.TTL
                 return 0
             except grpc.aio.AioRpcError as exc:
@@ -471,6 +475,7 @@ class EtcdClient:
                                     endpoint.url, batch.revision)
                         lost_since = None
                     step = 0
+                    self.last_answer = time.monotonic()
                     if batch.events or batch.revision >= next_revision:
                         next_revision = max(next_revision, batch.revision + 1)
                     yield batch

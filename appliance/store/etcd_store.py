@@ -48,7 +48,9 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R")
 
 FRESH_SECONDS = 2.0  # at most this long per request for etcd's revision and the watch to catch up
-RETRY_AFTER_FAILURE = 2.0  # while etcd is unreachable, requests are served from the mirror without asking
+# while etcd is unreachable (and no other call got an answer since), requests are served from the mirror for
+# this long without asking again
+RETRY_AFTER_FAILURE = 2.0
 WATCH_RESTART_SECONDS = 5.0  # a watch that lags is started again at most this often
 FIRST_GENERATION = "g0"
 KINDS = ("profiles", "groups", "ignition", "generic", "cloud")
@@ -213,7 +215,8 @@ class EtcdMirror:
     async def fresh(self, budget: float = FRESH_SECONDS) -> bool:
         """Wait (at most `budget` s) until the mirror holds every change etcd acknowledged before this call;
         False when etcd did not answer in time, or the watch did not catch up (the mirror serves as it is)."""
-        if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_AFTER_FAILURE:
+        if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_AFTER_FAILURE \
+                and self.client.last_answer < self._failed_at:  # nothing (a write, the watch) got through since
             return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget

@@ -141,7 +141,10 @@ async function loadList() {
 }
 
 // With the etcd store the list is the whole fleet's: say which replicas, and when it is stale (etcd lost).
+let fleetStale = false;
+
 function showFleet(fleet) {
+  fleetStale = Boolean(fleet && fleet.stale);
   const node = $("fleet");
   node.hidden = !fleet;
   if (!fleet) return;
@@ -155,7 +158,11 @@ function showFleet(fleet) {
 function connect() {
   source = new EventSource(`/api/v1/events?since=${lastEventId}`);
   const status = $("connection");
-  source.onopen = () => { status.textContent = "live"; status.className = "connection live"; };
+  source.onopen = () => {
+    status.textContent = "live"; status.className = "connection live";
+    // the list said the fleet view was stale: it may have become current before this stream was open
+    if (fleetStale) loadList().catch(() => {});
+  };
   source.onerror = () => { status.textContent = "reconnecting…"; status.className = "connection down"; };
   source.addEventListener("machine", (message) => {
     const data = JSON.parse(message.data);

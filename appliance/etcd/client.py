@@ -118,7 +118,8 @@ class WatchEvent:
 
 @dataclass(frozen=True, slots=True)
 class WatchBatch:
-    """Events up to `revision`; empty `events`: a progress notice (everything up to `revision` was seen)."""
+    """Events; `revision` is the last event's, or for a progress notice (no events) the store's revision up to
+    which everything was delivered."""
     revision: int
     events: tuple[WatchEvent, ...]
 
@@ -531,7 +532,11 @@ class EtcdClient:
                     events.append(WatchEvent(kind, KeyValue.of(event.kv)))
                 if response.fragment:
                     continue
-                yield WatchBatch(response.header.revision, tuple(events))
+                # Events: up to the last one's revision. etcd's header can be ahead of them (a watcher catching
+                # up gets its events 1,000 revisions at a time, each with the current revision), so only a
+                # notice without events says "everything up to the header's revision was delivered".
+                revision = events[-1].kv.mod_revision if events else response.header.revision
+                yield WatchBatch(revision, tuple(events))
                 events = []
         finally:
             if forwarder is not None:

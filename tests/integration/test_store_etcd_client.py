@@ -75,3 +75,22 @@ async def test_a_killed_member_fails_over_and_none_left_names_every_endpoint(etc
         for endpoint in cluster.endpoints:
             assert endpoint in str(refused.value)
         await stream.aclose()
+
+
+async def test_a_watch_catching_up_many_revisions_reports_what_it_delivered(etcd_cluster):  # noqa: F811
+    """etcd sends a watcher that catches up its events 1,000 revisions at a time, each response carrying the
+    current revision: a batch's revision must be its last event's, or a resumed watch would skip the rest."""
+    cluster = etcd_cluster(size=1)
+    async with EtcdClient(cluster.endpoints, timeout=5) as client:
+        first = await client.put("/c/0", b"0")
+        for start in range(1, 1500, 100):
+            await asyncio.gather(*(client.put(f"/c/{i}", b"x") for i in range(start, start + 100)))
+        now = await client.revision()
+        stream = client.watch("/c/", start_revision=first)
+        seen: list[int] = []
+        while len(seen) < 1500:
+            batch = await anext(stream)
+            assert batch.events and batch.revision == batch.events[-1].kv.mod_revision
+            seen += [e.kv.mod_revision for e in batch.events]
+        assert seen == list(range(first, now + 1))  # every revision once, in order
+        await stream.aclose()

@@ -66,6 +66,10 @@ class StartupError(Exception):
     """A problem that stops `bootd run` before it serves (exit code 2)."""
 
 
+class _StoppedWhileWaiting(Exception):
+    """SIGTERM or SIGINT while start-up waited for etcd (store.on_unreachable: wait): exit 0."""
+
+
 def startup_problems(config: Config) -> list[str]:
     """What stops the daemon from starting although the file itself is valid."""
     problems = []
@@ -286,7 +290,11 @@ class Daemon:
                     limit_bounding_set()  # before any thread starts, so that every thread inherits it
                 except PrivilegeError as exc:
                     raise StartupError(f"user: {exc}") from None
-            await self.start()  # a StartupError part-way still closes what was opened
+            try:
+                await self.start()  # a StartupError part-way still closes what was opened
+            except _StoppedWhileWaiting:  # SIGTERM while waiting for etcd: a stop asked for, not a failure
+                logger.info("bootd stopped before it was ready (it was waiting for etcd)")
+                return 0
             self.become_user()
             logger.info("bootd ready: %s", ", ".join(self.addresses) or "no service enabled",
                         extra={"addresses": ",".join(self.addresses)})
@@ -409,7 +417,7 @@ class Daemon:
                     logger.warning("store: %s; waiting for it (attempt %d, store.on_unreachable: wait)", exc, attempt)
             try:
                 await asyncio.wait_for(self._stopping.wait(), 1.0)
-                raise StartupError("store: stopped while waiting for etcd")
+                raise _StoppedWhileWaiting()
             except asyncio.TimeoutError:
                 pass
         self.mirror.start()

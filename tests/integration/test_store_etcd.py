@@ -264,6 +264,12 @@ def test_unreachable_at_start_refuses_naming_the_endpoint_or_waits_until_it_answ
         first = waiting.wait_for_log(lambda line: "waiting for it (attempt 1," in line.get("message", ""), timeout=20)
         assert cluster.endpoints[0] in first["message"] and "cannot connect" in first["message"]
         waiting.wait_for_log(lambda line: "waiting for it (attempt 2," in line.get("message", ""), timeout=20)
+        # stopped while it waits: a clean exit (systemctl stop is not a failure)
+        assert waiting.stop() == 0
+        mark = len(waiting.lines)
+        _start_without_waiting(waiting)
+        waiting.wait_for_log(lambda line: "waiting for it (attempt 1," in line.get("message", ""), timeout=20,
+                             start=mark)
         cluster.start_all()
         ready = waiting.wait_for_log(lambda line: line.get("message", "").startswith("bootd ready"), timeout=30)
         waiting.addresses = ready["addresses"].split(",")

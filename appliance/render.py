@@ -43,12 +43,16 @@ def render_template(source: bytes, data: dict[str, Any], where: str) -> str | Re
         return Refusal(f"{where}:{exc.line}: {exc.construct}: {exc.message}")
 
 
-def ignition_for(profile: Profile, store: DataDir, data: dict[str, Any]) -> Rendered | Refusal:
+def ignition_for(profile: Profile, store: DataDir, data: dict[str, Any], source: bytes | None = None) \
+        -> Rendered | Refusal:
+    """`source`: the file's bytes when the caller has just read them (the HTTP side reads them to decide
+    where to render): one read of the data dir per request, not two."""
     name = profile.ignition_id
     if not name:
         return Refusal("profile names no ignition_id")
     where = f"ignition/{name}"
-    source = store.ignition(name)
+    if source is None:
+        source = store.ignition(name)
     if source is None:
         return Refusal(f"{where} is missing")
     if name.endswith(RAW_IGNITION_SUFFIXES):  # raw Ignition is never a template (matchbox's isIgnition)

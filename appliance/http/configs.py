@@ -31,7 +31,7 @@ async def ignition(request: web.Request) -> web.Response:
     name = chosen.profile.ignition_id
     source = ctx.store.ignition(name) if name else None
     if source is not None and len(source) <= INLINE_IGNITION_BYTES:
-        rendered = ignition_for(chosen.profile, ctx.store, data)
+        rendered = ignition_for(chosen.profile, ctx.store, data, source)
     else:
         rendered = await asyncio.to_thread(ignition_for, chosen.profile, ctx.store, data)
     return _serve(ctx, request, chosen, EventKind.IGNITION, rendered)

@@ -176,13 +176,13 @@ def test_the_image_runs_the_configmaps_bootd_yaml_on_a_segment_with_etcd_over_tl
         assert fetched.returncode == 0, podman("logs", container, check=False).stderr[-4000:]
         assert fetched.stdout.startswith("#!ipxe"), fetched.stdout
 
-        script = lab.run(client.ns, ["curl", "-sf", "--max-time", "10",
+        script = lab.run(client.ns, ["curl", "-sf", "--max-time", "30",
                                      "http://192.0.2.1:8080/ipxe?mac=52:54:00:12:34:56"])
         assert script.returncode == 0, script.stderr
         assert "kernel /assets/vmlinuz" in script.stdout and "deployed-by-container" in script.stdout, script.stdout
 
         offer = lab.run(client.ns, [sys.executable, "-m", "tests.udp_probe", "--bind", "0.0.0.0:68", "--to",
-                                    "255.255.255.255:67", "--iface", client.ifname, "--wait", "5", "--expect", "1",
+                                    "255.255.255.255:67", "--iface", client.ifname, "--wait", "20", "--expect", "1",
                                     pxe_discover("52:54:00:12:34:56").hex()], cwd=ROOT, timeout=60)
         assert offer.returncode == 0, offer.stderr
         answers = json.loads(offer.stdout)

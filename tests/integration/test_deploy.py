@@ -9,11 +9,13 @@
   hold are laid out under a directory of the test at the paths bootd.yaml names, and the endpoints are the
   test's etcd; nothing else of the config is changed.
 - deploy/systemd/bootd@.service passes systemd-analyze verify and keeps every line of bootd.service.
+- image/build --container without podman stops at once with one line naming the package.
 The container image itself is built and run in tests/e2e/test_container.py.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -219,3 +221,23 @@ def test_the_template_unit_passes_systemd_analyze_verify(tmp_path):
     result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "bootd@rack1.service")],
                             capture_output=True, text=True, timeout=60)
     assert "stricter" in result.stdout + result.stderr
+
+
+# --- image/build --container: what it cannot do, said at once ------------------------------------------------
+
+def test_image_build_container_names_a_missing_podman_in_one_line(tmp_path):
+    """A PATH with every command of this host but podman: one line naming the package, nothing made."""
+    if os.geteuid() != 0:
+        pytest.skip("image/build needs root")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for directory in ("/usr/local/bin", "/usr/sbin", "/usr/bin"):
+        for tool in Path(directory).iterdir():
+            if tool.name != "podman" and not (bin_dir / tool.name).exists():
+                (bin_dir / tool.name).symlink_to(tool)
+    result = subprocess.run([str(ROOT / "image/build"), "--container", "--out", str(tmp_path / "cache")],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(bin_dir)})
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["image/container/build: missing tools: apt-get install podman"], \
+        result.stderr
+    assert not (tmp_path / "cache").exists()

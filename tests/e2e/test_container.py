@@ -79,6 +79,19 @@ def test_bootd_version_inside_the_image_is_this_checkouts(image):
     assert result.stdout.strip() == f"bootd {__version__}"
 
 
+def test_the_image_holds_no_apt_source_of_the_build_host(image):
+    """The host's mirror is read at build time and left behind: no apt source in the image, and the mirror's
+    host name in none of its configuration or state files."""
+    sources = "\n".join(p.read_text() for p in [Path("/etc/apt/sources.list"),
+                                                 *Path("/etc/apt/sources.list.d").glob("*")] if p.is_file())
+    hosts = sorted(set(re.findall(r"^(?:URIs:|deb(?:-src)?)\s.*?[a-z]+://([^/\s]+)", sources, re.M)))
+    assert hosts, "no mirror in the host's apt sources"
+    script = 'ls /etc/apt; for h in "$@"; do grep -rlF "$h" /etc /var /opt/bootd/pyvenv.cfg; done; true'
+    result = podman("run", "--rm", "--network", "none", *LIMITS, "--entrypoint", "sh", image, "-c", script,
+                    "sh", *hosts)
+    assert sorted(result.stdout.split()) == ["apt.conf.d", "preferences.d"], result.stdout
+
+
 def configmap_bootd_yaml() -> str:
     for doc in yaml.safe_load_all((ROOT / "deploy/kubernetes/configmap.yaml").read_text()):
         return doc["data"]["bootd.yaml"]

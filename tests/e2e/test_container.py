@@ -201,10 +201,16 @@ def test_the_image_runs_the_configmaps_bootd_yaml_on_a_segment_with_etcd_over_tl
         answers = json.loads(offer.stdout)
         assert answers and answers[0]["from"].startswith("192.0.2.1:"), answers
 
+        alive = lab.run(client.ns, ["curl", "-sf", "--max-time", "30", "-o", "/dev/null", "http://192.0.2.1:8080/"])
+        assert alive.returncode == 0, alive.stderr  # the liveness probe's request
+
         pid = podman("inspect", "-f", "{{.State.Pid}}", container).stdout.strip()
         status = Path(f"/proc/{pid}/status").read_text()
         effective = int(re.search(r"^CapEff:\s+([0-9a-f]+)$", status, re.M)[1], 16)
         assert effective == (1 << CAP_NET_BIND_SERVICE) | (1 << CAP_NET_RAW), hex(effective)
+        rss_mib = int(re.search(r"^VmRSS:\s+(\d+) kB$", status, re.M)[1]) // 1024
+        log(f"bootd in the container: RSS {rss_mib} MiB after check, import, a boot script and an offer")
+        assert rss_mib < 512, rss_mib  # the DaemonSet's memory limit
 
         podman("stop", "-t", "20", container, timeout=60)
         assert podman("inspect", "-f", "{{.State.ExitCode}}", container).stdout.strip() == "0"

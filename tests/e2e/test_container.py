@@ -57,6 +57,7 @@ def log(message: str) -> None:
 def image() -> str:
     if os.geteuid() != 0:
         pytest.skip("image/build --container and network namespaces need root")
+    assert shutil.which("runc"), "runc is missing (podman runs the image with it here): apt-get install runc"
     started = time.monotonic()
     result = subprocess.run([str(ROOT / "image/build"), "--container"], capture_output=True, text=True,
                             timeout=1500)

@@ -259,6 +259,10 @@ class EtcdLeaseTable:
     def held(self, ip: IPv4Address) -> HeldAddress | None:
         return self._held.get(ip)
 
+    def deleted_since(self, key: bytes, revision: int) -> bool:
+        """Whether the view saw `key` deleted at or after `revision` (and not written again)."""
+        return self._revisions.get(key, 0) >= revision and self.keys.parse(key) not in self._held
+
     def mac_key(self, mac: MacAddress) -> tuple[IPv4Address, int] | None:
         return self._mac_keys.get(mac)
 
@@ -386,12 +390,15 @@ class TxnPlan:
     failure: list[Get]  # the keys compared, read back so the view learns what etcd has instead
 
 
-def bind_plan(table: EtcdLeaseTable, lease: Lease, etcd_lease: int) -> TxnPlan:
+def bind_plan(table: EtcdLeaseTable, lease: Lease, etcd_lease: int) -> TxnPlan | None:
     """Bind `lease` if the address and the MAC keys are still as the view saw them (the address absent or
-    this MAC's, the MAC key absent or at its revision); a MAC moving frees its old address in the same step."""
+    this MAC's, the MAC key absent or at its revision); a MAC moving frees its old address in the same step.
+    None when the view says another MAC holds the address (or it is quarantined): nothing to try."""
     keys = table.keys
     ip_key, mac_key = keys.ip(lease.ip), keys.mac(lease.mac)
     held = table.held(lease.ip)
+    if held is not None and (held.declined or held.lease.mac != lease.mac):
+        return None  # planned from the view as it is now (the watch may have spoken since the decision)
     compare = [Compare.mod_revision(ip_key, held.revision) if held is not None else Compare.version(ip_key, 0)]
     success: list[Put | Delete] = [Put(ip_key, encode_address(lease, table.replica), etcd_lease),
                                    Put(mac_key, str(lease.ip).encode(), etcd_lease)]
@@ -402,11 +409,21 @@ def bind_plan(table: EtcdLeaseTable, lease: Lease, etcd_lease: int) -> TxnPlan:
     else:
         compare.append(Compare.mod_revision(mac_key, previous[1]))
         old = table.held(previous[0])
-        if previous[0] != lease.ip and old is not None and old.lease.mac == lease.mac and not old.declined:
-            old_key = keys.ip(previous[0])
-            compare.append(Compare.mod_revision(old_key, old.revision))
-            success.append(Delete(old_key))
-            read.append(old_key)
+        old_key = keys.ip(previous[0])
+        if previous[0] != lease.ip:
+            # The MAC moves: its old address is freed in the same step (a MAC holds one address). The view
+            # may not have seen that key yet (another replica wrote it a moment ago): a MAC key and its
+            # address key are always written together, at one revision, so the MAC key's revision is it.
+            if old is not None and old.lease.mac == lease.mac and not old.declined:
+                revision = old.revision
+            elif old is None and not table.deleted_since(old_key, previous[1]):
+                revision = previous[1]
+            else:
+                revision = 0
+            if revision:
+                compare.append(Compare.mod_revision(old_key, revision))
+                success.append(Delete(old_key))
+                read.append(old_key)
     return TxnPlan(compare, success, [Get(k) for k in read])
 
 
@@ -617,8 +634,11 @@ class EtcdLeaseStore:
             for _ in range(2):  # a failed comparison refreshed the view (the failure's reads): decide once more
                 held = self.table.held(lease.ip)
                 if held is not None and (held.declined or held.lease.mac != lease.mac):
+                    break  # (bind_plan checks again once the etcd lease is there: the view moves meanwhile)
+                ok = await self._commit(lambda etcd_lease: bind_plan(self.table, lease, etcd_lease), lease.expires)
+                if ok is None:
                     break
-                if await self._commit(lambda etcd_lease: bind_plan(self.table, lease, etcd_lease), lease.expires):
+                if ok:
                     self.commits += 1
                     return BindOutcome.COMMITTED
         except EtcdUnavailable as exc:

@@ -99,6 +99,8 @@ def test_bind_plan_compares_what_the_view_saw():
     moving = bind_plan(table, Lease(ip=IPv4Address("10.0.0.11"), mac=MAC_A, expires=NOW + 3600), etcd_lease=78)
     assert Delete(KEYS.ip(IPv4Address("10.0.0.10"))) in moving.success
     assert (KEYS.ip(IPv4Address("10.0.0.10")), "mod", 12) in [(c.key, c.target, c.operand) for c in moving.compare]
+    # another MAC holds it now (the watch told while the etcd lease was being granted): nothing is planned
+    assert bind_plan(table, Lease(ip=IPv4Address("10.0.0.10"), mac=MAC_B, expires=NOW + 3600), etcd_lease=78) is None
 
 
 def test_release_only_by_the_holder_and_decline_quarantines():

@@ -12,8 +12,9 @@ Workloads, each round alternating the order (medians over rounds):
 - "etcd x1", "etcd x2", "etcd x3": 1, 2, 3 replicas, each on its own segment, all allocating at once in the
   same etcd (leases by transaction); the rate is every segment's ACKs over the storm's wall time;
 - "boot file", "boot etcd": bench/fleet.py's whole simulated boot (PXE DHCP, TFTP, iPXE DHCP, script, config,
-  kernel, initrd, Ignition, report; pauses left out) of --boots machines through one replica: the p50 of a
-  boot's own time with each store; the difference is what etcd adds per boot.
+  kernel, initrd, Ignition, report; pauses left out) of --boots machines arriving 10 a second (no queueing:
+  what one boot costs, not a storm's backlog) through one replica: the p50 of a boot's own time with each
+  store; the difference is what etcd adds per boot.
 CPU seconds per allocation are kept for the replicas, the etcd members and the clients: on this 2-core box
 everything shares the same two cores, so the rate cannot grow much with replicas here; the per-allocation
 costs say how it would on machines of their own.
@@ -200,7 +201,7 @@ def boots(lab: ReplicaLab, work: Path, replica: Replica, store: str, count: int,
             body = lab.run(segment.clients_ns, ["curl", "-sf", f"http://{replica.address}:{PORT}{path}"]).stdout
             (work / name).write_text(body)
         result = lab.run(segment.clients_ns, [sys.executable, "-m", "bench.fleet", "--client", "--count", str(count),
-                                              "--first", str(first), "--window", str(max(0.5, count / 100)),
+                                              "--first", str(first), "--window", str(max(0.5, count / 10)),
                                               "--iface", segment.clients_if, "--peer", "bootd", "--work", str(work),
                                               "--source", segment.clients_ip], cwd=ROOT, timeout=count + 300)
         if result.returncode != 0:
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=3000, help="new clients per segment per workload")
     parser.add_argument("--concurrency", type=int, default=64, help="clients in flight per segment")
-    parser.add_argument("--boots", type=int, default=200)
+    parser.add_argument("--boots", type=int, default=100)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/bootd-bench/replicas"))
     args = parser.parse_args(argv)

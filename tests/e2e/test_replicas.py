@@ -14,6 +14,7 @@ One topology for the module (each test is a phase of one story, in order, as CI 
    No address is ever ACKed to two MACs, checked from the clients' side over both storms;
 4. b1 cut off from etcd (the router drops its packets): it says so, offers nothing to a new client,
    still ACKs a reservation and a client it knows; healed, it allocates again.
+Wall time: 94 s on this 2-core box (TCG; load average ~1.7 from other work), 130 s at load ~9.
 """
 
 from __future__ import annotations

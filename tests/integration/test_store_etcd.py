@@ -204,7 +204,8 @@ def test_two_replicas_serve_an_edit_made_through_either_api_at_the_next_request(
 
         # one member killed (kill -9): nothing stops; writes and reads go on through the others
         cluster.kill(0)
-        assert all("ok" in r for r in reference(b, tls, put_profile("/assets/kernel-v3")))
+        done = reference(b, tls, put_profile("/assets/kernel-v3"))
+        assert all("ok" in r for r in done), done
         assert "kernel /assets/kernel-v3" in http_get(a, f"/ipxe?mac={MAC}")[1]
         cluster.restart(0)
 

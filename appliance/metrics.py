@@ -54,6 +54,8 @@ DHCP_DROP_REASONS = (
     "option-truncated", "other-interface", "other-server", "pool-exhausted", "release-not-holder",
     "request-without-address", "send-failed", "short-packet", "unknown-machine", "unsupported-arch",
     "no-pool-for-relay",
+    "overload",  # authoritative mode: a DISCOVER past the backlog (REQUESTs are finished first)
+    "no-quorum",  # etcd leases: this replica cannot reach etcd's quorum, so it gives no new address
 )
 TFTP_DROP_REASONS = ("bad-fields", "bad-opcode", "duplicate-request", "no-nul-terminator", "not-a-request", "not-ascii",
                      "request-too-long", "short")

@@ -21,7 +21,8 @@ A = MacAddress("52:54:00:00:00:0a")
 
 
 @pytest.mark.parametrize("files, pattern, fixed", [
-    pytest.param(["dhcp/pxe.py", "dhcp/authoritative.py", "dhcp/leases.py", "dhcp/packet.py", "dhcp/server.py"],
+    pytest.param(["dhcp/pxe.py", "dhcp/authoritative.py", "dhcp/leases.py", "dhcp/packet.py", "dhcp/server.py",
+                  "dhcp/etcd_leases.py"],
                  r'(?:Ignore|MalformedPacket)\("([a-z0-9-]+)"|dropped\["([a-z0-9-]+)"\]', DHCP_DROP_REASONS, id="dhcp"),
     pytest.param(["tftp/protocol.py", "tftp/server.py"], r'MalformedPacket\((?:"([a-z0-9-]+)"|"[a-z0-9-]+" if [^)]* else '
                  r'"([a-z0-9-]+)")|dropped\["([a-z0-9-]+)"\]', TFTP_DROP_REASONS, id="tftp-dropped"),

@@ -23,7 +23,9 @@ apt-get update -qq
 # libvirt-dev, pkg-config, gcc, python3-dev: pip builds libvirt-python for the venv. isc-dhcp-relay: the relay
 # between the relayed clients' segment and bootd; qemu-system-arm, qemu-efi-aarch64: the ARM64 machine.
 # kea-admin (perfdhcp), kea-dhcp4-server: bench/kea.py's smoke pass. etcd-server, etcd-client: the etcd
-# clusters of the replica tests (each started by its test); podman, buildah: the container image's build and run.
+# clusters of the replica tests (each started by its test); podman, runc: the container image's build and run (runc named:
+# the tests run podman with --runtime runc). isc-dhcp-client, dhcpcd-base: dhclient and dhcpcd, two of the real
+# DHCP clients the authoritative server is tested with (busybox's udhcpc is the third).
 # Tests start every server they use themselves (in their namespaces), so no package's service is started here:
 # a policy-rc.d that refuses (only while installing, and only if the machine has none of its own).
 if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -38,7 +40,7 @@ apt-get install -y -qq --no-install-recommends \
   chromium fonts-dejavu-core tmux gnupg gpgv openipmi \
   vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients iptables \
   libvirt-dev pkg-config gcc python3-dev isc-dhcp-relay qemu-system-arm qemu-efi-aarch64 \
-  kea-admin kea-dhcp4-server etcd-server etcd-client podman buildah >/dev/null
+  kea-admin kea-dhcp4-server etcd-server etcd-client podman runc isc-dhcp-client dhcpcd-base >/dev/null
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

@@ -30,8 +30,6 @@ from aiohttp import web
 
 from appliance.assets.track import AssetTracker
 from appliance.config import Config, ConfigInvalid, DhcpMode, IPAddress, load_config
-from appliance.dhcp.etcd_leases import EtcdDhcpServer, EtcdLeaseStore, open_lease_store
-from appliance.etcd import EtcdError
 from appliance.dhcp.leases import LeaseTable
 from appliance.dhcp.policy import DhcpPolicies, available_firmware, build_policies
 from appliance.dhcp.server import DhcpServer
@@ -52,8 +50,11 @@ from appliance.store import DataDir, Group, MatchScope, machine_groups, match_sc
 from appliance.systemd import Notifier, PrivilegeError, describe_user, drop_privileges, limit_bounding_set, \
     lookup_user
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the etcd modules bring grpc (0.4 s, 10 MB): imported only with store.backend etcd
+    from appliance.dhcp.etcd_leases import EtcdLeaseStore
+    from appliance.etcd import EtcdClient
     from appliance.fleet.sync import Fleet
+    from appliance.store.etcd_store import EtcdMirror
 
 logger = logging.getLogger(__name__)
 
@@ -553,7 +554,10 @@ class Daemon:
                 raise StartupError(f"dhcp.router_advertisement: cannot open an ICMPv6 socket: {exc.strerror}") from None
             self.advertiser = advertiser
             on_new_interface = advertiser.add_interface
-        make = DhcpServer if self.etcd_leases is None else functools.partial(EtcdDhcpServer, store=self.etcd_leases)
+        make = DhcpServer
+        if self.etcd_leases is not None:
+            from appliance.dhcp.etcd_leases import EtcdDhcpServer
+            make = functools.partial(EtcdDhcpServer, store=self.etcd_leases)
         server = make(policies=self._dhcp_policies(config, self.http_context.store), bus=self.bus, leases=leases,
                             port=config.dhcp.port, pxe_port=config.dhcp.pxe_port,
                             server_address=address if address is not None and address.version == 4 else None,
@@ -576,6 +580,8 @@ class Daemon:
         loaded before DHCP answers anything."""
         if self.config.dhcp.mode is not DhcpMode.AUTHORITATIVE or self.etcd is None:
             return
+        from appliance.dhcp.etcd_leases import open_lease_store
+        from appliance.etcd import EtcdError
         address = self.config.listen.address
         try:
             self.etcd_leases = await open_lease_store(self.etcd, self.config.store.prefix,

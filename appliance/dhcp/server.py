@@ -6,6 +6,12 @@ has there (the reply's server identifier, next-server and URLs), and costs 2-4x 
 Replies leave through the same interface (IP_PKTINFO on sendmsg), 67's from :67 and 4011's from :4011
 (iPXE ignores replies from other ports).
 
+Batches (issue 16): where Linux has recvmmsg/sendmmsg (appliance/mmsg.py), one call reads up to 64 queued
+datagrams with their IP_PKTINFO, each is decided by the same functions as one read alone, and the replies
+of the batch leave in one sendmmsg, each with its own destination and IP_PKTINFO. Replies made outside a
+read (an ACK once its lease is on disk, an etcd commit's answer) are gathered the same way until the loop's
+next turn. Without the calls (or with `batch=False`) the server reads and sends one datagram per call.
+
 The only broad `except` is the per-datagram guard: our bug is logged with its traceback and counted, and
 the next packet is served. Malformed packets are `MalformedPacket`: counted by reason, logged at DEBUG.
 Nothing on this path awaits: iPXE waits about 2 s for a proxy offer.
@@ -16,14 +22,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+from appliance import mmsg
 from appliance.dhcp.modes import DhcpMode
 from appliance.dhcp.authoritative import DhcpAnswer, decide_dhcp
 from appliance.dhcp.leases import Bind, Decline, LeaseTable, LeaseWriter, Release
@@ -43,6 +51,9 @@ logger = logging.getLogger(__name__)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux <linux/in.h>; the socket module has it from Python 3.12
 _PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 _CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
+_CMSG_LEN = socket.CMSG_LEN(_PKTINFO.size)
+_CMSG_DATA = _CMSG_LEN - _PKTINFO.size  # where in_pktinfo starts after its cmsghdr
+_PKTINFO_TYPE = struct.pack("=ii", socket.IPPROTO_IP, IP_PKTINFO)  # cmsghdr's level and type
 _MAX_DATAGRAM = 4096  # DHCP messages are at most 576 bytes unless option 57 allows more; 4 KiB bounds it
 _DRAIN_BATCH = 64  # datagrams read per wakeup before other callbacks get a turn
 # Authoritative mode under overload (see _drain_authoritative): DISCOVERs kept waiting at most this many
@@ -102,7 +113,7 @@ class DhcpServer:
                  clock: Callable[[], float] = time.time,
                  on_new_interface: Callable[[int], None] | None = None,
                  on_lease_change: Callable[[], None] | None = None,
-                 refresh: Callable[[], None] | None = None) -> None:
+                 refresh: Callable[[], None] | None = None, batch: bool = True) -> None:
         self.policies = policies
         self.bus = bus
         self.leases = leases if leases is not None else LeaseTable()
@@ -124,6 +135,9 @@ class DhcpServer:
         self._refresh_at = 0.0
         self._discover_backlog: deque[Datagram] = deque()  # authoritative mode: see _drain_authoritative
         self._backlog_scheduled = False
+        calls = mmsg.functions() if batch else None
+        self._reader = _BatchReader(calls[0]) if calls is not None else None
+        self._replies = _Replies(calls[1]) if calls is not None else None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -136,6 +150,8 @@ class DhcpServer:
             self._loop.add_reader(sock.fileno(), self._drain, sock, port, counts)
 
     def close(self) -> None:
+        if self._replies is not None:
+            self._replies.flush()
         for sock in self._sockets:
             if self._loop is not None:
                 self._loop.remove_reader(sock.fileno())
@@ -167,6 +183,9 @@ class DhcpServer:
         if port != self.pxe_port and self.policies.mode is DhcpMode.AUTHORITATIVE:
             self._drain_authoritative(sock, port, counts)
             return
+        if self._reader is not None:
+            self._serve_batch(sock, port, self._reader.read(sock, port, counts))
+            return
         for _ in range(_DRAIN_BATCH):
             try:
                 data, ancdata, _flags, source = sock.recvmsg(_MAX_DATAGRAM, _CMSG_SPACE)
@@ -190,32 +209,66 @@ class DhcpServer:
         the OFFER made for each of those was work for nothing. Without overload the backlog never holds
         more than what one read brought, and every packet is answered as before."""
         backlog = self._discover_backlog
-        for _ in range(4 * _DISCOVER_BACKLOG):
-            try:
-                data, ancdata, _flags, source = sock.recvmsg(_MAX_DATAGRAM, _CMSG_SPACE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # e.g. ICMP errors surfacing on the socket
-                logger.debug("dhcp :%d receive error: %s", port, exc)
-                break
-            ifindex, local_ip = _pktinfo(ancdata)
-            dgram = Datagram(data, source, ifindex, local_ip, counts)
-            # option 53 is the first option of every client's DISCOVER seen so far; anything else is
-            # answered at once, as it comes
-            if data[240:243] == b"\x35\x01\x01":
-                if len(backlog) == _DISCOVER_BACKLOG:
-                    counts.received += 1
-                    counts.dropped["overload"] += 1
-                    backlog.popleft()
-                backlog.append(dgram)
-                continue
-            self._handle_guarded(sock, dgram, port)
-        for _ in range(min(len(backlog), _DISCOVERS_PER_TURN)):
-            self._handle_guarded(sock, backlog.pop(), port)
+        replies = self._replies
+        if replies is not None:
+            replies.open(sock)
+        try:
+            for dgram in self._read_authoritative(sock, port, counts):
+                # option 53 is the first option of every client's DISCOVER seen so far; anything else is
+                # answered at once, as it comes
+                if dgram.data[240:243] == b"\x35\x01\x01":
+                    if len(backlog) == _DISCOVER_BACKLOG:
+                        counts.received += 1
+                        counts.dropped["overload"] += 1
+                        backlog.popleft()
+                    backlog.append(dgram)
+                    continue
+                self._handle_guarded(sock, dgram, port)
+            for _ in range(min(len(backlog), _DISCOVERS_PER_TURN)):
+                self._handle_guarded(sock, backlog.pop(), port)
+        finally:
+            if replies is not None:
+                replies.flush()
         if backlog and not self._backlog_scheduled:
             assert self._loop is not None
             self._backlog_scheduled = True
             self._loop.call_soon(self._backlog_turn, sock, port, counts)
+
+    def _read_authoritative(self, sock: socket.socket, port: int, counts: PortCounts) -> Iterator[Datagram]:
+        """Everything queued, up to 4 * _DISCOVER_BACKLOG datagrams (a read costs a few microseconds)."""
+        reader = self._reader
+        if reader is not None:
+            for _ in range(4 * _DISCOVER_BACKLOG // mmsg.BATCH):
+                batch = reader.read(sock, port, counts)
+                yield from batch
+                if len(batch) < mmsg.BATCH:
+                    return
+            return
+        for _ in range(4 * _DISCOVER_BACKLOG):
+            try:
+                data, ancdata, _flags, source = sock.recvmsg(_MAX_DATAGRAM, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP errors surfacing on the socket
+                logger.debug("dhcp :%d receive error: %s", port, exc)
+                return
+            ifindex, local_ip = _pktinfo(ancdata)
+            yield Datagram(data, source, ifindex, local_ip, counts)
+
+    def _serve_batch(self, sock: socket.socket, port: int, batch: list[Datagram]) -> None:
+        """Each datagram of a batch decided in turn, the replies sent together."""
+        replies = self._replies
+        assert replies is not None
+        replies.open(sock)
+        try:
+            for dgram in batch:
+                try:
+                    self.handle_datagram(sock, dgram, port, self._clock())
+                except Exception:  # our bug: log it once with the traceback, count it, serve the next packet
+                    self.stats.internal_errors += 1
+                    logger.exception("dhcp: internal error on a packet from %s", dgram.source)
+        finally:
+            replies.flush()
 
     def _backlog_turn(self, sock: socket.socket, port: int, counts: PortCounts) -> None:
         self._backlog_scheduled = False
@@ -351,6 +404,15 @@ class DhcpServer:
                                     arch=client_arch(packet.options.get(Option.ARCH))))
 
     def _send(self, sock: socket.socket, data: bytes, address: str, port: int, dgram: Datagram) -> None:
+        replies = self._replies
+        if replies is not None and len(data) <= _MAX_DATAGRAM:
+            if replies.sock is None and self._loop is not None and sock.fileno() >= 0:
+                # a reply made outside a read (an ACK after its lease write): gathered until the loop's next turn
+                replies.open(sock)
+                self._loop.call_soon(replies.flush)
+            if replies.sock is sock:
+                replies.add(data, address, port, dgram)
+                return
         key = (dgram.ifindex, int(dgram.local_ip))  # an int: IPv4Address hashes in Python
         ancillary = _ANCILLARY.get(key)
         if ancillary is None:
@@ -405,3 +467,145 @@ def _pktinfo(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, IPv4Address]:
                 address = _LOCAL_ADDRESSES[spec_dst] = IPv4Address(spec_dst)
             return ifindex, address
     return 0, ipaddress.IPv4Address(0)
+
+
+class _BatchReader:
+    """recvmmsg into one MessageArray (shared by the server's sockets: each read is used up before the next),
+    each datagram copied out with its sender and IP_PKTINFO as a Datagram."""
+
+    def __init__(self, recvmmsg) -> None:
+        self._recvmmsg = recvmmsg
+        self._array = mmsg.MessageArray(_MAX_DATAGRAM, control=_CMSG_SPACE)
+        self._sources: dict[bytes, tuple] = {}  # sockaddr's first 8 bytes -> recvfrom's address tuple
+
+    def read(self, sock: socket.socket, port: int, counts: PortCounts) -> list[Datagram]:
+        array = self._array
+        try:
+            count = array.receive(self._recvmmsg, sock.fileno())
+        except OSError as exc:  # e.g. ICMP errors surfacing on the socket
+            logger.debug("dhcp :%d receive error: %s", port, exc)
+            return []
+        words, qwords, data, names, controls = array.words, array.qwords, array.data, array.names, array.controls
+        sources = self._sources
+        batch = []
+        for i in range(count):
+            size = words[i * mmsg.STEP + mmsg.LEN]
+            start = i * _MAX_DATAGRAM
+            at = i * mmsg.NAME
+            name = names[at : at + 8].tobytes()
+            source = sources.get(name)
+            if source is None:
+                source = array.address(i)
+                if len(sources) >= 4096:
+                    sources.clear()
+                if name[:2] == _AF_INET:  # the cache key holds the whole of an IPv4 sockaddr's address
+                    sources[name] = source
+            at = i * _CMSG_SPACE
+            if (qwords[i * mmsg.QSTEP + mmsg.CONTROLLEN] >= _CMSG_LEN
+                    and controls[at + 8 : at + _CMSG_DATA] == _PKTINFO_TYPE):
+                ifindex, local_ip = _local(controls[at + _CMSG_DATA : at + _CMSG_DATA + 8].tobytes())
+            else:
+                ifindex, local_ip = 0, _ANY
+            batch.append(Datagram(data[start : start + size].tobytes(), source, ifindex, local_ip, counts))
+        return batch
+
+
+class _Replies:
+    """The replies of one batch, sent with one sendmmsg (more when the batch has more than BATCH), each to
+    its own address through its own interface (IP_PKTINFO), as `DhcpServer._send` would one by one."""
+
+    def __init__(self, sendmmsg) -> None:
+        self._sendmmsg = sendmmsg
+        self._array = mmsg.MessageArray(_MAX_DATAGRAM, control=_CMSG_SPACE)
+        self.sock: socket.socket | None = None
+        self._count = 0
+        self._targets: list[tuple[str, int, PortCounts]] = []
+        self._names: dict[tuple[str, int], bytes] = {}
+
+    def open(self, sock: socket.socket) -> None:
+        if self.sock is not None:
+            self.flush()
+        self.sock = sock
+
+    def add(self, data: bytes, address: str, port: int, dgram: Datagram) -> None:
+        array, i = self._array, self._count
+        start = i * _MAX_DATAGRAM
+        array.data[start : start + len(data)] = data
+        array.lengths[2 * i + 1] = len(data)
+        name = self._names.get((address, port))
+        if name is None:
+            if len(self._names) >= 4096:
+                self._names.clear()
+            name = self._names[(address, port)] = mmsg.sockaddr_in(address, port)
+        at = i * mmsg.NAME
+        array.names[at : at + 16] = name
+        array.words[i * mmsg.STEP + mmsg.NAMELEN] = 16
+        if dgram.ifindex:
+            at = i * _CMSG_SPACE
+            array.controls[at : at + _CMSG_SPACE] = _send_control(dgram.ifindex, dgram.local_ip)
+            array.qwords[i * mmsg.QSTEP + mmsg.CONTROLLEN] = _CMSG_SPACE
+        else:
+            array.qwords[i * mmsg.QSTEP + mmsg.CONTROLLEN] = 0
+        self._targets.append((address, port, dgram.counts))
+        self._count = i + 1
+        if self._count == mmsg.BATCH:
+            self._send()
+
+    def flush(self) -> None:
+        if self._count:
+            self._send()
+        self.sock = None
+
+    def _send(self) -> None:
+        """A datagram the kernel refuses (no route to a relay, a full socket buffer) is counted and logged as
+        sendmsg's refusal was; the ones after it are still sent."""
+        sock, count, targets = self.sock, self._count, self._targets
+        self._count, self._targets = 0, []
+        if sock is None or sock.fileno() < 0:
+            return
+        fd, sent = sock.fileno(), 0
+        while sent < count:
+            done = self._array.send(self._sendmmsg, fd, sent, count - sent)
+            if done < 0:
+                address, port, counts = targets[sent]
+                counts.dropped["send-failed"] += 1
+                logger.warning("dhcp: cannot send to %s:%d: %s", address, port, os.strerror(-done))
+                sent += 1
+                continue
+            for _address, _port, counts in targets[sent : sent + done]:
+                counts.answered += 1
+            sent += done
+
+
+_AF_INET = struct.pack("=H", socket.AF_INET)
+_ANY = IPv4Address(0)
+_CONTROLS: dict[tuple[int, int], bytes] = {}  # a cmsg with IP_PKTINFO to send with, per interface
+
+
+def _send_control(ifindex: int, local_ip: IPv4Address) -> bytes:
+    key = (ifindex, int(local_ip))  # an int: IPv4Address hashes in Python
+    control = _CONTROLS.get(key)
+    if control is None:
+        if len(_CONTROLS) > 256:
+            _CONTROLS.clear()
+        header = struct.pack("=Q", _CMSG_LEN) + _PKTINFO_TYPE
+        control = header + _PKTINFO.pack(ifindex, local_ip.packed, b"\0\0\0\0")
+        control = _CONTROLS[key] = control + bytes(_CMSG_SPACE - len(control))
+    return control
+
+
+def _local(info: bytes) -> tuple[int, IPv4Address]:
+    """in_pktinfo's ifindex and spec_dst (its first 8 bytes) as the interface and our address on it."""
+    found = _PKTINFOS.get(info)
+    if found is None:
+        ifindex, spec_dst = struct.unpack("=I4s", info)
+        address = _LOCAL_ADDRESSES.get(spec_dst)
+        if address is None:
+            address = IPv4Address(spec_dst)
+        if len(_PKTINFOS) > 256:
+            _PKTINFOS.clear()
+        found = _PKTINFOS[info] = (ifindex, address)
+    return found
+
+
+_PKTINFOS: dict[bytes, tuple[int, IPv4Address]] = {}

@@ -14,8 +14,14 @@ generated messages of appliance/etcd/proto/etcd.proto (etcd's own, trimmed).
   same rule): `put` and `delete` are idempotent; a `txn` whose compare then fails is reported as not
   succeeded, so callers that compare (allocations) re-read and decide again.
 - `watch` is a stream that survives the loss of its member: it resumes on the next endpoint from the
-  revision after the last one it delivered, so nothing is missed and nothing is delivered twice; if that
+  revision after the last event it delivered, so nothing is missed and nothing is delivered twice; if that
   revision was compacted away it raises `EtcdCompacted` (the caller reads the prefix again).
+- A progress notice (asked for with `progress`) says the stream is alive; its revision is NOT a promise that
+  every event up to it was delivered: etcd without the fix of etcd-io/etcd#15220 (2023; Debian's 3.4.23 here)
+  answers a progress request with its current revision while a watch it has just created from an older
+  revision (a resumed one) has not sent the events up to it yet (checked: 50 of 50 times), and later
+  releases may not answer at all until such a watch has caught up (etcd-io/etcd#17507). So a notice never
+  moves the point a watch resumes from, and freshness is proved by reads (appliance/store/etcd_store.py).
 """
 
 from __future__ import annotations
@@ -118,8 +124,8 @@ class WatchEvent:
 
 @dataclass(frozen=True, slots=True)
 class WatchBatch:
-    """Events; `revision` is the last event's, or for a progress notice (no events) the store's revision up to
-    which everything was delivered."""
+    """Events; `revision` is the last event's, or for a progress notice (no events) the store's revision when
+    etcd answered: a sign of life only, events at or below it may still come (see the module's notes)."""
     revision: int
     events: tuple[WatchEvent, ...]
 
@@ -342,13 +348,15 @@ class EtcdClient:
 
     async def range(self, key: bytes | str, *, prefix: bool = False, range_end: bytes = b"", revision: int = 0,
                     serializable: bool = False, limit: int = 0, keys_only: bool = False,
-                    count_only: bool = False) -> RangeResult:
+                    count_only: bool = False, min_mod_revision: int = 0) -> RangeResult:
         """Keys in [key, range_end) (or starting with `key` when prefix), sorted by key; linearizable
-        unless `serializable` (then any member answers from its own copy, without a quorum)."""
+        unless `serializable` (then any member answers from its own copy, without a quorum).
+        `min_mod_revision`: only the keys modified at or after it, while `count` stays the number of every key
+        in the range (etcd filters after counting)."""
         k = _key(key)
         request = pb.RangeRequest(key=k, range_end=prefix_end(k) if prefix else range_end, revision=revision,
                                   serializable=serializable, limit=limit, keys_only=keys_only,
-                                  count_only=count_only)
+                                  count_only=count_only, min_mod_revision=min_mod_revision)
         r = await self._unary("/etcdserverpb.KV/Range", request, pb.RangeResponse)
         return RangeResult(r.header.revision, tuple(KeyValue.of(kv) for kv in r.kvs), r.more, r.count)
 
@@ -460,9 +468,10 @@ class EtcdClient:
     async def watch(self, key: bytes | str, *, prefix: bool = True, start_revision: int = 0,
                     progress: asyncio.Event | None = None) -> AsyncIterator[WatchBatch]:
         """Every change under `key` from `start_revision` on (0: from now), in revision order, as batches.
-        Setting `progress` asks etcd for a progress notice (a batch without events carrying the current
-        revision: everything up to it has been delivered); the iterator clears it. The stream moves to
-        another endpoint when its member is lost, from the revision after the last batch delivered."""
+        Setting `progress` asks etcd for a progress notice (a batch without events carrying etcd's current
+        revision: the stream is alive, but events up to that revision may still follow, see the module's
+        notes); the iterator clears it. The stream moves to another endpoint when its member is lost, from the
+        revision after the last event delivered (never after a notice's revision)."""
         k = _key(key)
         next_revision = start_revision
         lost_since: str | None = None
@@ -477,7 +486,7 @@ class EtcdClient:
                         lost_since = None
                     step = 0
                     self.last_answer = time.monotonic()
-                    if batch.events or batch.revision >= next_revision:
+                    if batch.events:  # a notice may run ahead of events etcd has yet to send (etcd#15220)
                         next_revision = max(next_revision, batch.revision + 1)
                     yield batch
                 reason = f"{endpoint.url}: the stream ended"  # closed by the member (shutting down)

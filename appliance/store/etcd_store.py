@@ -2,6 +2,8 @@
 
 Key layout under `store.prefix` (default /bootd):
 - `<prefix>/data/current`: the name of the live generation (absent: `g0`).
+- `<prefix>/data/written`: put (empty) in the same transaction as every write of the API and an import's
+  switch: its mod_revision is the revision of the last write, what a replica's copy must have reached.
 - `<prefix>/data/<generation>/<path>`: the matchbox data dir, one key per file, byte for byte: `profiles/<id>.json`,
   `groups/<id>.json`, `ignition/<name>`, `generic/<name>`, `cloud/<name>`. Assets stay on each replica's disk.
   The generation exists so that `bootd store import` replaces everything at once: it writes a new generation
@@ -13,10 +15,15 @@ Key layout under `store.prefix` (default /bootd):
 Reads on the request path come from a mirror: every key under `<prefix>/data/`, read once and kept current
 by a watch (resumed from the next revision when its member is lost). "An edit is served everywhere at the
 next request": before a boot config is chosen, the HTTP side awaits `fresh()`: one linearizable read of the
-cluster's revision (shared by the requests that arrive while it is in flight), then the watch is asked for
-a progress notice and awaited until it has delivered that revision. An edit acknowledged anywhere before the
-request arrived is therefore in the mirror when the request is answered. When etcd does not answer (within
-FRESH_SECONDS), the request is served from the mirror as it is, and that is logged once per outage.
+`written` key (shared by the requests that arrive while it is in flight); when the mirror has not reached
+its revision yet (the watch has not delivered that write, or is still resuming after an outage), a second
+linearizable read fetches what changed under `<prefix>/data/` since the mirror's revision and applies it.
+An edit acknowledged by any replica before the request arrived is therefore in the mirror when the request
+is answered, whatever the watch is doing. (Not by waiting for the watch's progress notice: etcd 3.4.23
+answers one with a revision its just-resumed watch has not delivered yet, see appliance/etcd/client.py; that
+served the old profile after etcd's restart.) When etcd does not answer (within FRESH_SECONDS), the request
+is served from the mirror as it is, and that is logged once per outage. Edits written into etcd by another
+tool (etcdctl) are followed by the watch, without the next-request promise.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from appliance.etcd import (Compare, Delete, EtcdClient, EtcdCompacted, EtcdError, EtcdUnavailable, EventType,
-                            Put, RangeResult)
+                            KeyValue, Put, RangeResult, WatchEvent)
 from appliance.ignition import RAW_IGNITION_SUFFIXES
 from appliance.store.datadir import MAX_DOCUMENT_BYTES
 from appliance.store.model import Group, InvalidDocument, Profile, parse_group, parse_profile
@@ -51,7 +58,7 @@ FRESH_SECONDS = 2.0  # at most this long per request for etcd's revision and the
 # while etcd is unreachable (and no other call got an answer since), requests are served from the mirror for
 # this long without asking again
 RETRY_AFTER_FAILURE = 2.0
-WATCH_RESTART_SECONDS = 5.0  # a watch that lags is started again at most this often
+WATCH_RESTART_SECONDS = 5.0  # a watch that has not delivered a write this long after a read found it: restarted
 FIRST_GENERATION = "g0"
 KINDS = ("profiles", "groups", "ignition", "generic", "cloud")
 FLAT_KINDS = ("profiles", "groups")
@@ -74,6 +81,10 @@ class Layout:
     def pointer(self) -> bytes:
         return f"{self.prefix}/data/current".encode()
 
+    @property
+    def written(self) -> bytes:
+        return f"{self.prefix}/data/written".encode()
+
     def generation(self, name: str) -> bytes:
         return f"{self.prefix}/data/{name}/".encode()
 
@@ -81,7 +92,7 @@ class Layout:
         return self.generation(generation) + path.encode()
 
     def split(self, key: bytes) -> tuple[str, str] | None:
-        """(generation, data-dir path) of a file key; None for the pointer or anything else."""
+        """(generation, data-dir path) of a file key; None for the pointer, `written` or anything else."""
         if not key.startswith(self.data) or key == self.pointer:
             return None
         generation, _, path = key[len(self.data):].decode(errors="replace").partition("/")
@@ -120,11 +131,11 @@ class EtcdMirror:
         self.revision = 0  # everything up to this revision has been applied
         self.view = _View(FIRST_GENERATION)
         self._raw: dict[bytes, StoredFile] = {}  # every generation's keys (an import stages one beside the live)
-        self._progress = asyncio.Event()
-        self._advanced = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
-        self._revision_read: asyncio.Task[int] | None = None  # the read in flight (or the last one)
-        self._revision_next: asyncio.Task[int] | None = None  # the read to start when that one is done
+        self._revision_read: asyncio.Task[None] | None = None  # the catch-up in flight (or the last one)
+        self._revision_next: asyncio.Task[None] | None = None  # the catch-up to start when that one is done
+        self._watched = 0  # the last revision the watch delivered
+        self._unwatched: tuple[float, int] | None = None  # (monotonic time, revision): a write read, not watched
         self._failed_at: float | None = None  # monotonic time of the last failed freshness check
         self.reachable = True
         self.loop: asyncio.AbstractEventLoop | None = None  # the daemon's, once started
@@ -159,11 +170,9 @@ class EtcdMirror:
     async def _follow(self) -> None:
         while True:
             try:
-                async for batch in self.client.watch(self.layout.data, start_revision=self.revision + 1,
-                                                     progress=self._progress):
+                async for batch in self.client.watch(self.layout.data, start_revision=self.revision + 1):
+                    self._watched = max(self._watched, batch.revision)
                     self._apply(batch.revision, batch.events)
-                    async with self._advanced:
-                        self._advanced.notify_all()
             except EtcdCompacted as exc:
                 logger.warning("store: %s; reading %s again", exc, self.layout.data.decode())
                 await self._reload_until_read()
@@ -182,11 +191,15 @@ class EtcdMirror:
             except EtcdUnavailable:
                 await asyncio.sleep(1)
 
-    def _apply(self, revision: int, events: Iterable) -> None:
+    def _apply(self, revision: int, events: Iterable[WatchEvent]) -> None:
+        """Events of the watch, or of a catch-up read; what is at or below `self.revision` is already here
+        (a read brought the mirror past it: the watch delivers it later, and it is skipped)."""
         view = self.view
         files: dict[str, StoredFile] | None = None
         rebuild = False
         for event in events:
+            if event.kv.mod_revision <= self.revision:
+                continue
             key = event.kv.key
             if event.type is EventType.DELETE:
                 self._raw.pop(key, None)
@@ -213,16 +226,14 @@ class EtcdMirror:
     # --- freshness ----------------------------------------------------------------------------------
 
     async def fresh(self, budget: float = FRESH_SECONDS) -> bool:
-        """Wait (at most `budget` s) until the mirror holds every change etcd acknowledged before this call;
-        False when etcd did not answer in time, or the watch did not catch up (the mirror serves as it is)."""
+        """Make sure (within `budget` s) that the mirror holds every write acknowledged before this call; False
+        when etcd did not answer in time (the mirror serves as it is)."""
         if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_AFTER_FAILURE \
                 and self.client.last_answer < self._failed_at:  # nothing (a write, the watch) got through since
             return False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
         try:
-            target = await asyncio.wait_for(self._latest_revision(), budget)
-        except (EtcdError, asyncio.TimeoutError) as exc:
+            await asyncio.wait_for(self._caught_up(), budget)
+        except (TimeoutError, EtcdError) as exc:
             self._failed_at = time.monotonic()
             if self.reachable:
                 self.reachable = False
@@ -230,52 +241,81 @@ class EtcdMirror:
                 logger.warning("store: etcd unreachable (%s): serving profiles, groups and templates from the "
                                "copy at revision %d until it answers", reason, self.revision)
             return False
-        if self.revision < target:
-            self._progress.set()
-            try:
-                async with self._advanced:
-                    await asyncio.wait_for(self._advanced.wait_for(lambda: self.revision >= target),
-                                           max(deadline - loop.time(), 0.01))
-            except asyncio.TimeoutError:
-                self._watch_behind(target)
-                return False
+        self._check_watch()
         if not self.reachable:
             self.reachable = True
             logger.info("store: etcd answers again: serving revision %d", self.revision)
         self._failed_at = None
         return True
 
-    def _watch_behind(self, target: int) -> None:
-        """etcd answered at `target` but the watch did not get there in time: its member may be cut off
-        without the connection breaking. Start it again (at most every WATCH_RESTART_SECONDS) on the member that
-        answered; it resumes after the last revision applied, so nothing is missed."""
-        now = time.monotonic()
-        if self._task is None or now - self._watch_restarted < WATCH_RESTART_SECONDS:
+    async def _catch_up(self) -> None:
+        """The last write's revision (the `written` key, linearizable); if the mirror has not reached it, what
+        changed since the mirror's revision, read and applied. Deletions show in the count of keys (etcd counts
+        before it filters by revision): when it differs, the keys at that revision are listed."""
+        found = await self.client.range(self.layout.written)
+        written = found.kvs[0].mod_revision if found.kvs else 0
+        if self.revision >= written:
             return
-        self._watch_restarted = now
-        logger.warning("store: the watch is at revision %d and etcd at %d; starting it again through another "
-                       "member (this request is served from the copy)", self.revision, target)
+        since = self.revision
+        changed = await self.client.range(self.layout.data, prefix=True, min_mod_revision=since + 1)
+        at = changed.revision
+        if self._watched < written and self._unwatched is None:
+            self._unwatched = (time.monotonic(), written)
+        if self.revision >= at:
+            return  # the watch got there meanwhile
+        events = [WatchEvent(EventType.PUT, kv) for kv in changed.kvs]
+        if len(set(self._raw) | {kv.key for kv in changed.kvs}) != changed.count:
+            try:
+                listed = await self.client.range(self.layout.data, prefix=True, keys_only=True, revision=at)
+            except EtcdUnavailable:
+                raise
+            except EtcdError as exc:  # `at` compacted already: read everything again
+                logger.info("store: %s; reading %s again", exc, self.layout.data.decode())
+                await self.load()
+                return
+            if self.revision >= at:
+                return
+            present = {kv.key for kv in listed.kvs}
+            gone = (set(self._raw) | {kv.key for kv in changed.kvs}) - present
+            events += [WatchEvent(EventType.DELETE, KeyValue(key, b"", 0, at, 0, 0)) for key in sorted(gone)]
+        self._apply(at, events)
+
+    def _check_watch(self) -> None:
+        """A write that a read had to bring in (the watch had not delivered it) is normal for a moment; if the
+        watch has still not delivered it WATCH_RESTART_SECONDS later, its member may be cut off without the
+        connection breaking: start it again (it resumes after the mirror's revision, so nothing is missed)."""
+        if self._unwatched is None:
+            return
+        since, revision = self._unwatched
+        if self._watched >= revision or self._task is None:
+            self._unwatched = None
+            return
+        if time.monotonic() - since < WATCH_RESTART_SECONDS:
+            return
+        self._unwatched = None
+        logger.warning("store: the watch has not delivered revision %d (it is at %d) %g s after a read found it; "
+                       "starting it again through another member", revision, self._watched, WATCH_RESTART_SECONDS)
         self._task.cancel()
         self._task = asyncio.get_running_loop().create_task(self._follow())
 
-    async def _latest_revision(self) -> int:
-        """etcd's current revision, from a read that started after this call: requests arriving while a read
-        is in flight share the next one. The reads are tasks of their own: a request that gives up waiting
-        (its budget) cancels only its wait, never the read others share."""
+    async def _caught_up(self) -> None:
+        """`_catch_up`, from one that started after this call: requests arriving while one is in flight share
+        the next one. They are tasks of their own: a request that gives up waiting (its budget) cancels only
+        its wait, never the catch-up others share."""
         if self._revision_next is None:
             previous = self._revision_read
 
-            async def read() -> int:
+            async def catch_up() -> None:
                 if previous is not None:
                     await asyncio.wait([previous])
                 self._revision_next = None  # whoever arrives from now on needs a read that starts later
                 self._revision_read = task
-                return await self.client.revision()
+                await self._catch_up()
 
-            task = asyncio.ensure_future(read())
+            task = asyncio.ensure_future(catch_up())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, even if nobody waits
             self._revision_next = task
-        return await asyncio.shield(self._revision_next)
+        await asyncio.shield(self._revision_next)
 
 
 # --- the store the HTTP side reads ----------------------------------------------------------------------
@@ -471,7 +511,8 @@ class EtcdWriter:
     async def _put(self, path: str, data: bytes) -> int:
         for _ in range(3):  # the generation moved under us (an import): write into the new one
             generation, live, _ = await self._generation()
-            done = await self.client.txn([live], [Put(self.layout.key(generation, path), data)])
+            done = await self.client.txn([live], [Put(self.layout.key(generation, path), data),
+                                                  Put(self.layout.written, b"")])
             if done.succeeded:
                 return done.revision
         raise StoreUnavailable("the store's data was replaced three times during this write (imports running)")
@@ -479,7 +520,8 @@ class EtcdWriter:
     async def _delete(self, path: str) -> int:
         for _ in range(3):
             generation, live, _ = await self._generation()
-            done = await self.client.txn([live], [Delete(self.layout.key(generation, path))])
+            done = await self.client.txn([live], [Delete(self.layout.key(generation, path)),
+                                                  Put(self.layout.written, b"")])
             if done.succeeded:
                 return int(done.responses[0] or 0)
         raise StoreUnavailable("the store's data was replaced three times during this delete (imports running)")
@@ -668,7 +710,7 @@ async def import_files(client: EtcdClient, layout: Layout, files: dict[str, byte
             await client.txn([], [Put(staged + path.encode(), data) for path, data in batch])
             done_files += len(batch)
             progress(f"staged {done_files}/{len(items)} files under {staged.decode()}")
-        done = await client.txn([live], [Put(layout.pointer, new.encode())])
+        done = await client.txn([live], [Put(layout.pointer, new.encode()), Put(layout.written, b"")])
         if not done.succeeded:
             raise EtcdError(f"{layout.pointer.decode()} changed during the import (another import?); nothing "
                             "was replaced")

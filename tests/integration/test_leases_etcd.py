@@ -144,7 +144,7 @@ def test_two_replicas_race_survive_a_kill_and_a_cut_off(lab, tmp_path):
             lab.run(survivor_ns, ["iptables", "-D", "OUTPUT", *rule])
         mark = logged(survivor, "etcd quorum reachable again", mark)
         after = clients(lab, load, "dora", "--count", "1", "--first", "900000", "--secs", "20")
-        assert len(after["acked"]) == 1, after
+        assert len(after["acked"]) == 1, f"{after}\nthe replica's log:\n{survivor.log_text()}"
         new_mac, (new_ip, _s, _t) = next(iter(after["acked"].items()))
         assert json.loads(in_etcd(cluster, "/bootd/leases/ip/")[new_ip])["mac"] == new_mac
         assert new_ip not in by_ip

@@ -129,6 +129,38 @@ def test_no_quorum_stops_allocation_says_so_once_and_recovers(etcd_cluster, capl
     assert len(back) == 1
 
 
+def test_a_member_that_hangs_costs_one_call_not_allocation_while_it_hangs(etcd_cluster):
+    """One member of three stopped (SIGSTOP: its connections stay open, nothing answers) is no loss of quorum.
+    The call that was waiting on it fails at store.timeout; the next ones go to the other members, so the
+    replica allocates again while that member still hangs (before: every call asked it first and spent its
+    whole budget there, and the replica stayed in "no quorum" for as long as the member hung)."""
+    cluster = etcd_cluster(size=3)
+
+    async def main() -> None:
+        a = await replica(cluster.endpoints, "a")
+        expires = time.time() + 3600
+        hung = cluster.endpoints.index(a.client.current_endpoint)
+        try:
+            assert await a.bind(Lease(ip=IPv4Address("10.5.4.1"), mac=mac(1), expires=expires)) \
+                is BindOutcome.COMMITTED
+            cluster.pause(hung)
+            outcomes = []
+            deadline = time.monotonic() + 4 * a.call_seconds + 10  # a few calls' budgets; commits come sooner
+            while time.monotonic() < deadline:
+                outcomes.append(await a.bind(Lease(ip=IPv4Address("10.5.4.2"), mac=mac(2), expires=expires)))
+                if outcomes[-1] is BindOutcome.COMMITTED:
+                    break
+                await asyncio.sleep(0.2)
+            assert outcomes[-1] is BindOutcome.COMMITTED, outcomes
+            assert a.client.current_endpoint != cluster.endpoints[hung]
+            assert a.table.allocating
+        finally:
+            cluster.resume(hung)
+            await stop(a)
+
+    asyncio.run(main())
+
+
 def test_release_and_decline_only_by_the_holder_and_seen_by_the_other_replica(etcd_cluster):
     cluster = etcd_cluster(size=1)
 

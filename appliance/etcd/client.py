@@ -302,6 +302,11 @@ class EtcdClient:
     def endpoints(self) -> list[str]:
         return [e.url for e in self._endpoints]
 
+    @property
+    def current_endpoint(self) -> str:
+        """The endpoint the next call goes to first."""
+        return self._endpoints[self._current].url
+
     def _channel(self, endpoint: _Endpoint) -> grpc.aio.Channel:
         if endpoint.channel is None:
             if endpoint.secure:
@@ -324,11 +329,19 @@ class EtcdClient:
         await self.close()
 
     async def _unary(self, method: str, request, response_type, timeout: float | None = None):
-        """Call `method` on the current endpoint, then each other one once, until one answers."""
+        """Call `method` on the current endpoint, then each other one once, until one answers.
+
+        A caller that gives up first (its own deadline, as the DHCP lease store's `store.timeout` for a whole
+        call) cancels the attempt in flight: the next call then starts at the endpoint after that one. Else a
+        member that hangs without closing its connections (stopped, starved, a dead link not yet noticed) would
+        be asked first by every call, each spending the caller's whole budget on it, and the other members,
+        still a quorum, would never be tried (measured: a lease store saw "no quorum" for as long as one of
+        three members was stopped)."""
         failures = _Failures()
         n = len(self._endpoints)
+        first = self._current
         for step in range(n):
-            index = (self._current + step) % n
+            index = (first + step) % n
             endpoint = self._endpoints[index]
             call = self._channel(endpoint).unary_unary(method, request_serializer=type(request).SerializeToString,
                                                        response_deserializer=response_type.FromString)
@@ -339,6 +352,10 @@ class EtcdClient:
                     raise EtcdError(f"etcd {endpoint.url}: {_reason(exc)}") from None
                 failures.add(endpoint, exc)
                 continue
+            except asyncio.CancelledError:
+                if self._current == first:  # (no other call got an answer meanwhile)
+                    self._current = (index + 1) % n
+                raise
             self._current = index
             self.last_answer = time.monotonic()
             return response

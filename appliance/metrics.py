@@ -56,6 +56,7 @@ DHCP_DROP_REASONS = (
     "no-pool-for-relay",
     "overload",  # authoritative mode: a DISCOVER past the backlog (REQUESTs are finished first)
     "no-quorum",  # etcd leases: this replica cannot reach etcd's quorum, so it gives no new address
+    "stale-discover",  # etcd leases: a DISCOVER answered after its client REQUESTed another replica's offer
 )
 TFTP_DROP_REASONS = ("bad-fields", "bad-opcode", "duplicate-request", "no-nul-terminator", "not-a-request", "not-ascii",
                      "request-too-long", "short")

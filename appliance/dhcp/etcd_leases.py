@@ -16,7 +16,9 @@ What is where:
   all. The loser refreshes those keys in its view and answers NAK (RFC 2131 §4.3.2: the client starts over
   and is offered an address that is free).
 - Offers are per replica (an OFFER promises nothing; writing each to etcd would cost a round trip per
-  DISCOVER and decide nothing the REQUEST's transaction does not).
+  DISCOVER and decide nothing the REQUEST's transaction does not). A DISCOVER read after its client's
+  REQUEST for another replica (same xid; the overload backlog answers REQUESTs first) gets no OFFER: its
+  hold would keep an address from everyone for 30 s with no REQUEST left to withdraw it (`stale-discover`).
 - Reservations (`machines:` with an address) are not written: every replica has the same config, the pools
   never contain reserved addresses, so there is nothing to race for.
 
@@ -85,6 +87,8 @@ GRACE_SECONDS = 60.0  # a key outlives its DHCP lease by at least this (clock st
 BUCKET_SECONDS = 60.0  # expiry times this close share one etcd lease
 PROBE_SECONDS = 1.0  # how often the quorum is checked (a linearizable read)
 MIN_CACHED_ACK_SECONDS = 10  # without quorum, a renewal with less left than this is not answered
+CHOSE_OTHER_SECONDS = 30.0  # how long a client's choice of another server makes its late DISCOVERs stale
+CHOSE_OTHER_LIMIT = 4096  # choices remembered at most (the oldest forgotten first)
 
 
 # --- keys and values (pure) -----------------------------------------------------------------------
@@ -684,6 +688,8 @@ class EtcdDhcpServer(DhcpServer):
         super().__init__(leases=store.table, **kw)  # type: ignore[arg-type]  # same read interface
         self.store = store
         self._commits: set[asyncio.Task[None]] = set()
+        # MAC -> (xid, when) of a REQUEST that named another server: see _stale_discover
+        self._chose_other: dict[MacAddress, tuple[int, float]] = {}
 
     def close(self) -> None:
         super().close()
@@ -695,10 +701,37 @@ class EtcdDhcpServer(DhcpServer):
         reservation = addresses.reservations.get(mac) if addresses is not None else None
         return reservation is not None and reservation.ip == ip
 
+    def _chose_another_server(self, mac: MacAddress, xid: int) -> None:
+        self._chose_other.pop(mac, None)
+        if len(self._chose_other) >= CHOSE_OTHER_LIMIT:
+            del self._chose_other[next(iter(self._chose_other))]
+        self._chose_other[mac] = (xid, self._clock())
+
+    def _stale_discover(self, mac: MacAddress, xid: int) -> bool:
+        """Whether this DISCOVER belongs to an exchange in which the client already REQUESTed another server's
+        offer (RFC 2131: one xid from DISCOVER to REQUEST). Under overload DISCOVERs wait in the backlog
+        while REQUESTs are answered at once (DhcpServer._drain_authoritative), so with two replicas a
+        client's REQUEST for the other one is often read before this replica's answer to its DISCOVER. That
+        late OFFER reaches nobody, but its hold kept the address from every other client for
+        OFFER_HOLD_SECONDS, and there was no REQUEST left to withdraw it: after 2,000 clients raced through
+        two replicas, ~300 such holds made a range with 300 free addresses "exhausted" on the survivor for
+        the next 30 s (CI: a new client got no OFFER, test_two_replicas_race_survive_a_kill_and_a_cut_off)."""
+        chose = self._chose_other.get(mac)
+        return chose is not None and chose[0] == xid and self._clock() - chose[1] < CHOSE_OTHER_SECONDS
+
+    def _drop(self, ignore: Ignore, dgram: Datagram) -> None:
+        if ignore.reason == "other-server" and ignore.mac is not None and len(dgram.data) >= 8:
+            self._chose_another_server(MacAddress(ignore.mac), int.from_bytes(dgram.data[4:8], "big"))
+        super()._drop(ignore, dgram)
+
     def _apply(self, sock, packet: DhcpPacket, answer: DhcpAnswer, dgram: Datagram) -> None:
         table: EtcdLeaseTable = self.leases  # type: ignore[assignment]
         change = answer.change
         if isinstance(change, HoldOffer):
+            if self._stale_discover(change.mac, packet.xid):
+                self._drop(Ignore("stale-discover", f"{change.mac} already chose another server in this exchange",
+                                  mac=change.mac), dgram)
+                return
             if not table.allocating and table.known_lease(change.mac, change.ip) is None \
                     and not self._reserved(change.mac, change.ip):
                 self._drop(Ignore("no-quorum", f"etcd has no quorum from here: no new address for {change.mac}",
@@ -716,7 +749,9 @@ class EtcdDhcpServer(DhcpServer):
                 until = change.until if isinstance(change, Decline) else None
                 self._start(self._free(sock, packet, answer, change.ip, change.mac, until, dgram))
                 return
-            # a REQUEST for another server: only this replica's offer is withdrawn, never etcd's lease
+            # a REQUEST for another server: only this replica's offer is withdrawn, never etcd's lease (and a
+            # DISCOVER of that exchange still waiting here must not make a new one)
+            self._chose_another_server(change.mac, packet.xid)
         self._answer(sock, packet, answer, dgram, changed=False)
 
     def _start(self, work) -> None:

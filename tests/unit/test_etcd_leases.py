@@ -149,3 +149,53 @@ def test_a_renewal_without_quorum_promises_only_what_etcd_holds():
     assert int.from_bytes(shorter.options[Option.RENEWAL_TIME], "big") == 500
     assert int.from_bytes(shorter.options[Option.REBINDING_TIME], "big") == 875
     assert list(shorter.options) == list(reply.options)  # same options, same order
+
+
+def test_a_discover_read_after_its_request_for_another_replica_holds_no_address():
+    """Under overload a replica answers REQUESTs before the DISCOVERs waiting in its backlog, so a client's
+    REQUEST for the other replica can be read before this one's OFFER to it. That late OFFER must not hold an
+    address (no REQUEST is left to withdraw it: 300 such holds once made a range with 300 free addresses
+    'exhausted' for 30 s). A new exchange (another xid) of the same client is answered as usual."""
+    from types import SimpleNamespace
+
+    from appliance.dhcp.etcd_leases import EtcdDhcpServer, EtcdLeaseStore
+    from appliance.dhcp.modes import DhcpMode
+    from appliance.dhcp.packet import encode_packet, parse_packet
+    from appliance.dhcp.policy import DhcpPolicies
+    from appliance.dhcp.server import Datagram, PortCounts
+    from appliance.events import EventBus
+
+    server_ip, other = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")
+    policy = AddressPolicy(subnet=IPv4Network("10.0.0.0/24"), first=IPv4Address("10.0.0.10"),
+                           last=IPv4Address("10.0.0.20"))
+    store = EtcdLeaseStore(SimpleNamespace(timeout=5.0), EtcdLeaseTable(KEYS, "r1"))  # type: ignore[arg-type]
+    server = EtcdDhcpServer(store=store, policies=DhcpPolicies(mode=DhcpMode.AUTHORITATIVE, pxe=PxePolicy(),
+                                                               addresses=policy),
+                            bus=EventBus(), port=67, pxe_port=0, server_address=server_ip, clock=lambda: NOW)
+    sent: list[tuple[MessageType, int]] = []
+    server._send = lambda sock, data, address, port, dgram: sent.append(  # type: ignore[method-assign]
+        (parse_packet(data).message_type, parse_packet(data).xid))
+    counts = PortCounts()
+
+    def receive(mac: MacAddress, kind: MessageType, xid: int, *options: tuple[int, bytes]) -> None:
+        p = DhcpPacket(op=BOOTREQUEST, htype=1, hlen=6, xid=xid, chaddr=bytes.fromhex(mac.replace(":", "")),
+                       options={Option.MESSAGE_TYPE: bytes((kind,)), **dict(options)})
+        server.handle_datagram(None, Datagram(encode_packet(p), ("0.0.0.0", 68), 0, server_ip, counts), 67, NOW)
+
+    # the client took the other replica's OFFER; its REQUEST is read here first, then its DISCOVER
+    receive(MAC_A, MessageType.REQUEST, 7, (Option.REQUESTED_IP, IPv4Address("10.0.0.15").packed),
+            (Option.SERVER_ID, other.packed))
+    receive(MAC_A, MessageType.DISCOVER, 7)
+    assert sent == [] and counts.dropped["stale-discover"] == 1
+    assert store.table.offered_to(MAC_A, NOW) is None and store.table.sizes()["offers"] == 0
+    # an OFFER made before the REQUEST is withdrawn by it, and a retransmitted DISCOVER makes no new one
+    receive(MAC_B, MessageType.DISCOVER, 8)
+    offered = store.table.offered_to(MAC_B, NOW)
+    assert offered is not None and sent == [(MessageType.OFFER, 8)]
+    receive(MAC_B, MessageType.REQUEST, 8, (Option.REQUESTED_IP, IPv4Address("10.0.0.19").packed),
+            (Option.SERVER_ID, other.packed))
+    receive(MAC_B, MessageType.DISCOVER, 8)
+    assert store.table.offered_to(MAC_B, NOW) is None and counts.dropped["stale-discover"] == 2
+    # a new exchange is answered
+    receive(MAC_A, MessageType.DISCOVER, 9)
+    assert sent[-1] == (MessageType.OFFER, 9) and store.table.offered_to(MAC_A, NOW) is not None

@@ -36,7 +36,7 @@ from appliance.dhcp.modes import DhcpMode
 from appliance.dhcp.authoritative import DhcpAnswer, decide_dhcp
 from appliance.dhcp.leases import Bind, Decline, LeaseTable, LeaseWriter, Release
 from appliance.dhcp.packet import (
-    HEADER_SIZE, MAGIC_COOKIE, DhcpPacket, MalformedPacket, Option, encode_packet, parse_options, parse_packet,
+    HEADER_SIZE, MAGIC_COOKIE, DhcpPacket, MalformedPacket, Option, parse_options, parse_packet,
 )
 from appliance.dhcp.policy import DhcpPolicies
 from appliance.dhcp.pxe import (
@@ -452,20 +452,13 @@ def _udp_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
-_LOCAL_ADDRESSES: dict[bytes, IPv4Address] = {}  # a host has few: build each IPv4Address once
 _ANCILLARY: dict[tuple[int, int], list[tuple[int, int, bytes]]] = {}  # IP_PKTINFO to send with, per interface
 
 
 def _pktinfo(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, IPv4Address]:
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
-            ifindex, spec_dst, _addr = _PKTINFO.unpack_from(data)
-            address = _LOCAL_ADDRESSES.get(spec_dst)
-            if address is None:
-                if len(_LOCAL_ADDRESSES) > 256:
-                    _LOCAL_ADDRESSES.clear()
-                address = _LOCAL_ADDRESSES[spec_dst] = IPv4Address(spec_dst)
-            return ifindex, address
+            return _local(data[:8])
     return 0, ipaddress.IPv4Address(0)
 
 
@@ -595,16 +588,14 @@ def _send_control(ifindex: int, local_ip: IPv4Address) -> bytes:
 
 
 def _local(info: bytes) -> tuple[int, IPv4Address]:
-    """in_pktinfo's ifindex and spec_dst (its first 8 bytes) as the interface and our address on it."""
+    """in_pktinfo's ifindex and spec_dst (its first 8 bytes) as the interface and our address on it; a host
+    has few, so each pair's IPv4Address is built once (IPv4Address construction is Python code)."""
     found = _PKTINFOS.get(info)
     if found is None:
         ifindex, spec_dst = struct.unpack("=I4s", info)
-        address = _LOCAL_ADDRESSES.get(spec_dst)
-        if address is None:
-            address = IPv4Address(spec_dst)
         if len(_PKTINFOS) > 256:
             _PKTINFOS.clear()
-        found = _PKTINFOS[info] = (ifindex, address)
+        found = _PKTINFOS[info] = (ifindex, IPv4Address(spec_dst))
     return found
 
 

@@ -132,14 +132,13 @@ class EtcdMirror:
         self.view = _View(FIRST_GENERATION)
         self._raw: dict[bytes, StoredFile] = {}  # every generation's keys (an import stages one beside the live)
         self._task: asyncio.Task[None] | None = None
-        self._revision_read: asyncio.Task[None] | None = None  # the catch-up in flight (or the last one)
-        self._revision_next: asyncio.Task[None] | None = None  # the catch-up to start when that one is done
+        self._catch_up_running: asyncio.Task[None] | None = None  # the catch-up in flight (or the last one)
+        self._catch_up_next: asyncio.Task[None] | None = None  # the catch-up to start when that one is done
         self._watched = 0  # the last revision the watch delivered
         self._unwatched: tuple[float, int] | None = None  # (monotonic time, revision): a write read, not watched
         self._failed_at: float | None = None  # monotonic time of the last failed freshness check
         self.reachable = True
         self.loop: asyncio.AbstractEventLoop | None = None  # the daemon's, once started
-        self._watch_restarted = 0.0  # monotonic time the watch was last started again because it lagged
 
     async def load(self) -> None:
         """Read every key once (linearizable); EtcdUnavailable when no endpoint answers."""
@@ -276,6 +275,7 @@ class EtcdMirror:
             if self.revision >= at:
                 return
             present = {kv.key for kv in listed.kvs}
+            # the copy's keys as they are now (the watch may have brought some while the list was read)
             gone = (set(self._raw) | {kv.key for kv in changed.kvs}) - present
             events += [WatchEvent(EventType.DELETE, KeyValue(key, b"", 0, at, 0, 0)) for key in sorted(gone)]
         self._apply(at, events)
@@ -302,20 +302,20 @@ class EtcdMirror:
         """`_catch_up`, from one that started after this call: requests arriving while one is in flight share
         the next one. They are tasks of their own: a request that gives up waiting (its budget) cancels only
         its wait, never the catch-up others share."""
-        if self._revision_next is None:
-            previous = self._revision_read
+        if self._catch_up_next is None:
+            previous = self._catch_up_running
 
             async def catch_up() -> None:
                 if previous is not None:
                     await asyncio.wait([previous])
-                self._revision_next = None  # whoever arrives from now on needs a read that starts later
-                self._revision_read = task
+                self._catch_up_next = None  # whoever arrives from now on needs a read that starts later
+                self._catch_up_running = task
                 await self._catch_up()
 
             task = asyncio.ensure_future(catch_up())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, even if nobody waits
-            self._revision_next = task
-        await asyncio.shield(self._revision_next)
+            self._catch_up_next = task
+        await asyncio.shield(self._catch_up_next)
 
 
 # --- the store the HTTP side reads ----------------------------------------------------------------------

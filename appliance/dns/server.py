@@ -25,6 +25,7 @@ MAX_UPSTREAM_QUERIES questions are out at once, each asked once however many cli
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import socket
@@ -55,6 +56,7 @@ ATTEMPT_SECONDS = 2.0  # each upstream gets this long to answer before the next 
 MAX_UPSTREAM_QUERIES = 256  # questions out at once (one socket each); beyond, SERVFAIL at once
 MAX_WAITING = 4096  # clients waiting for upstream answers, all questions together
 _DRAIN_BATCH = 64
+EPHEMERAL_TRIES = 16  # port 0: UDP ports tried until TCP can have the same one
 _BATCHES = 4  # recvmmsg calls per wakeup at most while they come back full (then the loop serves the rest)
 
 
@@ -126,8 +128,30 @@ class DnsServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-        udp = socket.socket(family, socket.SOCK_DGRAM)
+        # Port 0 (tests, a second instance): the port the kernel gives UDP is then asked of TCP, where another
+        # socket may hold it already; another free UDP port is tried then, never a port that was configured.
+        tries = EPHEMERAL_TRIES if self.port == 0 else 1
+        for attempt in range(tries):
+            udp = self._bind_udp()
+            try:
+                self._tcp = await asyncio.start_server(self._serve_tcp, self.address or None, udp.getsockname()[1],
+                                                       reuse_address=True, limit=TCP_READ_LIMIT)
+            except OSError as exc:
+                udp.close()
+                if exc.errno == errno.EADDRINUSE and attempt + 1 < tries:
+                    continue
+                raise
+            break
+        self._udp = udp
+        self._batch = UdpBatch.open(udp)
+        self.port = udp.getsockname()[1]
+        self._loop.add_reader(udp.fileno(), self._drain_udp)
+        if self.forward:
+            self._forwarder = Forwarder(self.forward, loop=self._loop, stats=self.stats, deliver=self._deliver,
+                                        attempt_timeout=self.attempt_timeout, max_queries=self.max_upstream_queries)
+
+    def _bind_udp(self) -> socket.socket:
+        udp = socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET, socket.SOCK_DGRAM)
         try:
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
@@ -136,15 +160,7 @@ class DnsServer:
         except OSError:
             udp.close()
             raise
-        self._udp = udp
-        self._batch = UdpBatch.open(udp)
-        self.port = udp.getsockname()[1]  # port 0 in the config: the same free port for TCP
-        self._tcp = await asyncio.start_server(self._serve_tcp, self.address or None, self.port, reuse_address=True,
-                                               limit=TCP_READ_LIMIT)
-        self._loop.add_reader(udp.fileno(), self._drain_udp)
-        if self.forward:
-            self._forwarder = Forwarder(self.forward, loop=self._loop, stats=self.stats, deliver=self._deliver,
-                                        attempt_timeout=self.attempt_timeout, max_queries=self.max_upstream_queries)
+        return udp
 
     async def close(self) -> None:
         if self._tcp is not None:

@@ -4,12 +4,16 @@ EDNS, truncation, malformed input), through DnsServer.respond with no sockets; t
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import ipaddress
+import socket
 from pathlib import Path
 
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSRecord
 
+import appliance.dns.server as dns_server
 from appliance.config import ConfigInvalid, parse_config
 from appliance.dns.forward import (MAX_NEGATIVE_TTL, MAX_TTL, UPSTREAM_EDNS_SIZE, AnswerCache, Question, Rejected,
                                    attempt_order, cache_lifetime, cap_ttls, check_response, upstream_query)
@@ -283,3 +287,54 @@ def test_tcp_settings_from_the_config():
     assert (config.dns.max_tcp_connections, config.dns.tcp_idle_timeout) == (32, 30)
     defaults = parse_config("domain: example.com\ndns: {}\n", Path("/etc/bootd/bootd.yaml")).dns
     assert (defaults.max_tcp_connections, defaults.tcp_idle_timeout) == (MAX_TCP_CONNECTIONS, IDLE_SECONDS)
+
+
+
+# --- binding port 0: UDP's port, then the same for TCP ----------------------------------------------------
+
+async def test_port_0_tries_another_udp_port_when_tcp_cannot_have_the_same(server, monkeypatch):
+    """The kernel's free UDP port may be held for TCP by another socket (seen: a test's bootd failed to start
+    with 'address already in use'); with port 0, another UDP port is taken, and both sockets really serve."""
+    real, asked = asyncio.start_server, []
+
+    async def first_port_taken(*args, **kw):
+        asked.append(args[2])
+        if len(asked) == 1:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(dns_server.asyncio, "start_server", first_port_taken)
+    dns = DnsServer(zone=server.zone, address="127.0.0.1", port=0)
+    await dns.start()
+    try:
+        assert len(asked) == 2 and dns.port == asked[1]
+        query = DNSRecord.question("k8s.example.com")
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.setblocking(False)
+            await loop.sock_connect(udp, ("127.0.0.1", dns.port))
+            await loop.sock_sendall(udp, query.pack())
+            reply = DNSRecord.parse(await asyncio.wait_for(loop.sock_recv(udp, 4096), 30))
+        assert reply.header.id == query.header.id and reply.header.rcode == RCODE.NOERROR
+        _reader, writer = await asyncio.open_connection("127.0.0.1", dns.port)  # TCP listens on the same port
+        writer.close()
+    finally:
+        await dns.close()
+
+
+async def test_a_configured_port_taken_for_tcp_is_an_error_not_another_port(server, monkeypatch):
+    real, asked = asyncio.start_server, []
+
+    async def counted(*args, **kw):
+        asked.append(args[2])
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(dns_server.asyncio, "start_server", counted)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        dns = DnsServer(zone=server.zone, address="127.0.0.1", port=port)
+        with pytest.raises(OSError):
+            await dns.start()
+    assert len(asked) <= 1  # tried once (or UDP was refused first), never moved to another port

@@ -1,14 +1,19 @@
 """TFTP side by side: bootd and dnsmasq serve the same 1 MB file; wall-time ratios.
 
-Workloads (research/bench.md §4), in a loopback-only namespace, server on CPU 1, client (bench/tftp_client.py)
-and relay on CPU 0, servers alternating each round:
+Workloads (research/bench.md §4), in a loopback-only namespace, server on CPU 1, client and relay on CPU 0,
+servers alternating each round. The client is bench/tftp_load.c, compiled with the system's cc into the work dir
+(bench/tftp_client.py, the Python client, when there is no compiler or with --python-client: it can cost more
+CPU than the server it measures, so its windowed times measure the client):
 - one transfer through a relay that adds 0.25 ms each way (no netem here), blksize 1468 + windowsize 8
   (dnsmasq 2.90 does not do windowsize, so its transfer stays lock-step);
 - 64 concurrent transfers, lock-step (blksize 1468);
 - 64 concurrent transfers, blksize 1468 + windowsize 8.
-Every transfer's sha256 is checked against the file before a time counts.
+Every transfer is checked against the file before a time counts (the C client compares each block with the
+file at its offset and the length with the file's; the Python client's sha256 is compared with the file's).
+Beside the times: each server's CPU seconds (and per MB served) and the client's own CPU seconds, so a client
+that saturates its core shows.
 
-Usage (root): python -m bench.tftp [--rounds 3] [--smoke]
+Usage (root): python -m bench.tftp [--rounds 3] [--smoke] [--python-client]
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import argparse
 import hashlib
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -48,16 +55,48 @@ def servers(work: Path) -> dict[str, list[str]]:
     }
 
 
-def client(ns: LoopbackNamespace, port: int, count: int, options: list[str]) -> dict:
-    out = ns.run([sys.executable, "-m", "bench.tftp_client", "--server", f"127.0.0.1:{port}", "--file", "f1m.bin",
-                  "--count", str(count), "--timeout", "1", "--deadline", "120", *options], timeout=180)
-    return json.loads(out)
+def build_c_client(work: Path) -> Path | None:
+    """bench/tftp_load.c compiled into the work dir; None (the Python client) when there is no compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    binary = work / "tftp_load"
+    result = subprocess.run([cc, "-O2", "-Wall", "-o", str(binary), str(ROOT / "bench/tftp_load.c")],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        print(f"bench/tftp_load.c did not compile, using the Python client:\n{result.stderr}", file=sys.stderr)
+        return None
+    return binary
 
 
-def wait_serving(ns: LoopbackNamespace) -> None:
+def client(ns: LoopbackNamespace, port: int, count: int, options: list[str], binary: Path | None,
+           expect: Path) -> dict:
+    """One run of the client on the load CPU; its CPU seconds are its rusage (a waited-for child's)."""
+    common = ["--server", f"127.0.0.1:{port}", "--file", expect.name, "--count", str(count), "--timeout", "1",
+              "--deadline", "120", *options]
+    argv = [str(binary), *common, "--expect", str(expect)] if binary else [sys.executable, "-m", "bench.tftp_client",
+                                                                            *common]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = ns.run(argv, timeout=180)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = json.loads(out)
+    result["client_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result.setdefault("client", "python")
+    return result
+
+
+def checked(transfer: dict, digest: str) -> bool:
+    """The C client's transfer matched the file block by block; the Python client's sha256 is the file's."""
+    if not transfer["ok"]:
+        return False
+    return transfer["sha256"] == digest if "sha256" in transfer else transfer.get("verified") is True
+
+
+def wait_serving(ns: LoopbackNamespace, binary: Path | None, expect: Path) -> None:
     deadline = time.monotonic() + 15
+    probe = ["--retries", "1", "--timeout", "0.2"] + (["--dally", "0"] if binary else [])
     while time.monotonic() < deadline:
-        if client(ns, 69, 1, ["--retries", "1", "--timeout", "0.2"])["completed"]:
+        if client(ns, 69, 1, probe, binary, expect)["completed"]:
             return
     raise RuntimeError("the server never answered")
 
@@ -67,13 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/bootd-bench/tftp"))
+    parser.add_argument("--python-client", action="store_true", help="bench/tftp_client.py, not bench/tftp_load.c")
     args = parser.parse_args(argv)
     rounds = 1 if args.smoke else args.rounds
     work = args.work
     (work / "files").mkdir(parents=True, exist_ok=True)
     content = hashlib.sha256(b"bootd-tftp").digest() * (1024 * 1024 // 32)
-    (work / "files/f1m.bin").write_bytes(content)
+    expect = work / "files/f1m.bin"
+    expect.write_bytes(content)
     digest = hashlib.sha256(content).hexdigest()
+    binary = None if args.python_client else build_c_client(work)
+    print(f"client: {binary or 'bench/tftp_client.py (Python)'}")
     argvs = servers(work)
     samples: dict[str, dict[str, list[dict]]] = {w[0]: {s: [] for s in argvs} for w in WORKLOADS}
     busy = []
@@ -83,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 busy.append(0.0 if args.smoke else wait_quiet())
                 proc = ns.start(argvs[name], work / f"{name}.log")
                 try:
-                    wait_serving(ns)
+                    wait_serving(ns, binary, expect)
                     for label, delay, count, options in WORKLOADS:
                         if args.smoke and count > 1:
                             count = 4
@@ -98,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                             port = RELAY_PORT
                         try:
                             c0 = cpu_seconds(proc.pid)
-                            result = client(ns, port, count, options)
+                            result = client(ns, port, count, options, binary, expect)
                             result["server_cpu_s"] = cpu_seconds(proc.pid) - c0
                         finally:
                             if relay is not None:
                                 stop(relay)
-                        bad = [t for t in result["transfers"] if not t["ok"] or t["sha256"] != digest]
+                        bad = [t for t in result["transfers"] if not checked(t, digest)]
                         if bad:
                             print(f"{name} {label}: {len(bad)} transfers failed or differ: {bad[:2]}", file=sys.stderr)
                             return 1
@@ -112,20 +155,32 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     stop(proc)
     table = {}
-    print(f"{'workload':22s} {'dnsmasq':>10s} {'bootd':>10s}  time ratio bootd/dnsmasq   server CPU-s dnsmasq/bootd")
+    megabytes = {label: (4 if args.smoke and count > 1 else count) * len(content) / 2**20
+                 for label, _, count, _ in WORKLOADS}
+    print(f"{'workload':22s} {'dnsmasq':>8s} {'bootd':>8s}  time bootd/dnsmasq   server CPU-s dnsmasq/bootd"
+          f" (ratio; ms/MB)   client CPU-s dnsmasq/bootd")
     for label, by_server in samples.items():
         dm = median([s["seconds"] for s in by_server["dnsmasq"]])
         bd = median([s["seconds"] for s in by_server["bootd"]])
         cpu = (median([s["server_cpu_s"] for s in by_server["dnsmasq"]]),
                median([s["server_cpu_s"] for s in by_server["bootd"]]))
+        client_cpu = (median([s["client_cpu_s"] for s in by_server["dnsmasq"]]),
+                      median([s["client_cpu_s"] for s in by_server["bootd"]]))
+        per_mb = (1000 * cpu[0] / megabytes[label], 1000 * cpu[1] / megabytes[label])
         table[label] = {"dnsmasq_s": dm, "bootd_s": bd, "time_ratio": bd / dm, "speedup": dm / bd,
-                        "server_cpu_s": {"dnsmasq": cpu[0], "bootd": cpu[1]}}
-        print(f"{label:22s} {dm * 1000:8.0f}ms {bd * 1000:8.0f}ms  {bd / dm:6.2f}x ({dm / bd:.1f}x faster)"
-              f"   {cpu[0]:.2f}/{cpu[1]:.2f}")
-    print("answers identical: yes (every transfer's sha256 checked)")
+                        "server_cpu_s": {"dnsmasq": cpu[0], "bootd": cpu[1]},
+                        "cpu_ratio": cpu[1] / cpu[0] if cpu[0] else float("nan"),
+                        "server_cpu_ms_per_mb": {"dnsmasq": per_mb[0], "bootd": per_mb[1]},
+                        "client_cpu_s": {"dnsmasq": client_cpu[0], "bootd": client_cpu[1]}}
+        print(f"{label:22s} {dm * 1000:6.0f}ms {bd * 1000:6.0f}ms  {bd / dm:6.2f}x ({dm / bd:.1f}x faster)"
+              f"   {cpu[0]:.2f}/{cpu[1]:.2f} ({table[label]['cpu_ratio']:.2f}x; {per_mb[0]:.1f}/{per_mb[1]:.1f})"
+              f"   {client_cpu[0]:.2f}/{client_cpu[1]:.2f}")
+    print("answers identical: yes (every transfer checked against the file: "
+          f"{'block by block' if binary else 'sha256'})")
     if not args.smoke:
         version = subprocess.run(["dnsmasq", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
         path = write_results("tftp", {"rounds": rounds, "peer": version, "busy_before_each_server": busy,
+                                      "client": "bench/tftp_load.c" if binary else "bench/tftp_client.py",
                                       "results": table, "samples": samples})
         print(f"results: {path}")
     return 0

@@ -25,11 +25,11 @@ def lease(i: int, ip: str) -> Lease:
     return Lease(ip=IPv4Address(ip), mac=mac(i), expires=5000.0 + i, hostname=f"h{i}")
 
 
-def commit_all(table: LeaseTable, changes: list, *, writer_seconds: float = 0.010) -> tuple[list[bool], int, list]:
+def commit_all(table: LeaseTable, changes: list) -> tuple[list[bool], int, list]:
     """Apply and commit `changes` at once on a real loop; returns each callback's ok, the fsyncs, and what the
     journal held when each callback ran."""
     async def run() -> tuple[list[bool], int, list]:
-        writer = LeaseWriter(table, asyncio.get_running_loop(), group_seconds=writer_seconds)
+        writer = LeaseWriter(table, asyncio.get_running_loop())
         done: list[bool] = []
         seen: list[str] = []
         finished = asyncio.Event()
@@ -93,7 +93,7 @@ def test_the_journal_is_folded_into_a_snapshot_when_it_outgrows_the_table(tmp_pa
     table = LeaseTable(path)
     # one client renewing its lease over and over: the table stays at one lease, the journal would grow forever
     renewals = [Bind(Lease(ip=IPv4Address("10.99.0.10"), mac=mac(1), expires=1000.0 + i)) for i in range(5000)]
-    commit_all(table, renewals, writer_seconds=0.0)
+    commit_all(table, renewals)
     assert path.exists() and len((tmp_path / "leases.journal").read_text().splitlines()) < 4200
     assert LeaseTable.load(path).leases(0) == [renewals[-1].lease]
 

@@ -377,11 +377,12 @@ BROADCAST = SendTarget("255.255.255.255", 68)
 def send_target(request: DhcpPacket, source: tuple[str, int], *, port: int, reply: DhcpPacket) -> SendTarget:
     """RFC 2131 §4.1, and PXE's 4011 rule: to the relay, back to the 4011 sender, unicast to a client that
     has an address and did not ask for broadcast, else broadcast."""
-    if request.giaddr != ZERO_IP:
+    # `is` first: parse_packet gives ZERO_IP itself for 0.0.0.0, and IPv4Address's != is a Python call
+    if request.giaddr is not ZERO_IP and request.giaddr != ZERO_IP:
         return SendTarget(str(request.giaddr), 67)
     if port == PXE_PORT:
         return SendTarget(source[0], source[1])
-    if request.ciaddr != ZERO_IP and not reply.broadcast:
+    if request.ciaddr is not ZERO_IP and request.ciaddr != ZERO_IP and not reply.broadcast:
         return SendTarget(str(request.ciaddr), 68)
     return BROADCAST
 

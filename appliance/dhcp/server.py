@@ -34,7 +34,7 @@ from ipaddress import IPv4Address
 from appliance import mmsg
 from appliance.dhcp.modes import DhcpMode
 from appliance.dhcp.authoritative import DhcpAnswer, decide_dhcp
-from appliance.dhcp.leases import Bind, Decline, LeaseTable, LeaseWriter, Release
+from appliance.dhcp.leases import Bind, LeaseTable, LeaseWriter
 from appliance.dhcp.packet import (
     HEADER_SIZE, MAGIC_COOKIE, DhcpPacket, MalformedPacket, Option, parse_options, parse_packet,
 )
@@ -135,6 +135,8 @@ class DhcpServer:
         self._refresh_at = 0.0
         self._discover_backlog: deque[Datagram] = deque()  # authoritative mode: see _drain_authoritative
         self._backlog_scheduled = False
+        # while DISCOVERs wait: the exchanges (xid + chaddr) whose REQUEST was read meanwhile
+        self._requested: set[bytes] = set()
         calls = mmsg.functions() if batch else None
         self._reader = _BatchReader(calls[0]) if calls is not None else None
         self._replies = _Replies(calls[1]) if calls is not None else None
@@ -207,8 +209,11 @@ class DhcpServer:
         DISCOVERs wait in a bounded backlog answered newest first, a few per turn of the loop. Answering in
         arrival order, a flood of DISCOVERs delays the REQUESTs behind it until their clients give up, and
         the OFFER made for each of those was work for nothing. Without overload the backlog never holds
-        more than what one read brought, and every packet is answered as before."""
-        backlog = self._discover_backlog
+        more than what one read brought, and every packet is answered as before. A DISCOVER still waiting
+        when its client's REQUEST of the same exchange (same xid and chaddr) was read is dropped
+        (`stale-discover`): the client took an offer already, ours or another server's (a retransmitted
+        DISCOVER, a second replica), and an OFFER now would hold an address for nobody."""
+        backlog, requested = self._discover_backlog, self._requested
         replies = self._replies
         if replies is not None:
             replies.open(sock)
@@ -223,9 +228,21 @@ class DhcpServer:
                         backlog.popleft()
                     backlog.append(dgram)
                     continue
+                if backlog and dgram.data[240:243] == b"\x35\x01\x03":  # a REQUEST
+                    if len(requested) >= 4 * _DISCOVER_BACKLOG:  # bounded: forgetting one only costs an OFFER
+                        requested.clear()
+                    requested.add(_exchange(dgram.data))
                 self._handle_guarded(sock, dgram, port)
             for _ in range(min(len(backlog), _DISCOVERS_PER_TURN)):
-                self._handle_guarded(sock, backlog.pop(), port)
+                dgram = backlog.pop()
+                if requested and _exchange(dgram.data) in requested:
+                    dgram.counts.received += 1
+                    self._drop(Ignore("stale-discover", "its client REQUESTed an offer of this exchange already",
+                                      mac=MacAddress(dgram.data[28:34].hex(":"))), dgram)
+                    continue
+                self._handle_guarded(sock, dgram, port)
+            if not backlog:
+                requested.clear()
         finally:
             if replies is not None:
                 replies.flush()
@@ -395,9 +412,9 @@ class DhcpServer:
                 self._answered_on.add(dgram.ifindex)
                 self._on_new_interface(dgram.ifindex)
         ok = not isinstance(answer.boot, Ignore)
-        peer = str(answer.ip) if answer.ip is not None and isinstance(answer.change, Bind) else None
-        if isinstance(answer.change, (Release, Decline)):
-            peer = None
+        peer = None
+        if answer.ip is not None and isinstance(answer.change, Bind):
+            peer = socket.inet_ntoa(answer.ip.packed)  # str() of an IPv4Address formats it in Python (per ACK)
         # A PXE firmware's DHCP is a boot step; the booted system's own DHCP client only takes a lease.
         kind = EventKind.DHCP if answer.boot is not None else EventKind.LEASE
         self.bus.publish(DhcpServed(kind=kind, mac=answer.mac, peer=peer, detail=answer.summary, ok=ok,
@@ -435,6 +452,11 @@ class DhcpServer:
         if ignore.mac is not None and ignore.reason in _REPORTED:
             self.bus.publish(Event(kind=EventKind.DHCP, mac=MacAddress(ignore.mac), peer=None, ok=False,
                                    detail=f"not answered: {ignore.reason}: {ignore.detail}"))
+
+
+def _exchange(data: bytes) -> bytes:
+    """A client message's exchange: its xid and chaddr (RFC 2131 §4.4.1: one xid from DISCOVER to REQUEST)."""
+    return data[4:8] + data[28:44]
 
 
 def _udp_socket(address: str, port: int) -> socket.socket:

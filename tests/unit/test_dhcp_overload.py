@@ -1,6 +1,7 @@
 """Authoritative mode under overload finishes exchanges before starting new ones: with a flood of DISCOVERs
 waiting on the socket, a REQUEST behind them is answered first, DISCOVERs newest first, a bounded backlog
-(the oldest beyond it dropped and counted), and every DISCOVER within the bound is answered in the end.
+(the oldest beyond it dropped and counted), and every DISCOVER within the bound is answered in the end,
+except one whose client REQUESTed in the same exchange meanwhile.
 A real UDP socket on loopback holds the flood (queued before the server reads), the real server drains it."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from appliance.dhcp.server import _DISCOVER_BACKLOG, _DISCOVERS_PER_TURN, DhcpSe
 from appliance.events import EventBus
 
 SERVER = IPv4Address("10.97.0.1")
+OTHER = IPv4Address("10.97.0.2")
 
 
 def request(kind: int, i: int, *options: tuple[int, bytes]) -> bytes:
@@ -27,10 +29,11 @@ def request(kind: int, i: int, *options: tuple[int, bytes]) -> bytes:
     return header + MAGIC_COOKIE + bytes((53, 1, kind)) + b"".join(bytes((c, len(v))) + v for c, v in options) + b"\xff"
 
 
-async def flood(discovers: int) -> tuple[DhcpServer, list[tuple[int, int]], list[tuple[int, int]]]:
+async def flood(discovers: int, *, chose_other: int = 0) -> tuple[DhcpServer, list[tuple[int, int]],
+                                                                list[tuple[int, int]]]:
     """One client is offered an address; then `discovers` new clients' DISCOVERs and that client's REQUEST
-    wait on the socket. Returns the server and the (message type, xid) of what it sent, after one read and
-    in the end."""
+    wait on the socket (or, with `chose_other`, the REQUEST of that flooding client, for another server's
+    offer). Returns the server and the (message type, xid) of what it sent, after one read and in the end."""
     policy = AddressPolicy(subnet=IPv4Network("10.97.0.0/16"), first=IPv4Address("10.97.0.10"),
                            last=IPv4Address("10.97.255.250"))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # a free port for 67's part (0 is 4011's)
@@ -55,7 +58,10 @@ async def flood(discovers: int) -> tuple[DhcpServer, list[tuple[int, int]], list
         sent.clear()
         for i in range(1, discovers + 1):
             client.sendto(request(1, i), to)
-        client.sendto(request(3, 0, (50, offered.packed), (54, SERVER.packed)), to)
+        if chose_other:
+            client.sendto(request(3, chose_other, (50, IPv4Address("10.97.0.99").packed), (54, OTHER.packed)), to)
+        else:
+            client.sendto(request(3, 0, (50, offered.packed), (54, SERVER.packed)), to)
         server._drain(sock, port, counts)  # one read, before the loop gets a turn
         first = list(sent)
         for _ in range(discovers):
@@ -82,3 +88,14 @@ def test_the_backlog_is_bounded_and_what_falls_off_it_is_counted():
     assert offered == list(range(extra + 1, _DISCOVER_BACKLOG + extra + 1)), "the oldest were dropped"
     assert server.stats.dhcp.dropped["overload"] == extra
     assert server.stats.dhcp.received == 1 + _DISCOVER_BACKLOG + extra + 1
+
+
+def test_a_waiting_discover_whose_client_requested_meanwhile_is_dropped_and_holds_no_address():
+    """Its client took an offer already (another server's here): an OFFER now would hold an address for nobody
+    for 30 s (with two replicas, hundreds of those once made a range look exhausted)."""
+    server, _, everything = asyncio.run(flood(40, chose_other=7))
+    assert (2, 7) not in everything and (5, 7) not in everything
+    assert sorted(everything) == [(2, xid) for xid in range(1, 41) if xid != 7]
+    assert server.stats.dhcp.dropped["stale-discover"] == 1
+    assert server.leases.offered_to("02:00:00:00:00:07", 0.0) is None
+    assert server.stats.dhcp.received == 1 + 40 + 1

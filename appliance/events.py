@@ -93,6 +93,24 @@ class DhcpServed(Event):
     arch: int | None = None
 
 
+_new, _set = object.__new__, object.__setattr__
+
+
+def dhcp_served(mac: MacAddress, peer: str | None, detail: str, arch: int | None, at: float) -> DhcpServed:
+    """`DhcpServed(kind=EventKind.DHCP, mac=mac, peer=peer, detail=detail, arch=arch, time=at)`, the same
+    event, at less than half the cost: proxy-DHCP makes one per OFFER, and the frozen dataclass's keyword
+    __init__ cost 2.4 us of them on the benchmark's machine (a test holds the two equal, field by field)."""
+    event = _new(DhcpServed)
+    _set(event, "kind", EventKind.DHCP)
+    _set(event, "mac", mac)
+    _set(event, "peer", peer)
+    _set(event, "detail", detail)
+    _set(event, "ok", True)
+    _set(event, "time", at)
+    _set(event, "arch", arch)
+    return event
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PowerEvent(Event):
     """A request to a machine's BMC and its outcome (`bootd power`, `bootd reprovision`). Only a PXE boot request
@@ -198,19 +216,22 @@ class EventBus:
                 self.flush()
 
     def flush(self) -> None:
+        # Per event (one per proxy OFFER): the attributes read once per flush, bounded's test inline.
         self._scheduled = False
-        while self._pending:
-            event = self._pending.popleft()
-            for sink in self._sinks:
+        pending, sinks, streams, recent = self._pending, self._sinks, self._streams, self._recent
+        while pending:
+            event = pending.popleft()
+            for sink in sinks:
                 try:
                     sink(event)
                 except Exception:  # a sink's bug must not stop the others or the publisher
                     self.sink_errors += 1
                     logger.exception("event sink %r failed on %r", sink, event)
-            self.last_id += 1
-            self._recent.append((self.last_id, bounded(event)))
-            for stream in self._streams:
-                stream.offer(self.last_id, event)
+            self.last_id = event_id = self.last_id + 1
+            short = len(event.detail) <= MAX_DETAIL_CHARS and event.__class__ is not MachineReport
+            recent.append((event_id, event if short else bounded(event)))
+            for stream in streams:
+                stream.offer(event_id, event)
 
 
 @dataclass(slots=True)
@@ -498,7 +519,8 @@ class ProgressTracker:
             return True
         if event.peer:
             self.learn(event.peer, event.mac)
-        event = bounded(event)
+        if len(event.detail) > MAX_DETAIL_CHARS or event.__class__ is MachineReport:  # bounded's test, inline
+            event = bounded(event)
         progress = self._machines.get(event.mac)
         if progress is None:
             progress = MachineProgress(event.mac, self._known.get(event.mac), event.time, event.time)

@@ -43,7 +43,7 @@ from appliance.dhcp.pxe import (
     PXE_PORT, Ignore, ReplyTemplate, classify_client, compile_template, decide_boot, is_proxy_request, send_target,
     template_key,
 )
-from appliance.events import DhcpServed, Event, EventBus, EventKind, client_arch
+from appliance.events import DhcpServed, Event, EventBus, EventKind, client_arch, dhcp_served
 from appliance.mac import MacAddress
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,8 @@ class DhcpServer:
         self._ifindexes: frozenset[int] = frozenset()
         self._sockets: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._templates: dict[tuple[object, ...], tuple[ReplyTemplate, str] | Ignore] = {}
+        # a kind of request -> its reply, the event's detail and the client's architecture (option 93), or why not
+        self._templates: dict[tuple[object, ...], tuple[ReplyTemplate, str, int | None] | Ignore] = {}
         self._refresh = refresh  # may call `update` with new policies
         self._writer: LeaseWriter | None = None
         self._refresh_at = 0.0
@@ -333,10 +334,10 @@ class DhcpServer:
         except MalformedPacket as exc:
             self._drop(Ignore(exc.reason), dgram)
             return
-        self._proxy(sock, dgram, port, server_ip, options)
+        self._proxy(sock, dgram, port, server_ip, options, now)
 
     def _proxy(self, sock: socket.socket, dgram: Datagram, port: int, server_ip: IPv4Address,
-               options: dict[int, bytes]) -> None:
+               options: dict[int, bytes], now: float) -> None:
         data = dgram.data
         mac = MacAddress(data[28:34].hex(":"))
         pxe_port = PXE_PORT if port == self.pxe_port else 67
@@ -349,24 +350,27 @@ class DhcpServer:
                 cached = self._decide_proxy(parse_packet(data), pxe_port, server_ip)
             except MalformedPacket as exc:  # bad op or hlen: both are in the key, so this caches too
                 cached = Ignore(exc.reason)
+            if not isinstance(cached, Ignore):  # option 93 is in the key: its architecture is the kind's too
+                cached = (*cached, client_arch(options.get(93)))
             if len(self._templates) >= _TEMPLATE_CACHE:
                 self._templates.clear()
             self._templates[key] = cached
-        if isinstance(cached, Ignore):
+        if cached.__class__ is Ignore:
             self._drop(Ignore(cached.reason, cached.detail, mac=mac) if cached.mac else cached, dgram)
             return
-        template, detail = cached
-        if data[_GIADDR] != b"\0\0\0\0":
-            address, to_port = socket.inet_ntoa(data[_GIADDR]), 67
+        template, detail, arch = cached
+        giaddr = data[_GIADDR]
+        if giaddr != b"\0\0\0\0":
+            address, to_port = socket.inet_ntoa(giaddr), 67
         elif pxe_port == PXE_PORT:
             address, to_port = dgram.source
         else:
             address, to_port = "255.255.255.255", 68
-        self._send(sock, template.render(data, options.get(Option.GUID)), address, to_port, dgram)
+        self._send(sock, template.render(data, options.get(97)), address, to_port, dgram)  # 97: the GUID
         # a relayed request comes from the relay: its address is not the client's
-        source = dgram.source[0] if data[_GIADDR] == b"\0\0\0\0" else "0.0.0.0"
-        self.bus.publish(DhcpServed(kind=EventKind.DHCP, mac=mac, peer=source if source != "0.0.0.0" else None,
-                                    detail=detail, arch=client_arch(options.get(Option.ARCH))))
+        source = dgram.source[0] if giaddr == b"\0\0\0\0" else "0.0.0.0"
+        # the event is stamped with the request's time (the clock read once per datagram)
+        self.bus.publish(dhcp_served(mac, source if source != "0.0.0.0" else None, detail, arch, now))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("dhcp %s from %s:%d: %s", mac, source, dgram.source[1], detail)
 
@@ -536,6 +540,7 @@ class _Replies:
         self._count = 0
         self._targets: list[tuple[str, int, PortCounts]] = []
         self._names: dict[tuple[str, int], bytes] = {}
+        self._last: tuple[int, IPv4Address | None, bytes] = (0, None, b"")  # ifindex, local address, its cmsg
 
     def open(self, sock: socket.socket) -> None:
         if self.sock is not None:
@@ -557,7 +562,10 @@ class _Replies:
         array.words[i * mmsg.STEP + mmsg.NAMELEN] = 16
         if dgram.ifindex:
             at = i * _CMSG_SPACE
-            array.controls[at : at + _CMSG_SPACE] = _send_control(dgram.ifindex, dgram.local_ip)
+            # the last datagram's interface nearly always (one IPv4Address per interface: see _local)
+            if dgram.ifindex != self._last[0] or dgram.local_ip is not self._last[1]:
+                self._last = (dgram.ifindex, dgram.local_ip, _send_control(dgram.ifindex, dgram.local_ip))
+            array.controls[at : at + _CMSG_SPACE] = self._last[2]
             array.qwords[i * mmsg.QSTEP + mmsg.CONTROLLEN] = _CMSG_SPACE
         else:
             array.qwords[i * mmsg.QSTEP + mmsg.CONTROLLEN] = 0

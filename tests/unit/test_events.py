@@ -3,8 +3,8 @@
 import asyncio
 
 from appliance.events import (
-    HISTORY, MACHINE_BUDGET, MAX_DETAIL_CHARS, MAX_REPORT_CHARS, BootConfigServed, Event, EventBus, EventKind,
-    MachineReport, ProgressTracker, asset_path,
+    HISTORY, MACHINE_BUDGET, MAX_DETAIL_CHARS, MAX_REPORT_CHARS, BootConfigServed, DhcpServed, Event, EventBus,
+    EventKind, MachineReport, ProgressTracker, asset_path, dhcp_served,
 )
 from appliance.mac import MacAddress
 
@@ -142,6 +142,18 @@ def test_an_event_is_kept_cut_to_the_detail_and_report_budgets():
     assert len(kept.detail) == MAX_DETAIL_CHARS and kept.detail.endswith("\u2026")
     assert sum(len(k) + len(v) for k, v in kept.fields) == MAX_REPORT_CHARS
     assert sum(len(k) + len(v) for k, v in progress.report.items()) == MAX_REPORT_CHARS
+
+
+def test_the_proxy_paths_dhcp_event_is_the_dataclasss_own():
+    """dhcp_served builds a DhcpServed without its __init__ (proxy-DHCP's hot path): every field the dataclass
+    has must be set, to what the keyword constructor gives (a field added to Event or DhcpServed and not to
+    dhcp_served fails here: an unset slot raises on reading)."""
+    fast = dhcp_served(A, "10.0.0.5", "proxy OFFER", 7, 12.5)
+    slow = DhcpServed(kind=EventKind.DHCP, mac=A, peer="10.0.0.5", detail="proxy OFFER", arch=7, time=12.5)
+    assert type(fast) is DhcpServed and fast == slow
+    assert [getattr(fast, name) for name in DhcpServed.__dataclass_fields__] == \
+        [getattr(slow, name) for name in DhcpServed.__dataclass_fields__]
+    assert dhcp_served(A, None, "x", None, 1.0) == DhcpServed(kind=EventKind.DHCP, mac=A, peer=None, detail="x", time=1.0)
 
 
 def test_one_machine_keeps_at_most_its_budget_however_often_it_reports():

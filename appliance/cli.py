@@ -507,7 +507,8 @@ def cmd_probe(interface: str, timeout: float, arch: int) -> int:
 # --- bootd appliance prepare | report | banner (what the appliance image runs at boot; appliance/onboot.py) ---
 
 def _add_appliance_commands(commands) -> None:
-    from appliance import onboot
+    # the defaults only: onboot itself is imported to run a command (appliance/onboot_defaults.py says why)
+    from appliance import onboot_defaults as onboot
 
     appliance = commands.add_parser("appliance", help="what the appliance image runs at boot: its config from "
                                                       "the BOOTD partition, the network unit, the console banner")

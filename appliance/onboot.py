@@ -57,16 +57,18 @@ from appliance.atomic import fsync_directory, write_atomically
 from appliance.config import Config, ConfigInvalid, DhcpMode, load_config, parse_config
 from appliance.daemon import build_store, describe_serving, firmware_roots, startup_problems
 from appliance.dhcp.policy import available_firmware
+from appliance.onboot_defaults import (  # also read as onboot.DEFAULT_* (tests, callers)
+    DEFAULT_BOOTD_DIR,
+    DEFAULT_CONFIG_DIR,
+    DEFAULT_FIRMWARE_DIR,
+    DEFAULT_JOURNAL_SOCKET,
+    DEFAULT_NETWORK_DIR,
+    DEFAULT_RUN_DIR,
+    DEFAULT_SERVICE_USER,
+    DEFAULT_STATE_DIR,
+    DEFAULT_SYS_CLASS_NET,
+)
 
-DEFAULT_BOOTD_DIR = Path("/media/BOOTD")
-DEFAULT_CONFIG_DIR = Path("/var/lib/bootd/config")
-DEFAULT_STATE_DIR = Path("/var/lib/bootd")
-DEFAULT_FIRMWARE_DIR = Path("/usr/lib/bootd/firmware")
-DEFAULT_NETWORK_DIR = Path("/run/systemd/network")
-DEFAULT_RUN_DIR = Path("/run/bootd")
-DEFAULT_SYS_CLASS_NET = Path("/sys/class/net")
-DEFAULT_SERVICE_USER = "bootd"
-DEFAULT_JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 BOOTD_UNIT = "bootd.service"
 
 CONFIG_NAME = "bootd.yaml"

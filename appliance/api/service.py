@@ -24,8 +24,6 @@ from typing import Any
 from urllib.parse import unquote
 
 import grpc
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance.api.pb import messages_pb2 as messages
 from appliance.api.pb import rpc_pb2_grpc as rpc
@@ -92,6 +90,11 @@ def caller_of(context: grpc.aio.ServicerContext) -> Caller | None:
     peer = context.peer()
     if not pem:
         return None
+    # cryptography's x509 is imported at the first call, not with the API: it holds 7-8 MB that an idle bootd
+    # with the API on need not carry (issue 16's idle RSS); grpc's own TLS has verified the chain already
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     certificate = x509.load_pem_x509_certificate(pem)
     try:
         usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value

@@ -23,6 +23,7 @@ ROOT = Path(__file__).parents[2]
     ("kea", ["answers checked: yes", "DORA 100/s"]),
     ("fleet", ["every machine completed: yes", "N=20 bootd: 20/20 booted"]),
     ("replicas", ["every client got an address, none twice: yes", "etcd x2: 400/400 addresses"]),
+    ("startup", ["every service answered: yes", "this: start to ready median"]),
 ])
 def test_benchmark_smoke(tmp_path, benchmark, expected):
     result = subprocess.run([sys.executable, "-m", f"bench.{benchmark}", "--smoke", "--work", str(tmp_path)], cwd=ROOT,

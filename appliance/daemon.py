@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
-from appliance.assets.track import AssetTracker
 from appliance.config import Config, ConfigInvalid, DhcpMode, IPAddress, load_config
 from appliance.dhcp.leases import LeaseTable
 from appliance.dhcp.policy import DhcpPolicies, available_firmware, build_policies
@@ -50,7 +49,10 @@ from appliance.store import DataDir, Group, MatchScope, machine_groups, match_sc
 from appliance.systemd import Notifier, PrivilegeError, describe_user, drop_privileges, limit_bounding_set, \
     lookup_user
 
-if TYPE_CHECKING:  # the etcd modules bring grpc (0.4 s, 10 MB): imported only with store.backend etcd
+# imported where used: the etcd modules bring grpc (0.4 s, 10 MB), only with store.backend etcd; the asset
+# tracker's fetchers (~30 ms) only with assets.track
+if TYPE_CHECKING:
+    from appliance.assets.track import AssetTracker
     from appliance.dhcp.etcd_leases import EtcdLeaseStore
     from appliance.etcd import EtcdClient
     from appliance.fleet.sync import Fleet
@@ -428,6 +430,10 @@ class Daemon:
 
     def _start_assets(self) -> None:
         """The tracker runs beside the services; it reads the running config at every check."""
+        # imported here, not at the top: its fetch, download and verify modules were ~30 ms of every start, with
+        # or without assets.track (issue 16's start target; tests/unit/test_imports.py)
+        from appliance.assets.track import AssetTracker
+
         self.assets = AssetTracker(lambda: (self.config.assets, self.config.http.assets_root), self.bus)
         self._assets_task = asyncio.get_running_loop().create_task(self.assets.run())
 

@@ -3,7 +3,7 @@ issue 16; bench/startup.py measures both). grpc (the read-write API, the etcd st
 scapy is `bootd probe`'s; pyroute2 (5-6 MB) only at the first neighbour lookup (interface addresses come from a
 netlink dump of the standard library's, appliance/net.py); cryptography's x509 (7-8 MB) only at the API's first
 call (appliance/api/service.py, caller_of); appliance.onboot only for `bootd appliance` (the parser reads its
-defaults from appliance/onboot_defaults.py)."""
+defaults from appliance/onboot_defaults.py); the asset tracker and its fetchers only with assets.track."""
 
 import json
 import subprocess
@@ -33,7 +33,8 @@ def test_starting_imports_neither_pyroute2_nor_cryptography_nor_onboot():
     code = ("import argparse, asyncio; from appliance import cli, daemon, net; "
             "cli._add_appliance_commands(argparse.ArgumentParser().add_subparsers()); "
             "asyncio.run(net.interface_addresses(('lo',)))")
-    assert loaded_after(code, {"pyroute2", "cryptography", "appliance.onboot"}) == []
+    assert loaded_after(code, {"pyroute2", "cryptography", "appliance.onboot", "appliance.assets.track",
+                               "appliance.assets.fetch"}) == []
 
 
 def test_the_api_imports_cryptography_only_at_its_first_call():

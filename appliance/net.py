@@ -1,9 +1,7 @@
-"""The host's network as bootd sees it: the kernel's neighbour table (IP -> MAC), through pyroute2 (imported
-at the first lookup), the interfaces' addresses (a netlink dump of the standard library's), and the IPv6
-router advertisement that spares iPXE its IPv6 wait.
-
-pyroute2's synchronous `IPRoute` runs an event loop of its own and cannot be used inside bootd's loop, so
-this uses `AsyncIPRoute`, opened once and kept for the daemon's life.
+"""The host's network as bootd sees it: the kernel's neighbour table (IP -> MAC) and the interfaces'
+addresses, each read with an rtnetlink dump on a socket of the standard library's (no pyroute2 in the
+daemon: 5-6 MB and 50-150 ms of import, issue 16), and the IPv6 router advertisement that spares iPXE its
+IPv6 wait.
 """
 
 from __future__ import annotations
@@ -22,8 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 class NeighbourTable:
+    """The kernel's neighbour table, read with an RTM_GETNEIGH dump on a netlink socket of the standard library
+    (as interface_addresses reads addresses): pyroute2, used here before, cost 5-6 MB of RSS from the first
+    lookup on (issue 16's idle target), and its dump was filtered in Python all the same."""
+
     def __init__(self) -> None:
-        self._ipr = None
         self.failures = 0
 
     async def lookup(self, ip: str) -> MacAddress | None:
@@ -35,28 +36,18 @@ class NeighbourTable:
         if address.is_loopback or address.is_unspecified:
             return None
         try:
-            if self._ipr is None:
-                from pyroute2 import AsyncIPRoute
-
-                self._ipr = AsyncIPRoute()
-                await self._ipr.setup_endpoint()
-            async for neighbour in await self._ipr.get_neighbours(dst=str(address)):
-                mac = try_parse_mac(neighbour.get("NDA_LLADDR") or "")
-                if mac is not None and mac != "00:00:00:00:00:00":
-                    return mac
-        except Exception as exc:  # netlink is best effort: a failed lookup leaves the event without a MAC
+            for found, lladdr in _netlink_neighbours(socket.AF_INET if address.version == 4 else socket.AF_INET6):
+                # a machine's MAC: 6 bytes, unicast (a NOARP entry holds the broadcast address, a multicast
+                # group's entry 33:33:..., an incomplete one none)
+                if found == address and len(lladdr) == 6 and any(lladdr) and not lladdr[0] & 1:
+                    return try_parse_mac(lladdr.hex(":"))
+        except OSError as exc:  # netlink is best effort: a failed lookup leaves the event without a MAC
             self.failures += 1
             logger.debug("neighbour lookup for %s failed: %r", ip, exc)
-            await self.close()
         return None
 
     async def close(self) -> None:
-        ipr, self._ipr = self._ipr, None
-        if ipr is not None:
-            try:
-                ipr.close()
-            except Exception as exc:  # closing a broken netlink socket: nothing left to do but note it
-                logger.debug("closing the netlink socket failed: %r", exc)
+        """Nothing held between lookups (each opens and closes its netlink socket)."""
 
 
 async def interface_addresses(names: tuple[str, ...]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -64,8 +55,7 @@ async def interface_addresses(names: tuple[str, ...]) -> list[ipaddress.IPv4Addr
 
     Read with one RTM_GETADDR dump on a netlink socket of the standard library, not pyroute2: bootd needs
     this at every start with listen.interfaces, and importing pyroute2 costs 5-6 MB of RSS and 50-150 ms for
-    the whole daemon's life (issue 16's start and idle targets). pyroute2 stays for the neighbour lookup,
-    imported at the first one (NeighbourTable)."""
+    the whole daemon's life (issue 16's start and idle targets)."""
     indexes = set()
     for name in names:
         try:
@@ -77,49 +67,72 @@ async def interface_addresses(names: tuple[str, ...]) -> list[ipaddress.IPv4Addr
     return sorted(found, key=lambda a: a.version)
 
 
-_RTM_NEWADDR, _RTM_GETADDR, _NLMSG_ERROR, _NLMSG_DONE = 20, 22, 2, 3
+_RTM_NEWADDR, _RTM_GETADDR, _RTM_NEWNEIGH, _RTM_GETNEIGH, _NLMSG_ERROR, _NLMSG_DONE = 20, 22, 28, 30, 2, 3
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
-_IFA_ADDRESS, _IFA_LOCAL = 1, 2
-_NLMSGHDR, _IFADDRMSG, _RTATTR = struct.Struct("=IHHII"), struct.Struct("=BBBBI"), struct.Struct("=HH")
+_IFA_ADDRESS, _IFA_LOCAL, _NDA_DST, _NDA_LLADDR = 1, 2, 1, 2
+_NLMSGHDR, _RTATTR = struct.Struct("=IHHII"), struct.Struct("=HH")
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, interface index
+_NDMSG = struct.Struct("=BBHiHBB")  # family, padding x2, interface index, state, flags, type
 
 
 def _netlink_addresses() -> list[tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address]]:
     """(interface index, address) of every address of the host (rtnetlink(7), RTM_GETADDR dump). An
     interface's own address is IFA_LOCAL where given (on a point-to-point link IFA_ADDRESS is the peer's)."""
-    request = _NLMSGHDR.pack(_NLMSGHDR.size + _IFADDRMSG.size, _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) \
-        + _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
     found: list[tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address]] = []
+    for header, attributes in _netlink_dump(_RTM_GETADDR, _RTM_NEWADDR, _IFADDRMSG, socket.AF_UNSPEC):
+        family, index = header[0], header[4]
+        raw = attributes.get(_IFA_LOCAL) or attributes.get(_IFA_ADDRESS)
+        if raw is not None and len(raw) == {socket.AF_INET: 4, socket.AF_INET6: 16}.get(family):
+            found.append((index, ipaddress.ip_address(raw)))
+    return found
+
+
+def _netlink_neighbours(family: int) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, bytes]]:
+    """(address, link-layer address) of every neighbour entry of `family` (RTM_GETNEIGH dump); b"" when the
+    entry has none (incomplete, failed)."""
+    found: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, bytes]] = []
+    for header, attributes in _netlink_dump(_RTM_GETNEIGH, _RTM_NEWNEIGH, _NDMSG, family):
+        raw = attributes.get(_NDA_DST)
+        if raw is not None and len(raw) == {socket.AF_INET: 4, socket.AF_INET6: 16}.get(header[0]):
+            found.append((ipaddress.ip_address(raw), attributes.get(_NDA_LLADDR, b"")))
+    return found
+
+
+def _netlink_dump(request_kind: int, answer_kind: int, header: struct.Struct,
+                  family: int) -> list[tuple[tuple, dict[int, bytes]]]:
+    """One rtnetlink dump: each answer's fixed header (unpacked with `header`, whose first field is the
+    family) and its attributes by type. OSError for netlink's error answer."""
+    request = _NLMSGHDR.pack(_NLMSGHDR.size + header.size, request_kind, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) \
+        + header.pack(family, *([0] * (len(header.unpack(bytes(header.size))) - 1)))
+    found: list[tuple[tuple, dict[int, bytes]]] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
         sock.send(request)
-        while True:
+        while True:  # the kernel writes the dump as it is read: each recv returns at once
             data = sock.recv(65536)
+            if not data:
+                return found
             at = 0
             while at + _NLMSGHDR.size <= len(data):
                 length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, at)
-                if length < _NLMSGHDR.size:
-                    return found  # a malformed header: stop rather than loop on it
-                if kind == _NLMSG_DONE:
-                    return found
+                if length < _NLMSGHDR.size or kind == _NLMSG_DONE:
+                    return found  # the end, or a malformed header: stop rather than loop on it
                 if kind == _NLMSG_ERROR:
                     error = -struct.unpack_from("=i", data, at + _NLMSGHDR.size)[0]
                     if error:
-                        raise OSError(error, f"netlink RTM_GETADDR: {os.strerror(error)}")
+                        raise OSError(error, f"netlink dump: {os.strerror(error)}")
                     return found
-                if kind == _RTM_NEWADDR:
-                    family, _prefix, _flags, _scope, index = _IFADDRMSG.unpack_from(data, at + _NLMSGHDR.size)
+                if kind == answer_kind and length >= _NLMSGHDR.size + header.size:
+                    fixed = header.unpack_from(data, at + _NLMSGHDR.size)
                     attributes: dict[int, bytes] = {}
-                    offset, end = at + _NLMSGHDR.size + _IFADDRMSG.size, at + length
+                    offset, end = at + _NLMSGHDR.size + header.size, at + length
                     while offset + _RTATTR.size <= end:
-                        size, kind_ = _RTATTR.unpack_from(data, offset)
+                        size, attribute = _RTATTR.unpack_from(data, offset)
                         if size < _RTATTR.size:
                             break
-                        attributes[kind_] = data[offset + _RTATTR.size : offset + size]
+                        attributes[attribute & 0x3FFF] = data[offset + _RTATTR.size : offset + size]
                         offset += (size + 3) & ~3
-                    raw = attributes.get(_IFA_LOCAL) or attributes.get(_IFA_ADDRESS)
-                    if family in (socket.AF_INET, socket.AF_INET6) and raw is not None \
-                            and len(raw) == (4 if family == socket.AF_INET else 16):
-                        found.append((index, ipaddress.ip_address(raw)))
+                    found.append((fixed, attributes))
                 at += (length + 3) & ~3
 
 

@@ -1,5 +1,5 @@
 """bootd inside a network namespace, a client in another: a machine's steps are attributed to its MAC even
-when a request carries none (the kernel's neighbour table, read through pyroute2)."""
+when a request carries none (the kernel's neighbour table, read with a netlink dump: appliance/net.py)."""
 
 from __future__ import annotations
 

@@ -10,11 +10,11 @@
  * (RFC 2347 OACK, 2348 blksize, 2349 tsize, 7440 windowsize: an ACK every W blocks, lock-step when the
  * server grants no window or W is 1). A transfer learns the server's TID from its first answer, answers
  * another TID with ERROR 5, refuses an OACK that grants more than asked or names an option not asked for
- * (ERROR 8), acknowledges the last block it has in order on a gap (RFC 7440 §4), repeats its last packet
- * when nothing new comes for --timeout seconds and gives up after --retries repeats, sending the server an
- * ERROR so it stops too. --deadline bounds the whole run the same way. With --expect, every block is
- * compared with the file at its offset and the length with the file's: a byte that differs ends the
- * transfer with an error. After its last block each transfer stays --dally seconds (not counted in its time)
+ * (ERROR 8), acknowledges the last block it has in order on a gap (RFC 7440 §4) and when nothing new comes
+ * for --timeout seconds (the request again while there is no answer), and gives up after --retries of
+ * those, sending the server an ERROR so it stops too. --deadline bounds the whole run the same way. With
+ * --expect, every block is compared with the file at its offset and the length with the file's: a byte
+ * that differs ends the transfer with an error. After its last block each transfer stays --dally seconds (not counted in its time)
  * to acknowledge the block again if the server resends it (RFC 1350 §6).
  *
  * Prints one JSON object: completed, failed, seconds (first request to last block), client_cpu_s (this
@@ -243,14 +243,15 @@ int main(int argc, char **argv) {
                     active--;
                     continue;
                 }
-                send_to_peer(t, t->last, t->last_len, 0);
+                if (t->state == RECEIVING) send_ack(t, (t->expected - 1) & 0xFFFF); /* all we have in order */
+                else send_to_peer(t, t->last, t->last_len, 0);
                 retransmits++;
                 t->due = t0 + timeout;
             }
             if (t->due < next) next = t->due;
         }
         if (active == 0) break; /* the last ones just ended on their timers */
-        int wait_ms = (int)((next - t0) * 1000) + 1;
+        int wait_ms = next - t0 < 1 ? (int)((next - t0) * 1000) + 1 : 1000;
         int n = epoll_wait(ep, events, sizeof events / sizeof events[0], wait_ms);
         if (n < 0 && errno != EINTR) { perror("epoll_wait"); return 1; }
         for (int e = 0; e < n; e++) {

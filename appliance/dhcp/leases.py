@@ -9,8 +9,9 @@ Invariants:
   and fsynced in groups by `LeaseWriter`. The durability rule: an ACK that binds an address leaves only after
   the journal line that records it is on disk (fdatasync returned), so kill -9 or a power cut never loses an
   ACKed lease. One write is in flight at a time and the next starts as soon as it ends, with every change
-  that came meanwhile: an ACK waits for one or two fdatasyncs, never for a timer. The one exception is a failing disk (full, I/O error): then bootd logs an error, counts
-  the failure and answers anyway (the lease lives in memory and is written with the next write that works).
+  that came meanwhile: an ACK waits for one or two fdatasyncs, never for a timer. The one exception is a
+  failing disk (full, I/O error): then bootd logs an error, counts the failure and answers anyway (the
+  lease lives in memory and is written with the next write that works).
 - The snapshot names a generation, the journal's first line too; `load` replays a journal only over the
   snapshot of its own generation (a crash between writing a new snapshot and starting its journal leaves an
   older journal, already in the snapshot, which is then skipped). A last line cut short is skipped.

@@ -10,7 +10,10 @@ set of their own, and only that set's fd is in asyncio's loop. One wakeup serves
 came (no asyncio handle, selector key or callback per socket), asks the set again before going back to
 the loop (under load more ACKs have come meanwhile), and reads one datagram per ready socket: level-
 triggered, a socket with more queued is ready again, so no recv ends in EAGAIN. A block is its 4-byte
-header and a slice of the cached file joined in one copy, sent with one syscall.
+header and a slice of the cached file joined in one copy; a lock-step block is sent where its ACK is read,
+and a window of several goes in one sendmsg with UDP GSO (the kernel cuts it into the DATA datagrams: one
+syscall, route lookup and socket lock per window instead of per block; split at 64 segments / 64 KB, per
+packet again for good once the kernel or device refuses it).
 
 Limits: at most `max_transfers` at once and `max_per_client` per client IP (others get ERROR 0), a
 repeated request from a client port that already has a transfer is ignored (firmware resends its RRQ
@@ -22,6 +25,7 @@ kernel drops it (RFC 1350 would answer ERROR 5; bootd stays silent).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import select
 import socket
@@ -46,6 +50,13 @@ _DRAIN_BATCH = 64
 _READY_MAX = 256  # events taken from the transfers' epoll set at once
 _READY_ROUNDS = 4  # times the set is asked again in one wakeup while it has something ready
 _IN, _OUT, _ERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR | select.EPOLLHUP
+# UDP GSO (Linux >= 4.18): one sendmsg carries back-to-back DATA packets that the kernel cuts into datagrams of
+# `gso_size` bytes (the last may be shorter). The kernel takes at most 64 segments and one IP packet's worth of
+# payload per call, so a longer window goes in several calls.
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+_GSO_MAX_SEGMENTS = 64
+_GSO_MAX_BYTES = 65507  # 65535 - 20 (IPv4) - 8 (UDP)
 
 
 @dataclass(slots=True)
@@ -78,12 +89,18 @@ class Session:
     started: float
     backlog: deque[bytes] = field(default_factory=deque)  # packets waiting for the socket to drain
     writing: bool = False
+    # UDP GSO for windows of more than one block: the sendmsg ancillary data, the DATA packet size and how
+    # many packets one call may carry; None for lock-step transfers (one packet per send) or without GSO
+    gso: list[tuple[int, int, bytes]] | None = None
+    gso_size: int = 0
+    gso_segments: int = 0
 
 
 class TftpServer:
     def __init__(self, *, files: TftpFiles, publisher: PeerPublisher, address: str = "", port: int = 69,
                  max_transfers: int = 100, max_per_client: int = 8, retries: int = 5, timeout: float = 1.0,
-                 max_blksize: int = 65464, max_windowsize: int = 64, stats: TftpStats | None = None) -> None:
+                 max_blksize: int = 65464, max_windowsize: int = 64, stats: TftpStats | None = None,
+                 gso: bool = True) -> None:
         self.files = files
         self.publisher = publisher
         self.address, self.port = address, port
@@ -99,6 +116,7 @@ class TftpServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._ready: select.epoll | None = None  # every transfer socket, by fd in _by_fd
         self._by_fd: dict[int, Session] = {}
+        self.gso = gso  # False after the kernel or a device refused it once: per-packet sends from then on
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -239,6 +257,11 @@ class TftpServer:
             return
         now = self._loop.time()
         session = Session(client, filename, sock, ReadTransfer(content, accept, retries=self.retries), now)
+        size = 4 + accept.blksize
+        segments = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // size)
+        if self.gso and accept.windowsize > 1 and segments > 1:
+            session.gso = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+            session.gso_size, session.gso_segments = size, segments
         self.sessions[client] = session
         self._per_client[client[0]] += 1
         self.stats.started += 1
@@ -256,7 +279,7 @@ class TftpServer:
     def _drain_sessions(self) -> None:
         """Every transfer with something to read (or room to write, after an EAGAIN): see the docstring."""
         assert self._loop is not None and self._ready is not None
-        poll, by_fd = self._ready.poll, self._by_fd
+        poll, by_fd, serve = self._ready.poll, self._by_fd, self._serve_one
         for _ in range(_READY_ROUNDS):
             events = poll(0, _READY_MAX)
             if not events:
@@ -265,6 +288,9 @@ class TftpServer:
             for fd, mask in events:
                 session = by_fd.get(fd)
                 if session is None:  # finished earlier in this batch
+                    continue
+                if mask == _IN:  # the common case (an ACK) first
+                    serve(session, now)
                     continue
                 if mask & _OUT:
                     self._writable(session)
@@ -283,7 +309,15 @@ class TftpServer:
                 transfer.peer_gone(exc.strerror or str(exc))
             else:
                 packets = transfer.receive(data, now)
-                if packets:
+                if len(packets) == 1 and not session.backlog:  # lock-step: one block per ACK, sent here
+                    try:
+                        session.sock.send(packets[0])
+                    except (BlockingIOError, InterruptedError):
+                        session.backlog.append(packets[0])
+                        self._wait_writable(session)
+                    except OSError as exc:
+                        self._send_failed(session, exc)
+                elif packets:
                     self._send(session, packets)
         except Exception:
             self.stats.internal_errors += 1
@@ -313,8 +347,14 @@ class TftpServer:
         if session.backlog:  # still waiting for room: these go after what waits
             session.backlog.extend(packets)
             return
+        start = 0
+        if session.gso is not None and len(packets) > 1 and self.gso:
+            start = self._send_gso(session, packets)
+            if start >= len(packets):
+                return
         send = session.sock.send
-        for i, packet in enumerate(packets):
+        for i in range(start, len(packets)):
+            packet = packets[i]
             try:
                 send(packet)
             except (BlockingIOError, InterruptedError):
@@ -324,6 +364,33 @@ class TftpServer:
             except OSError as exc:
                 self._send_failed(session, exc)
                 return
+
+    def _send_gso(self, session: Session, packets: list[bytes]) -> int:
+        """Sends `packets` (whole DATA packets of `gso_size` bytes, the last maybe shorter: a window) in as
+        few calls as the kernel takes; returns how many went out, or len(packets) when the rest waits in the
+        backlog or the transfer failed. When the kernel or the device refuses GSO (EIO: no checksum offload,
+        EINVAL: no such option, a path MTU below the segment), the server sends per packet from then on."""
+        if len(packets[0]) != session.gso_size:  # not a window of blocks (cannot happen: a guard)
+            return 0
+        sendmsg, gso, step = session.sock.sendmsg, session.gso, session.gso_segments
+        count = len(packets)
+        for i in range(0, count, step):
+            chunk = packets[i : i + step]
+            try:
+                sendmsg([b"".join(chunk)] if len(chunk) > 1 else chunk, gso)
+            except (BlockingIOError, InterruptedError):
+                session.backlog.extend(packets[i:])
+                self._wait_writable(session)
+                return count
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    self.gso = False
+                    logger.info("tftp: UDP segmentation offload refused (%s): one send per packet from now on",
+                                exc.strerror or exc)
+                    return i
+                self._send_failed(session, exc)
+                return count
+        return count
 
     def _flush(self, session: Session) -> None:
         backlog, sock = session.backlog, session.sock

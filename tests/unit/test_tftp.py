@@ -3,6 +3,9 @@ times (no sleeping): lock-step, windowed, loss, duplicate ACKs, backoff, a tsize
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from appliance.tftp.protocol import (
@@ -281,3 +284,63 @@ def test_a_client_is_heard_from_its_first_ack_on():
     t.start(0.0)
     t.receive(encode_ack(0), 0.1)
     assert t.heard
+
+
+# --- the transport's window sends (UDP GSO) ----------------------------------------------------------------
+
+class _Sock:
+    """A transfer socket that records what goes out; `refuse` is the errno sendmsg fails with (GSO refused)."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.refuse, self.sendmsgs, self.sends = refuse, [], []
+
+    def sendmsg(self, buffers, ancillary):
+        if self.refuse:
+            raise OSError(self.refuse, os.strerror(self.refuse))
+        self.sendmsgs.append((b"".join(buffers), ancillary))
+        return sum(map(len, buffers))
+
+    def send(self, packet):
+        self.sends.append(packet)
+        return len(packet)
+
+
+def _gso_session(sock, blksize: int, windowsize: int, content: bytes):
+    from appliance.tftp.server import Session, TftpServer
+    server = TftpServer(files=None, publisher=None)  # type: ignore[arg-type]  # _send uses neither
+    transfer = ReadTransfer(content, Accept(blksize=blksize, windowsize=windowsize, timeout=1.0, oack=None))
+    session = Session(("127.0.0.1", 1), "f", sock, transfer, 0.0)  # type: ignore[arg-type]
+    size = 4 + blksize
+    session.gso, session.gso_size = [(17, 103, size.to_bytes(2, "little"))], size
+    session.gso_segments = min(64, 65507 // size)
+    return server, session, transfer
+
+
+def test_a_window_goes_in_one_gso_send_and_a_long_one_is_split_at_64_segments():
+    content = (bytes(range(256)) * 40)[:10140]  # 101 blocks of 100 and a short last one of 40
+    sock = _Sock()
+    server, session, transfer = _gso_session(sock, 100, 102, content)
+    packets = transfer.start(0.0)
+    assert len(packets) == 102
+    server._send(session, packets)
+    assert [len(buf) for buf, _ in sock.sendmsgs] == [64 * 104, 37 * 104 + 44] and not sock.sends
+    assert b"".join(buf for buf, _ in sock.sendmsgs) == b"".join(packets)  # the same bytes, in order
+
+
+def test_a_window_bigger_than_64_kb_is_split_by_bytes():
+    sock = _Sock()
+    server, session, transfer = _gso_session(sock, 8000, 16, b"x" * 8000 * 16)
+    server._send(session, transfer.start(0.0))
+    assert [len(buf) // 8004 for buf, _ in sock.sendmsgs] == [8, 8] and all(len(b) <= 65507 for b, _ in sock.sendmsgs)
+
+
+@pytest.mark.parametrize("refusal", [errno.EIO, errno.EINVAL])
+def test_gso_refused_falls_back_to_one_send_per_packet_and_is_remembered(refusal):
+    sock = _Sock(refusal)
+    server, session, transfer = _gso_session(sock, 100, 8, bytes(2000))
+    packets = transfer.start(0.0)
+    server._send(session, packets)
+    assert sock.sends == packets and server.gso is False and transfer.outcome is Outcome.RUNNING
+    sock.sends.clear()
+    server._send(session, packets)  # no second try
+    assert sock.sends == packets and not sock.sendmsgs

@@ -33,7 +33,7 @@ from ipaddress import IPv4Address
 
 from appliance import mmsg
 from appliance.dhcp.modes import DhcpMode
-from appliance.dhcp.authoritative import DhcpAnswer, decide_dhcp
+from appliance.dhcp.authoritative import DhcpAnswer, decide_dhcp, forget_templates
 from appliance.dhcp.leases import Bind, LeaseTable, LeaseWriter
 from appliance.dhcp.packet import (
     HEADER_SIZE, MAGIC_COOKIE, DhcpPacket, MalformedPacket, Option, parse_options, parse_packet,
@@ -168,6 +168,7 @@ class DhcpServer:
         """Reload: new decisions from the next packet on; leases are kept."""
         self.policies = policies
         self._templates.clear()
+        forget_templates()  # authoritative mode's: keyed by the replaced policies' identity, so only kept
 
     @property
     def bound_ports(self) -> list[int]:

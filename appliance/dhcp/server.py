@@ -230,7 +230,9 @@ class DhcpServer:
                         backlog.popleft()
                     backlog.append(dgram)
                     continue
-                if backlog and dgram.data[240:243] == b"\x35\x01\x03":  # a REQUEST
+                # a REQUEST with option 53 first, as clients send it (one placed elsewhere only misses this
+                # shortcut: its late DISCOVER gets an OFFER, as before)
+                if backlog and dgram.data[240:243] == b"\x35\x01\x03":
                     if len(requested) >= 4 * _DISCOVER_BACKLOG:  # bounded: forgetting one only costs an OFFER
                         requested.clear()
                     requested.add(_exchange(dgram.data))

@@ -27,11 +27,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
-from pyroute2 import NetNS, netns
+from pyroute2 import NetNS
 
-from appliance.lab import kill_namespace_processes
-from bench.common import SERVER_CPU, median, write_results
+from bench.common import SERVER_CPU, LoopbackNamespace, median, stop, write_results
 
 NAMESPACE = "bootd-bench-startup"
 ADDRESS = "10.99.0.1"
@@ -82,24 +82,22 @@ def write_config(work: Path, dhcp_mode: str, api: bool = True) -> Path:
     return path
 
 
-class Namespace:
-    def __enter__(self):
-        if NAMESPACE in netns.listnetns():
-            kill_namespace_processes(NAMESPACE)
-            netns.remove(NAMESPACE)
-        netns.create(NAMESPACE)
+class Namespace(LoopbackNamespace):
+    """The benchmark's namespace, with a veth pair: bootd listens on bd0 (listen.interfaces), bd1 is the other
+    end, up and unaddressed."""
+
+    def __init__(self) -> None:
+        super().__init__(NAMESPACE)
+
+    def __enter__(self) -> Self:
+        super().__enter__()
         with NetNS(NAMESPACE) as ns:
-            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-            ns.link("add", ifname="bd0", kind="veth", peer="bd1")  # bd1: the other end, up, unaddressed
+            ns.link("add", ifname="bd0", kind="veth", peer="bd1")
             ns.link("set", index=ns.link_lookup(ifname="bd1")[0], state="up")
             index = ns.link_lookup(ifname="bd0")[0]
             ns.addr("add", index=index, address=ADDRESS, prefixlen=24)
             ns.link("set", index=index, state="up")
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        kill_namespace_processes(NAMESPACE)
-        netns.remove(NAMESPACE)
 
 
 def memory(pid: int) -> dict:
@@ -150,13 +148,7 @@ def one_run(work: Path, config: Path, settle: float, source: Path) -> dict:
         after = memory(proc.pid)
     finally:
         notify.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+        stop(proc)
     return {"loadavg_before": loadavg, "ready_s": round(ready, 3), "idle": idle, "after_one_request_each": after,
             "answered": answered}
 

@@ -73,6 +73,7 @@ _IFA_ADDRESS, _IFA_LOCAL, _NDA_DST, _NDA_LLADDR = 1, 2, 1, 2
 _NLMSGHDR, _RTATTR = struct.Struct("=IHHII"), struct.Struct("=HH")
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, interface index
 _NDMSG = struct.Struct("=BBHiHBB")  # family, padding x2, interface index, state, flags, type
+_ADDRESS_SIZE = {socket.AF_INET: 4, socket.AF_INET6: 16}  # an attribute of another size is not an address
 
 
 def _netlink_addresses() -> list[tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address]]:
@@ -82,7 +83,7 @@ def _netlink_addresses() -> list[tuple[int, ipaddress.IPv4Address | ipaddress.IP
     for header, attributes in _netlink_dump(_RTM_GETADDR, _RTM_NEWADDR, _IFADDRMSG, socket.AF_UNSPEC):
         family, index = header[0], header[4]
         raw = attributes.get(_IFA_LOCAL) or attributes.get(_IFA_ADDRESS)
-        if raw is not None and len(raw) == {socket.AF_INET: 4, socket.AF_INET6: 16}.get(family):
+        if raw is not None and len(raw) == _ADDRESS_SIZE.get(family):
             found.append((index, ipaddress.ip_address(raw)))
     return found
 
@@ -93,7 +94,7 @@ def _netlink_neighbours(family: int) -> list[tuple[ipaddress.IPv4Address | ipadd
     found: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, bytes]] = []
     for header, attributes in _netlink_dump(_RTM_GETNEIGH, _RTM_NEWNEIGH, _NDMSG, family):
         raw = attributes.get(_NDA_DST)
-        if raw is not None and len(raw) == {socket.AF_INET: 4, socket.AF_INET6: 16}.get(header[0]):
+        if raw is not None and len(raw) == _ADDRESS_SIZE.get(header[0]):
             found.append((ipaddress.ip_address(raw), attributes.get(_NDA_LLADDR, b"")))
     return found
 
@@ -102,8 +103,9 @@ def _netlink_dump(request_kind: int, answer_kind: int, header: struct.Struct,
                   family: int) -> list[tuple[tuple, dict[int, bytes]]]:
     """One rtnetlink dump: each answer's fixed header (unpacked with `header`, whose first field is the
     family) and its attributes by type. OSError for netlink's error answer."""
+    # the fixed header of the request: its family (the first byte) and zeros (no filter)
     request = _NLMSGHDR.pack(_NLMSGHDR.size + header.size, request_kind, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) \
-        + header.pack(family, *([0] * (len(header.unpack(bytes(header.size))) - 1)))
+        + bytes((family,)) + bytes(header.size - 1)
     found: list[tuple[tuple, dict[int, bytes]]] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
         sock.bind((0, 0))

@@ -10,7 +10,7 @@ set of their own, and only that set's fd is in asyncio's loop. One wakeup serves
 came (no asyncio handle, selector key or callback per socket), asks the set again before going back to
 the loop (under load more ACKs have come meanwhile), and reads one datagram per ready socket: level-
 triggered, a socket with more queued is ready again, so no recv ends in EAGAIN. A block is its 4-byte
-header and a slice of the cached file joined in one copy; a lock-step block is sent where its ACK is read,
+header and a slice of the cached file joined in one copy; a lock-step block goes out with one send,
 and a window of several goes in one sendmsg with UDP GSO (the kernel cuts it into the DATA datagrams: one
 syscall, route lookup and socket lock per window instead of per block; split at 64 segments / 64 KB, per
 packet again for good once the kernel or device refuses it).
@@ -309,15 +309,7 @@ class TftpServer:
                 transfer.peer_gone(exc.strerror or str(exc))
             else:
                 packets = transfer.receive(data, now)
-                if len(packets) == 1 and not session.backlog:  # lock-step: one block per ACK, sent here
-                    try:
-                        session.sock.send(packets[0])
-                    except (BlockingIOError, InterruptedError):
-                        session.backlog.append(packets[0])
-                        self._wait_writable(session)
-                    except OSError as exc:
-                        self._send_failed(session, exc)
-                elif packets:
+                if packets:
                     self._send(session, packets)
         except Exception:
             self.stats.internal_errors += 1
